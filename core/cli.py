@@ -1,0 +1,195 @@
+"""The ``vstk`` command line. Heavy imports happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import VstkError
+
+log = logging.getLogger("vstk")
+
+BUILTIN_COMMANDS: dict[str, str] = {
+    # name -> "module:attribute" of the click command, imported on use
+    "plugins": "vstk.cli:plugins_command",
+    "phantom": "vstk.cli:phantom_command",
+    "data": "vstk.cli:data_group",
+}
+
+
+def _host(ctx: click.Context | None = None):
+    """The plugin host of this invocation (loaded once, honouring VSTK_DISABLE_PLUGINS)."""
+    from .plugins import load_plugins, parse_disabled
+
+    root = (ctx or click.get_current_context()).find_root()
+    root.meta.setdefault("vstk.host", None)
+    if root.meta["vstk.host"] is None:
+        root.meta["vstk.host"] = load_plugins(parse_disabled(os.environ.get("VSTK_DISABLE_PLUGINS")))
+    return root.meta["vstk.host"]
+
+
+class VstkGroup(click.Group):
+    """Turns :class:`VstkError` into one line and exit code 2 (tracebacks only with --debug);
+    adds plugin commands (``vstk_add_commands``) when a name is not built in."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = dict(lazy or {})
+        self._plugin_commands_added = False
+
+    def _add_plugin_commands(self, ctx: click.Context) -> None:
+        if self._plugin_commands_added or ctx.parent is not None:
+            return
+        self._plugin_commands_added = True
+        host = _host(ctx)
+        before = set(self.commands) | set(self._lazy)
+        collector = click.Group()
+        host.call_add_commands(collector)
+        for name, command in collector.commands.items():
+            if name in before:
+                log.warning("a plugin tried to add command %r, which already exists; ignored", name)
+                continue
+            self.add_command(command, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands(ctx)
+        return sorted(set(super().list_commands(ctx)) | set(self._lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self._lazy:
+            import importlib
+
+            module, _, attr = self._lazy[name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        command = super().get_command(ctx, name)
+        if command is None and ctx.parent is None:
+            self._add_plugin_commands(ctx)
+            command = super().get_command(ctx, name)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VstkError as exc:
+            if ctx.find_root().meta.get("vstk.debug"):
+                traceback.print_exc()
+            click.secho(f"error: {exc.one_line()}", err=True, fg="red")
+            ctx.exit(2)
+
+
+@click.group(cls=VstkGroup, lazy=BUILTIN_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug logs).")
+@click.version_option(package_name="vstk")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
+    """vstk: multi-view ceT1 -> hrT2 translation and nnU-Net self-training for VS and cochlea.
+
+    Plugins come from the `vstk` entry-point group; `vstk plugins` lists them and
+    VSTK_DISABLE_PLUGINS=a,b skips some.
+    """
+    ctx.meta["vstk.debug"] = debug or bool(os.environ.get("VSTK_DEBUG"))
+    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main() -> None:
+    cli(prog_name="vstk")
+
+
+# --- vstk plugins -------------------------------------------------------------------------
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def plugins_command(as_json: bool) -> None:
+    """List installed plugins: name, kind, distribution, version, status."""
+    rows = [info.as_dict() for info in _host().infos()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no plugins installed")
+        return
+    click.echo(format_table(rows, ["name", "kind", "distribution", "version", "status"]))
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain-text table with a header rule (used by several commands)."""
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns).rstrip(),
+             "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+# --- vstk phantom -------------------------------------------------------------------------
+@click.command("phantom")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cases", default=10, show_default=True, type=click.IntRange(1, 500),
+              help="Labelled ceT1 training cases (and as many unlabelled hrT2).")
+@click.option("--test-cases", type=click.IntRange(1, 500), default=None, help="Test hrT2 cases [cases // 2, min 2].")
+@click.option("--paired-cases", type=click.IntRange(1, 500), default=None,
+              help="Paired ceT1/hrT2 cases for scoring translation [cases // 4, min 2].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--png/--no-png", default=True, show_default=True, help="Write OUT/overview.png.")
+def phantom_command(out: Path, cases: int, test_cases: int | None, paired_cases: int | None, seed: int,
+                    png: bool) -> None:
+    """Write a procedural CrossMoDA-layout phantom data set to OUT."""
+    from .phantom import PhantomConfig, generate_phantom, save_overview_png
+
+    config = PhantomConfig(cases=cases, test_cases=test_cases, paired_cases=paired_cases, seed=seed)
+    summary = generate_phantom(out, config, progress=lambda message: log.info("%s", message))
+    click.echo(f"wrote phantom data to {out}: " + ", ".join(
+        f"{k} {v}" for k, v in summary.get("counts", {}).items()) + f" in {summary.get('seconds', 0):.1f} s")
+    if png:
+        path = save_overview_png(out, out / "overview.png")
+        click.echo(f"overview: {path}")
+
+
+# --- vstk data ----------------------------------------------------------------------------
+@click.group("data", cls=VstkGroup)
+def data_group() -> None:
+    """Inspect and validate data folders (CrossMoDA 2021/2022 or plain layout)."""
+
+
+@data_group.command("check")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Separate folder of *_Label.nii.gz for the hrT2 images (test truth).")
+@click.option("--label-scheme", type=click.Choice(["crossmoda2022", "crossmoda2023"]), default="crossmoda2022",
+              show_default=True, help="crossmoda2023 maps 1,2 (intra/extra-meatal VS) -> 1 and 3 -> 2.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def data_check_command(folder: Path, labels: Path | None, label_scheme: str, as_json: bool) -> None:
+    """Read and validate every image and label of FOLDER; print one row per file."""
+    import numpy as np
+
+    from .crossmoda import discover, load_case
+
+    data = discover(folder, labels=labels)
+    rows = []
+    for modality, cases in (("ceT1", data.source), ("hrT2", data.target)):
+        for case in cases:
+            image, label = load_case(case, modality, scheme=label_scheme)
+            row = {"case": case.case_id, "modality": modality, "site": case.site or "",
+                   "size": "x".join(map(str, image.size_xyz)),
+                   "spacing": "x".join(f"{s:.2f}" for s in image.spacing), "label": "-"}
+            if label is not None:
+                counts = np.bincount(label.array.ravel(), minlength=3)
+                row["label"] = f"VS {counts[1]} / cochlea {counts[2]} vox"
+            rows.append(row)
+    if as_json:
+        click.echo(json.dumps({"root": str(folder), "layout": data.layout, "files": rows}, indent=2))
+        return
+    click.echo(f"{folder}: layout {data.layout}, {len(data.source)} labelled ceT1, {len(data.target)} hrT2")
+    if rows:
+        click.echo(format_table(rows, ["case", "modality", "site", "size", "spacing", "label"]))
+
+
+if __name__ == "__main__":
+    main()
