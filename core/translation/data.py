@@ -1,0 +1,151 @@
+"""Unpaired 2D slice sets for translator training, and intensity normalisation.
+
+A :class:`SliceSet` holds the normalised N x N axial slices of several volumes (ceT1 or
+hrT2) cut by the core geometry (:mod:`vstk.geometry`). Intensities are mapped to [-1, 1]
+per volume by robust percentiles of the head voxels, so scanner scale does not matter.
+Sampling is unpaired: source and target slices are drawn independently, as in CycleGAN's
+unaligned dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..geometry import SliceFrame, SliceGeometry, slice_frame, to_slices
+from ..volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalisation:
+    """Linear map of raw intensities to [-1, 1]: ``low`` -> -1, ``high`` -> +1 (clipped)."""
+
+    low: float
+    high: float
+
+    def forward(self, array: np.ndarray) -> np.ndarray:
+        scaled = (array.astype(np.float32) - self.low) / max(self.high - self.low, 1e-6) * 2.0 - 1.0
+        return np.clip(scaled, -1.0, 1.0, out=scaled)
+
+    def inverse(self, array: np.ndarray) -> np.ndarray:
+        return ((array.astype(np.float32) + 1.0) / 2.0 * (self.high - self.low) + self.low).astype(np.float32)
+
+
+def head_mask(array: np.ndarray) -> np.ndarray:
+    """Voxels above 10% of the 99th intensity percentile: the head, without air."""
+    threshold = 0.1 * float(np.percentile(array, 99.0))
+    return array > threshold
+
+
+def robust_normalisation(volume: Volume, percentiles: tuple[float, float] = (0.5, 99.5)) -> Normalisation:
+    """Normalisation from the ``percentiles`` of the head voxels; the low end is 0 (air)
+    when the image has an air background, so background maps to -1."""
+    array = volume.array
+    mask = head_mask(array)
+    values = array[mask] if mask.sum() > 100 else array.ravel()
+    low, high = np.percentile(values, percentiles)
+    low = min(float(low), float(np.percentile(array, 1.0)))
+    if high <= low:
+        raise InputError(f"image has no usable intensity range ({low:g}..{high:g})",
+                         fix="check the image is not constant inside the head")
+    return Normalisation(float(low), float(high))
+
+
+def head_centre(volume: Volume) -> np.ndarray:
+    """Physical point (x, y, z) in mm at the centroid of the head mask (the volume centre in z).
+
+    A simple, label-free rule that works the same on ceT1 and hrT2: the inner ears lie
+    near the in-plane centre of the head in axial MR of the internal auditory canals.
+    """
+    mask = head_mask(volume.array)
+    if not mask.any():
+        return volume.centre
+    _, ys, xs = np.nonzero(mask)
+    centre_index = ((volume.shape[0] - 1) / 2.0, float(ys.mean()), float(xs.mean()))
+    return volume.index_to_physical(centre_index)
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceOptions:
+    """How slices are cut and normalised for translation.
+
+    Attributes:
+        geometry: in-plane spacing, crop and output size (see :class:`SliceGeometry`).
+        centre: ``"volume"`` (centre of the grid) or ``"head"`` (centroid of the head mask).
+        percentiles: robust intensity range mapped to [-1, 1].
+        min_content: slices whose fraction of non-background pixels is below this are not
+            used for training (air above and below the head).
+    """
+
+    geometry: SliceGeometry = SliceGeometry()
+    centre: str = "head"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    min_content: float = 0.05
+
+    def frame(self, volume: Volume) -> SliceFrame:
+        if self.centre == "head":
+            return slice_frame(volume, self.geometry, head_centre(volume))
+        if self.centre == "volume":
+            return slice_frame(volume, self.geometry)
+        raise ValueError(f"centre must be 'head' or 'volume', got {self.centre!r}")
+
+
+def normalised_slices(volume: Volume, options: SliceOptions, start: int = 0, stop: int | None = None,
+                      *, frame: SliceFrame | None = None, norm: Normalisation | None = None) -> np.ndarray:
+    """Slices ``start:stop`` of ``volume`` as float32 ``[k, N, N]`` in [-1, 1]."""
+    frame = frame or options.frame(volume)
+    norm = norm or robust_normalisation(volume, options.percentiles)
+    raw = to_slices(volume, frame, start=start, stop=stop, fill=norm.low)
+    return norm.forward(raw)
+
+
+class SliceSet:
+    """Normalised training slices of several volumes, ``[n, N, N]`` float32 in [-1, 1]."""
+
+    def __init__(self, slices: np.ndarray, volume_index: np.ndarray, names: Sequence[str]) -> None:
+        if slices.ndim != 3 or slices.shape[1] != slices.shape[2]:
+            raise ValueError(f"slices must be [n, N, N], got {slices.shape}")
+        if len(slices) == 0:
+            raise InputError("no usable slices for translation", fix="check the volumes contain a head")
+        self.slices = slices
+        self.volume_index = volume_index
+        self.names = list(names)
+
+    @classmethod
+    def from_volumes(cls, volumes: Sequence[Volume], options: SliceOptions,
+                     names: Sequence[str] | None = None) -> "SliceSet":
+        """Cut, normalise and keep the slices with content of every volume."""
+        names = list(names) if names is not None else [f"volume{i}" for i in range(len(volumes))]
+        chunks, owners = [], []
+        for i, volume in enumerate(volumes):
+            slices = normalised_slices(volume, options)
+            content = (slices > -0.9).mean(axis=(1, 2))
+            keep = content >= options.min_content
+            chunks.append(slices[keep])
+            owners.append(np.full(int(keep.sum()), i, dtype=np.int32))
+            log.debug("%s: %d of %d slices kept", names[i], int(keep.sum()), len(slices))
+        if not chunks:
+            raise InputError("no volumes given for translation", fix="check the data folder")
+        return cls(np.concatenate(chunks), np.concatenate(owners), names)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    @property
+    def size(self) -> int:
+        return int(self.slices.shape[1])
+
+    def sample(self, rng: np.random.Generator, batch_size: int, *, flip: bool = True) -> np.ndarray:
+        """A random batch ``[B, 1, N, N]`` (with random left-right flips when ``flip``)."""
+        index = rng.integers(0, len(self.slices), size=batch_size)
+        batch = self.slices[index][:, None].copy()
+        if flip:
+            flips = rng.random(batch_size) < 0.5
+            batch[flips] = batch[flips][..., ::-1]
+        return batch

@@ -1,0 +1,222 @@
+"""The one training loop every translator uses.
+
+A translator supplies a :class:`TrainableModel` (its networks, optimisers and one training
+step); this loop owns everything else: seeding, the linear-decay learning-rate schedule,
+unpaired batch sampling, checkpoints every N steps and at the end, exact resume after a
+kill, the CSV loss log and sample PNGs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError, ConfigError
+from ..protocols import ProgressFn
+from .checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
+from .data import SliceSet
+from .schedule import TrainSchedule
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest.pt"
+FINAL = "translator.pt"
+LOSS_LOG = "losses.csv"
+
+
+class TrainableModel(Protocol):
+    """What a translator's model gives the training loop."""
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network whose weights are checkpointed, by a stable name."""
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimiser, by a stable name (created in :meth:`setup`)."""
+
+    def setup(self, real_a: Tensor, real_b: Tensor, schedule: TrainSchedule) -> None:
+        """Create optimisers (and data-dependent layers) from a first batch; called once."""
+
+    def train_step(self, real_a: Tensor, real_b: Tensor) -> dict[str, float]:
+        """One optimisation step on unpaired batches ``[B, 1, N, N]``; returns the losses."""
+
+    def translate(self, real_a: Tensor) -> Tensor:
+        """ceT1 -> hrT2 for a batch, in inference mode."""
+
+    def generator_state(self) -> dict[str, Tensor]:
+        """The state dict that translates at inference (saved in the final checkpoint)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Other state to resume exactly (image pools, ...): tensors and plain data only."""
+
+    def load_extra_state(self, state: dict[str, Any]) -> None: ...
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) for reproducible initialisation."""
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def configure_cpu() -> None:
+    """Flush denormals: 3-9x faster CPU training for GANs and nnU-Net alike."""
+    torch.set_flush_denormal(True)
+
+
+def _to_tensor(batch: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows after ``step`` (they belong to work lost when the process was killed)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+
+
+def save_samples(path: Path, source: np.ndarray, fake: np.ndarray, target: np.ndarray, step: int) -> Path:
+    """A PNG of rows ``ceT1 | translated | a real hrT2`` (slices in [-1, 1])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(source)
+    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows), squeeze=False)
+    for r in range(rows):
+        for c, (image, title) in enumerate(((source[r], "ceT1 (source)"), (fake[r], "translated"),
+                                            (target[r], "real hrT2 (unpaired)"))):
+            axes[r, c].imshow(image, cmap="gray", vmin=-1, vmax=1)
+            axes[r, c].set_axis_off()
+            if r == 0:
+                axes[r, c].set_title(title, fontsize=10)
+    fig.suptitle(f"step {step}", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: str | Path,
+          schedule: TrainSchedule, *, device: str | torch.device = "cpu", meta: dict[str, Any] | None = None,
+          progress: ProgressFn | None = None,
+          stop_after: int | None = None) -> Path:
+    """Train ``model`` on unpaired slices, resuming from ``workdir/latest.pt`` if present.
+
+    Writes ``latest.pt`` every ``checkpoint_every`` steps, ``losses.csv``, sample PNGs under
+    ``samples/``, and at the end ``translator.pt`` (generator weights + ``meta``). Returns
+    the path of ``translator.pt``. ``stop_after`` ends early after that many steps in total
+    (for tests and benchmarks; no final checkpoint then, returns ``latest.pt``).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    if device.type == "cpu":
+        configure_cpu()
+    meta = dict(meta or {})
+    seed_everything(schedule.seed)
+    rng = np.random.default_rng(schedule.seed)
+    first_a = _to_tensor(source.slices[: schedule.batch_size][:, None], device)
+    first_b = _to_tensor(target.slices[: schedule.batch_size][:, None], device)
+    model.setup(first_a, first_b, schedule)
+    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule.lr_factor)
+                  for name, opt in model.optimizers().items()}
+    step = 0
+    latest = workdir / LATEST
+    if latest.exists():
+        state = load_checkpoint(latest, map_location=device)
+        if state.get("format") != FORMAT or state.get("kind") != "training":
+            raise CheckpointError("not a vstk training checkpoint", path=latest,
+                                  fix="delete the work folder to start over")
+        if state.get("translator") != meta.get("translator"):
+            raise CheckpointError(f"checkpoint of translator {state.get('translator')!r}, not "
+                                  f"{meta.get('translator')!r}", path=latest, fix="use another work folder")
+        for name, net in model.networks().items():
+            net.load_state_dict(state["networks"][name])
+        for name, opt in model.optimizers().items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
+        model.load_extra_state(state["extra"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        step = int(state["step"])
+        log.info("resumed %s at step %d of %d", workdir, step, schedule.total_steps)
+    log_path = workdir / LOSS_LOG
+    _truncate_log(log_path, step)
+    total = schedule.total_steps
+    end = total if stop_after is None else min(total, stop_after)
+    writer_handle = open(log_path, "a", newline="")
+    writer = csv.writer(writer_handle)
+    header_written = log_path.stat().st_size > 0
+
+    def checkpoint() -> None:
+        save_checkpoint({
+            "format": FORMAT, "version": VERSION, "kind": "training",
+            "translator": meta.get("translator"), "step": step, "total_steps": total,
+            "networks": {n: net.state_dict() for n, net in model.networks().items()},
+            "optimizers": {n: opt.state_dict() for n, opt in model.optimizers().items()},
+            "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
+            "extra": model.extra_state(),
+            "numpy_rng": json.dumps(rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+        }, latest)
+
+    started = time.perf_counter()
+    try:
+        while step < end:
+            real_a = _to_tensor(source.sample(rng, schedule.batch_size, flip=schedule.flip), device)
+            real_b = _to_tensor(target.sample(rng, schedule.batch_size, flip=schedule.flip), device)
+            losses = model.train_step(real_a, real_b)
+            for sched in schedulers.values():
+                sched.step()
+            step += 1
+            if not header_written:
+                writer.writerow(["step", "lr", *losses.keys()])
+                header_written = True
+            lr = next(iter(model.optimizers().values())).param_groups[0]["lr"]
+            writer.writerow([step, f"{lr:.6g}", *(f"{v:.6g}" for v in losses.values())])
+            if step % schedule.checkpoint_every == 0 or step == total:
+                writer_handle.flush()
+                checkpoint()
+            if schedule.sample_every and step % schedule.sample_every == 0 or step == total:
+                _write_samples(model, source, target, workdir, step, device)
+            if progress is not None:
+                progress(step, total, " ".join(f"{k} {v:.3f}" for k, v in list(losses.items())[:4]))
+    finally:
+        writer_handle.close()
+    seconds = time.perf_counter() - started
+    if step < total:
+        checkpoint()
+        return latest
+    meta.update({"steps": total, "train_seconds_last_run": round(seconds, 2)})
+    return save_checkpoint({"format": FORMAT, "version": VERSION, "kind": "translator",
+                            "translator": meta.get("translator"), "meta": json.dumps(meta),
+                            "generator": model.generator_state()}, workdir / FINAL)
+
+
+def _write_samples(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: Path, step: int,
+                   device: torch.device) -> None:
+    """Fixed, evenly spaced slices so successive PNGs are comparable."""
+    pick_a = np.linspace(0, len(source) - 1, 3).astype(int)
+    pick_b = np.linspace(0, len(target) - 1, 3).astype(int)
+    real_a = source.slices[pick_a]
+    with torch.no_grad():
+        fake = model.translate(_to_tensor(real_a[:, None], device)).float().cpu().numpy()[:, 0]
+    save_samples(workdir / "samples" / f"step_{step:07d}.png", real_a, fake, target.slices[pick_b], step)

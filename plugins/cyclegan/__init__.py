@@ -1,0 +1,63 @@
+"""CycleGAN translator plugin (Zhu et al. 2017): pixel-level cycle consistency.
+
+Defaults follow the official pytorch-CycleGAN-and-pix2pix code: ResNet-9 generators with
+ngf 64 and instance norm, 70 x 70 PatchGAN discriminators (3 layers), LSGAN loss,
+lambda 10 for each cycle, identity loss 0.5 x lambda, image pools of 50, discriminator loss
+halved, Adam 2e-4 (0.5, 0.999), weights from N(0, 0.02), linear decay. This module stays
+light (no torch import) so listing plugins is fast; the networks live in ``model.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import vstk
+from vstk.translation.base import SliceTranslator, TranslatorConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class CycleGANConfig(TranslatorConfig):
+    """CycleGAN settings on top of :class:`TranslatorConfig`.
+
+    Attributes:
+        lambda_a: weight of the cycle loss A -> B -> A (ceT1).
+        lambda_b: weight of the cycle loss B -> A -> B (hrT2).
+        lambda_identity: identity loss weight as a fraction of lambda (0.5 in the paper).
+        pool_size: image pool of generated images for the discriminators (0 = none).
+        gan_mode: "lsgan" (official default), "vanilla" or "nonsaturating".
+    """
+
+    lambda_a: float = 10.0
+    lambda_b: float = 10.0
+    lambda_identity: float = 0.5
+    pool_size: int = 50
+    gan_mode: str = "lsgan"
+
+
+PAPER = CycleGANConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay_epochs=200,
+                       ngf=64, n_blocks=9, checkpoint_every=5000, sample_every=5000)
+CPU = CycleGANConfig(size=128, spacing=(0.41, 0.41), crop=192, steps=600, decay_steps=600, ngf=16,
+                     n_blocks=6, ndf=32, checkpoint_every=200, sample_every=400, batch_size=1)
+
+
+class CycleGANTranslator(SliceTranslator):
+    """ceT1 -> hrT2 with CycleGAN; inference uses G_A."""
+
+    name = "cyclegan"
+    config_class = CycleGANConfig
+    profiles = {"paper": PAPER, "cpu": CPU}
+
+    def build_model(self):
+        from .model import CycleGANModel
+
+        return CycleGANModel(self.config, self.device)
+
+    def build_generator(self):
+        from .model import build_generator
+
+        return build_generator(self.config)
+
+
+@vstk.hookimpl
+def vstk_register_translators(registry) -> None:
+    registry.add(CycleGANTranslator)

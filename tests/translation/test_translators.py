@@ -1,0 +1,162 @@
+"""The CycleGAN and QS-Attn plugins through the shared training loop, on small real volumes."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from vstk.errors import CheckpointError, ConfigError
+from vstk.geometry import SliceGeometry
+from vstk.plugins import load_plugins
+from vstk.translation.base import official_architecture
+from vstk.translation.checkpoint import load_checkpoint
+from vstk.translation.data import SliceOptions, SliceSet
+from vstk.translation.networks import ResnetGenerator
+
+from conftest import make_image, make_label
+
+HOST = load_plugins()
+TRANSLATORS = ("cyclegan", "qsattn")
+
+
+def tiny(name: str, **overrides):
+    cls = HOST.get("translator", name)
+    settings = dict(size=32, crop=None, spacing="0.8,0.8", steps=3, decay_steps=3, ngf=4, n_blocks=1, ndf=4,
+                    checkpoint_every=2, sample_every=0)
+    if name == "qsattn":
+        settings.update(num_patches=16, netf_nc=8)
+    settings.update(overrides)
+    return cls(cls.profile("cpu", **settings), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def volumes():
+    source = [make_image(shape=(6, 40, 40), seed=i) for i in range(2)]
+    target = [make_image(shape=(6, 40, 40), spacing=(0.6, 0.6, 1.0), seed=10 + i) for i in range(2)]
+    return source, target
+
+
+def generator_weights(path):
+    return load_checkpoint(path)["generator"]
+
+
+@pytest.mark.parametrize("name", TRANSLATORS)
+def test_resume_after_interruption_gives_the_same_weights(name, volumes, tmp_path):
+    source, target = volumes
+    straight = tiny(name).train(source, target, tmp_path / "straight")
+    interrupted = tiny(name)
+    partial = interrupted.train(source, target, tmp_path / "resumed", stop_after=4)
+    assert partial.name == "latest.pt" and load_checkpoint(partial)["step"] == 4
+    resumed = tiny(name).train(source, target, tmp_path / "resumed")
+    a, b = generator_weights(straight), generator_weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    with open(tmp_path / "resumed" / "losses.csv") as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("name", TRANSLATORS)
+def test_translated_volume_keeps_source_geometry(name, volumes, tmp_path):
+    source, target = volumes
+    translator = tiny(name)
+    translator.train(source, target, tmp_path)
+    volume = make_image(shape=(7, 44, 36), spacing=(0.5, 0.45, 1.5), direction=(0, -1, 0, 1, 0, 0, 0, 0, 1))
+    out = translator.translate_volume(volume)
+    assert out.same_grid(volume) and out.array.dtype == np.float32
+    assert 0.0 <= out.array.min() and out.array.max() <= 1000.0
+    label = make_label(volume)
+    assert label.same_grid(out)  # the ceT1 label fits the translated view voxel for voxel
+
+
+def test_learning_rate_decays_linearly_to_zero(volumes, tmp_path):
+    source, target = volumes
+    tiny("cyclegan", steps=2, decay_steps=4).train(source, target, tmp_path)
+    with open(tmp_path / "losses.csv") as handle:
+        lrs = [float(row["lr"]) for row in csv.DictReader(handle)]
+    assert lrs[:2] == [2e-4, 2e-4]
+    assert np.all(np.diff(lrs[1:]) < 0) and lrs[-1] == pytest.approx(2e-4 * 1 / 5)
+
+
+def test_translation_is_streamed_in_batches_with_identical_result(volumes, tmp_path):
+    source, target = volumes
+    translator = tiny("cyclegan")
+    translator.train(source, target, tmp_path)
+    one = translator.translate_volume(source[0]).array
+    translator.config = dataclasses.replace(translator.config, translate_batch=1)
+    np.testing.assert_allclose(translator.translate_volume(source[0]).array, one, atol=1e-3)
+
+
+def test_checkpoint_errors_are_clear(volumes, tmp_path):
+    source, target = volumes
+    path = tiny("cyclegan").train(source, target, tmp_path / "c")
+    with pytest.raises(CheckpointError, match="checkpoint of translator 'cyclegan', not 'qsattn'"):
+        tiny("qsattn").load(path)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="truncated.pt: corrupt or truncated checkpoint"):
+        tiny("cyclegan").load(truncated)
+    with pytest.raises(CheckpointError, match="do not fit the architecture"):
+        wrong = tiny("cyclegan")
+        wrong.config = dataclasses.replace(wrong.config, ngf=8)
+        state = load_checkpoint(path)
+        state["meta"] = state["meta"].replace('"ngf": 4', '"ngf": 8')
+        torch.save(state, tmp_path / "wrong.pt")
+        wrong.load(tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match="training checkpoint"):
+        tiny("cyclegan").load(tmp_path / "c" / "latest.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoints_with_arbitrary_objects_are_refused(tmp_path):
+    torch.save({"format": "vstk-translator", "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="objects other than tensors"):
+        tiny("cyclegan").load(tmp_path / "evil.pt")
+
+
+def test_unknown_mode_and_bad_values_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown QS-Attn mode 'glob'"):
+        tiny("qsattn", qs_mode="glob")
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        tiny("cyclegan", size=30)
+    with pytest.raises(ConfigError, match="unknown setting 'ngff'"):
+        tiny("cyclegan", ngff=3)
+
+
+@pytest.mark.parametrize("name,antialias", [("cyclegan", False), ("qsattn", True)])
+def test_official_state_dict_loads_including_3_channel_weights(name, antialias, tmp_path):
+    torch.manual_seed(0)
+    official = ResnetGenerator(3, 3, ngf=8, n_blocks=2, antialias=antialias)  # official key layout
+    state = {f"module.{k}": v for k, v in official.state_dict().items()}  # as saved from DataParallel
+    torch.save(state, tmp_path / "latest_net_G.pth")
+    translator = tiny(name)
+    translator.load_official(tmp_path / "latest_net_G.pth")
+    assert official_architecture(official.state_dict()) == {
+        "input_nc": 3, "output_nc": 3, "ngf": 8, "n_blocks": 2, "antialias": antialias, "norm": "instance"}
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = official(torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1)).mean(dim=1).numpy()
+    np.testing.assert_allclose(translator.translate_batch(x), expected, atol=1e-5)
+    other = tiny("qsattn" if name == "cyclegan" else "cyclegan")
+    with pytest.raises(CheckpointError, match="uses the other layout"):
+        other.load_official(tmp_path / "latest_net_G.pth")
+
+
+def test_slice_set_skips_empty_slices_and_samples_in_range():
+    volume = make_image(shape=(6, 40, 40))
+    array = volume.array.copy()
+    array[:2] = 0.0  # two slices of air
+    options = SliceOptions(SliceGeometry(32, (0.8, 0.8)))
+    slices = SliceSet.from_volumes([volume.with_array(array)], options)
+    assert len(slices) == 4
+    batch = slices.sample(np.random.default_rng(0), 3)
+    assert batch.shape == (3, 1, 32, 32) and batch.min() >= -1 and batch.max() <= 1
