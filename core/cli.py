@@ -21,6 +21,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "plugins": "vstk.cli:plugins_command",
     "phantom": "vstk.cli:phantom_command",
     "data": "vstk.cli:data_group",
+    "translate": "vstk.translation.cli:translate_group",
 }
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: segmentation metrics (Dice, ASSD), translation fidelity (PSNR, SSIM), statistics."""

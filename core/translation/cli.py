@@ -1,0 +1,136 @@
+"""``vstk translate``: train a translator, or apply one to volumes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from ..errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+
+def translator_from_options(name: str, profile: str, settings: tuple[str, ...], steps: int | None,
+                            device: str | None) -> Any:
+    """Instantiate translator ``name`` with a profile, ``--set`` overrides and ``--steps``."""
+    from ..cli import _host
+    from ..config import parse_overrides
+
+    cls = _host().get("translator", name)
+    overrides: dict[str, Any] = parse_overrides(settings)
+    if steps is not None:
+        if steps < 1:
+            raise ConfigError(f"--steps {steps} must be at least 1")
+        # half at the initial rate, half decaying, as CycleGAN's n_epochs / n_epochs_decay
+        overrides.update(steps=steps - steps // 2, decay_steps=steps // 2, epochs="none", decay_epochs="none")
+    return cls(cls.profile(profile, **overrides), device=device)
+
+
+def looks_like_label(path: Path, array: np.ndarray) -> bool:
+    """A label map given where an image is expected: integer values, at most 4 distinct."""
+    if "_Label" in path.name:
+        return True
+    if np.issubdtype(array.dtype, np.integer) or np.array_equal(array, np.round(array)):
+        return len(np.unique(array[:: max(1, array.shape[0] // 8)])) <= 4
+    return False
+
+
+def read_source_image(path: Path):
+    from ..crossmoda import read_image
+
+    image = read_image(path)
+    if looks_like_label(path, image.array):
+        raise InputError("this looks like a label map (at most 4 integer values), not a ceT1 image", path=path,
+                         fix="pass the *_ceT1.nii.gz image")
+    return image
+
+
+translator_option = click.option("--translator", "-t", "translator", required=True, help="Translator plugin name.")
+profile_option = click.option("--profile", type=click.Choice(["cpu", "paper"]), default=None,
+                              help="Settings profile [cpu without a GPU, else paper].")
+set_option = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                          help="Override one setting of the profile (repeatable), e.g. --set ngf=32.")
+device_option = click.option("--device", default=None, help="cpu or cuda[:N] [cuda if available].")
+
+
+def default_profile(profile: str | None, device: str | None) -> str:
+    if profile:
+        return profile
+    if device and device.startswith("cuda"):
+        return "paper"
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "cpu"
+
+
+@click.group("translate")
+def translate_group() -> None:
+    """Train ceT1 -> hrT2 translators and apply them to volumes."""
+
+
+@translate_group.command("train")
+@translator_option
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Folder with labelled ceT1 and unlabelled hrT2 (CrossMoDA layout).")
+@click.option("--out", "work", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Work folder; the translator writes WORK/NAME/ (checkpoints, losses.csv, samples/).")
+@profile_option
+@click.option("--steps", type=int, default=None, help="Total training steps (half decaying).")
+@set_option
+@device_option
+def train_command(translator: str, data: Path, work: Path, profile: str | None, steps: int | None,
+                  settings: tuple[str, ...], device: str | None) -> None:
+    """Train a translator on unpaired ceT1 and hrT2 slices (resumes an interrupted run)."""
+    from ..crossmoda import discover, read_image
+    from ..progress import progress_bar
+
+    model = translator_from_options(translator, default_profile(profile, device), settings, steps, device)
+    folder = discover(data, require_source=True, require_target=True)
+    sources = [read_image(c.ceT1) for c in folder.source]
+    targets = [read_image(c.hrT2) for c in folder.target]
+    log.info("training %s on %d ceT1 and %d hrT2 volumes", translator, len(sources), len(targets))
+    with progress_bar(0, f"train {translator}") as progress:
+        path = model.train(sources, targets, work / translator, progress=progress)
+    click.echo(f"{translator}: {path}")
+
+
+@translate_group.command("apply")
+@translator_option
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="translator.pt from `vstk translate train` (or an official generator with --official).")
+@click.option("--official", is_flag=True, help="The checkpoint is an official CycleGAN/CUT/QS-Attn generator.")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@set_option
+@device_option
+def apply_command(translator: str, checkpoint: Path, official: bool, source: Path, dest: Path,
+                  settings: tuple[str, ...], device: str | None) -> None:
+    """Translate SOURCE (a ceT1 .nii.gz, or a folder of them) to DEST (a file, or a folder)."""
+    from ..progress import progress_bar
+    from ..volume import write_nifti
+
+    model = translator_from_options(translator, "cpu", settings, None, device)
+    if official:
+        model.load_official(checkpoint)
+    else:
+        model.load(checkpoint)
+    if source.is_dir():
+        inputs = sorted(p for p in source.iterdir() if p.name.endswith((".nii.gz", ".nii")) and "_Label" not in p.name)
+        if not inputs:
+            raise InputError("no .nii/.nii.gz images in the folder", path=source, fix="check the path")
+        outputs = [dest / p.name for p in inputs]
+    else:
+        if dest.is_dir():
+            raise InputError("destination is a folder but the source is one file", path=dest,
+                             fix="give an output file name")
+        inputs, outputs = [source], [dest]
+    with progress_bar(len(inputs), f"translate ({translator})") as progress:
+        for i, (path_in, path_out) in enumerate(zip(inputs, outputs)):
+            volume = read_source_image(path_in)
+            write_nifti(model.translate_volume(volume), path_out)
+            progress(i + 1, len(inputs), path_in.name)
+    click.echo(f"translated {len(inputs)} volume(s) into {dest}")
