@@ -20,6 +20,7 @@ from ..config import apply_overrides, to_json_dict
 from ..errors import CheckpointError, ConfigError, InputError
 from ..geometry import SliceGeometry, from_slices
 from ..protocols import ProgressFn
+from ..roi import EarRule
 from ..volume import Volume
 from .data import SliceOptions, SliceSet, normalised_slices, robust_normalisation
 from .schedule import TrainSchedule
@@ -37,7 +38,8 @@ class TranslatorConfig:
     """Settings every slice translator shares (flat, so each is a ``--set key=value``).
 
     Slices: ``size`` N (pixels), ``spacing`` (mm, x y) the slice is resampled to, ``crop``
-    (pixels at ``spacing`` before resizing to N; None = N), ``centre`` ("head" or "volume").
+    (pixels at ``spacing`` before resizing to N; None = N), ``centre`` ("head", "volume", or
+    "ears": one slice frame per ear at ``ear_offset_mm`` from the grid centre, see vstk.roi).
     Training: ``steps`` at the initial rate then ``decay_steps`` linear decay (or ``epochs`` /
     ``decay_epochs`` over the larger slice set, as the official code counts them),
     ``batch_size``, Adam ``lr``/``beta1``/``beta2``, ``checkpoint_every``, ``sample_every``,
@@ -49,6 +51,7 @@ class TranslatorConfig:
     spacing: tuple[float, float] = (0.41, 0.41)
     crop: int | None = None
     centre: str = "head"
+    ear_offset_mm: tuple[float, float, float] = (36.0, 2.0, 0.0)
     steps: int = 1000
     decay_steps: int = 1000
     epochs: int | None = None
@@ -74,13 +77,14 @@ class TranslatorConfig:
         if self.size % 4:
             raise ConfigError(f"size={self.size} must be a multiple of 4 (two 2x down/upsamplings)",
                               fix=f"e.g. size={self.size - self.size % 4}")
-        if self.centre not in ("head", "volume"):
-            raise ConfigError(f"centre={self.centre!r} is not allowed", fix="use head or volume")
+        if self.centre not in ("head", "volume", "ears"):
+            raise ConfigError(f"centre={self.centre!r} is not allowed", fix="use head, volume or ears")
         if self.translate_batch < 1:
             raise ConfigError("translate_batch must be at least 1")
 
     def slice_options(self) -> SliceOptions:
-        return SliceOptions(SliceGeometry(self.size, self.spacing, self.crop), self.centre)
+        return SliceOptions(SliceGeometry(self.size, self.spacing, self.crop), self.centre,
+                            EarRule(offset_mm=self.ear_offset_mm))
 
     def schedule(self, num_slices: int = 0) -> TrainSchedule:
         steps, decay = self.steps, self.decay_steps
@@ -258,22 +262,28 @@ class SliceTranslator:
     def translate_volume(self, volume: Volume, *, progress: ProgressFn | None = None) -> Volume:
         """Translate a ceT1 volume slice by slice onto its own grid (same geometry and shape).
 
-        Streams ``translate_batch`` slices at a time, so memory is bounded by a batch.
-        Output intensities are [0, 1000] (translated [-1, 1] scaled); voxels outside the
-        translated field of view are 0.
+        Streams ``translate_batch`` slices at a time, so memory is bounded by a batch (plus
+        the output volume). Output intensities are [0, 1000] (translated [-1, 1] scaled);
+        voxels outside every translated frame are 0.
         """
         options = self.config.slice_options()
-        frame = options.frame(volume)
+        frames = options.frames(volume)
         norm = robust_normalisation(volume, options.percentiles)
         out = np.zeros(volume.shape, dtype=np.float32)
         batch = self.config.translate_batch
-        for start in range(0, frame.num_slices, batch):
-            stop = min(start + batch, frame.num_slices)
-            slices = normalised_slices(volume, options, start, stop, frame=frame, norm=norm)
-            translated = (self.translate_batch(slices) + 1.0) * 500.0
-            out[start:stop] = from_slices(translated, frame, start=start, fill=0.0)
-            if progress is not None:
-                progress(stop, frame.num_slices, "slices")
+        total = sum(frame.num_slices for frame in frames)
+        done = 0
+        for frame in frames:
+            for start in range(0, frame.num_slices, batch):
+                stop = min(start + batch, frame.num_slices)
+                slices = normalised_slices(volume, options, start, stop, frame=frame, norm=norm)
+                translated = (self.translate_batch(slices) + 1.0) * 500.0
+                merged = from_slices(translated, frame, start=start, fill=np.nan)
+                covered = ~np.isnan(merged)
+                out[start:stop][covered] = merged[covered]
+                done += stop - start
+                if progress is not None:
+                    progress(done, total, "slices")
         return volume.with_array(out)
 
 

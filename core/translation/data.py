@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry import SliceFrame, SliceGeometry, slice_frame, to_slices
+from ..roi import EarRule
 from ..volume import Volume
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ class SliceOptions:
 
     Attributes:
         geometry: in-plane spacing, crop and output size (see :class:`SliceGeometry`).
-        centre: ``"volume"`` (centre of the grid) or ``"head"`` (centroid of the head mask).
+        centre: where slices are centred: ``"volume"`` (the grid centre), ``"head"`` (the
+            head mask's centroid), or ``"ears"`` (two frames, one per ear, by ``ears``).
+        ears: the ear rule used with ``centre="ears"``.
         percentiles: robust intensity range mapped to [-1, 1].
         min_content: slices whose fraction of non-background pixels is below this are not
             used for training (air above and below the head).
@@ -85,21 +88,26 @@ class SliceOptions:
 
     geometry: SliceGeometry = SliceGeometry()
     centre: str = "head"
+    ears: EarRule = EarRule()
     percentiles: tuple[float, float] = (0.5, 99.5)
     min_content: float = 0.05
 
-    def frame(self, volume: Volume) -> SliceFrame:
+    def frames(self, volume: Volume) -> list[SliceFrame]:
+        """The slice frames of ``volume``: one, or one per ear."""
         if self.centre == "head":
-            return slice_frame(volume, self.geometry, head_centre(volume))
+            return [slice_frame(volume, self.geometry, head_centre(volume))]
         if self.centre == "volume":
-            return slice_frame(volume, self.geometry)
-        raise ValueError(f"centre must be 'head' or 'volume', got {self.centre!r}")
+            return [slice_frame(volume, self.geometry)]
+        if self.centre == "ears":
+            return [slice_frame(volume, self.geometry, point) for point in self.ears.centres(volume)]
+        raise ValueError(f"centre must be 'head', 'volume' or 'ears', got {self.centre!r}")
 
 
 def normalised_slices(volume: Volume, options: SliceOptions, start: int = 0, stop: int | None = None,
                       *, frame: SliceFrame | None = None, norm: Normalisation | None = None) -> np.ndarray:
-    """Slices ``start:stop`` of ``volume`` as float32 ``[k, N, N]`` in [-1, 1]."""
-    frame = frame or options.frame(volume)
+    """Slices ``start:stop`` of ``volume`` on ``frame`` (default: its first frame) as float32
+    ``[k, N, N]`` in [-1, 1]."""
+    frame = frame or options.frames(volume)[0]
     norm = norm or robust_normalisation(volume, options.percentiles)
     raw = to_slices(volume, frame, start=start, stop=stop, fill=norm.low)
     return norm.forward(raw)
@@ -112,7 +120,8 @@ class SliceSet:
         if slices.ndim != 3 or slices.shape[1] != slices.shape[2]:
             raise ValueError(f"slices must be [n, N, N], got {slices.shape}")
         if len(slices) == 0:
-            raise InputError("no usable slices for translation", fix="check the volumes contain a head")
+            raise InputError("no slice with content: the slice frames miss the head",
+                             fix="check the volumes, or the slice settings centre / ear_offset_mm / crop")
         self.slices = slices
         self.volume_index = volume_index
         self.names = list(names)
@@ -124,12 +133,14 @@ class SliceSet:
         names = list(names) if names is not None else [f"volume{i}" for i in range(len(volumes))]
         chunks, owners = [], []
         for i, volume in enumerate(volumes):
-            slices = normalised_slices(volume, options)
-            content = (slices > -0.9).mean(axis=(1, 2))
-            keep = content >= options.min_content
-            chunks.append(slices[keep])
-            owners.append(np.full(int(keep.sum()), i, dtype=np.int32))
-            log.debug("%s: %d of %d slices kept", names[i], int(keep.sum()), len(slices))
+            norm = robust_normalisation(volume, options.percentiles)
+            for frame in options.frames(volume):
+                slices = normalised_slices(volume, options, frame=frame, norm=norm)
+                content = (slices > -0.9).mean(axis=(1, 2))
+                keep = content >= options.min_content
+                chunks.append(slices[keep])
+                owners.append(np.full(int(keep.sum()), i, dtype=np.int32))
+                log.debug("%s: %d of %d slices kept", names[i], int(keep.sum()), len(slices))
         if not chunks:
             raise InputError("no volumes given for translation", fix="check the data folder")
         return cls(np.concatenate(chunks), np.concatenate(owners), names)

@@ -36,7 +36,7 @@ class CycleGANConfig(TranslatorConfig):
 
 PAPER = CycleGANConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay_epochs=200,
                        ngf=64, n_blocks=9, checkpoint_every=5000, sample_every=5000)
-CPU = CycleGANConfig(size=128, spacing=(0.41, 0.41), crop=192, steps=600, decay_steps=600, ngf=16,
+CPU = CycleGANConfig(size=128, spacing=(0.41, 0.41), crop=None, centre="ears", steps=600, decay_steps=600, ngf=16,
                      n_blocks=6, ndf=32, checkpoint_every=200, sample_every=400, batch_size=1)
 
 

@@ -11,7 +11,7 @@ from vstk.volume import read_nifti, write_nifti
 
 from conftest import make_image
 
-TINY = ["--set", "size=32", "--set", "crop=none", "--set", "spacing=0.8,0.8", "--set", "ngf=4",
+TINY = ["--set", "centre=head", "--set", "size=32", "--set", "crop=none", "--set", "spacing=0.8,0.8", "--set", "ngf=4",
         "--set", "n_blocks=1", "--set", "ndf=4", "--set", "sample_every=0", "--set", "checkpoint_every=2"]
 
 

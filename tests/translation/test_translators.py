@@ -25,7 +25,7 @@ TRANSLATORS = ("cyclegan", "qsattn")
 
 def tiny(name: str, **overrides):
     cls = HOST.get("translator", name)
-    settings = dict(size=32, crop=None, spacing="0.8,0.8", steps=3, decay_steps=3, ngf=4, n_blocks=1, ndf=4,
+    settings = dict(size=32, crop=None, spacing="0.8,0.8", centre="head", steps=3, decay_steps=3, ngf=4, n_blocks=1, ndf=4,
                     checkpoint_every=2, sample_every=0)
     if name == "qsattn":
         settings.update(num_patches=16, netf_nc=8)

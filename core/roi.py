@@ -1,0 +1,100 @@
+"""Regions of interest around the inner ears, found the same way on ceT1, hrT2 and translations.
+
+The rule (no labels needed, so it applies to unlabelled hrT2 at test time): CrossMoDA-style
+acquisitions are planned on the internal auditory canals, so the two ears lie at a fixed
+offset left and right of the centre of the field of view. :class:`EarRule` holds that offset
+(mm, along the image's own x / y / z axes, mirrored in x for the second ear) and the box
+size; both are settings to adjust to a site's protocol. For the built-in phantom the
+default offset matches its anatomy (cochleae about 36 mm from the midline).
+
+Boxes are axis-aligned in voxel space; cropping keeps physical geometry (origin moves), and
+:func:`paste` puts a cropped result back on the full grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from .volume import Volume
+
+
+@dataclasses.dataclass(frozen=True)
+class EarRule:
+    """Where the ears are relative to the field-of-view centre.
+
+    Attributes:
+        offset_mm: (x, y, z) offset of the right-hand box centre from the grid centre along
+            the image axes, in mm; the other ear is at (-x, y, z).
+        size_mm: (x, y, z) size of each box in mm.
+    """
+
+    offset_mm: tuple[float, float, float] = (36.0, 2.0, 0.0)
+    size_mm: tuple[float, float, float] = (48.0, 48.0, 30.0)
+
+    def centres(self, volume: Volume) -> list[np.ndarray]:
+        """Physical points (x, y, z) in mm of the two ear-box centres (-x side first)."""
+        centre_index = (np.asarray(volume.shape, dtype=np.float64) - 1) / 2.0  # z, y, x
+        points = []
+        for sign in (-1.0, 1.0):
+            offset = np.array([sign * self.offset_mm[0], self.offset_mm[1], self.offset_mm[2]])
+            shift_index = offset / np.asarray(volume.spacing)  # x, y, z voxels along image axes
+            points.append(volume.index_to_physical(centre_index + shift_index[::-1]))
+        return points
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """A voxel box ``[start, start + size)`` in array order (z, y, x); may extend outside."""
+
+    start: tuple[int, int, int]
+    size: tuple[int, int, int]
+
+
+def box_around(volume: Volume, centre: Sequence[float], size_mm: Sequence[float]) -> Box:
+    """The voxel box of ``size_mm`` (x, y, z) centred on the physical point ``centre``."""
+    size_zyx = np.maximum(1, np.round(np.asarray(size_mm)[::-1] / np.asarray(volume.spacing)[::-1])).astype(int)
+    centre_index = volume.physical_to_index(centre)
+    start = np.round(centre_index - (size_zyx - 1) / 2.0).astype(int)
+    return Box(tuple(int(v) for v in start), tuple(int(v) for v in size_zyx))
+
+
+def crop(volume: Volume, box: Box, fill: float = 0.0) -> Volume:
+    """The part of ``volume`` inside ``box`` (padded with ``fill`` where the box leaves the grid)."""
+    out = np.full(box.size, fill, dtype=volume.array.dtype)
+    src, dst = [], []
+    for start, size, extent in zip(box.start, box.size, volume.shape):
+        lo, hi = max(start, 0), min(start + size, extent)
+        if hi <= lo:
+            return volume_at(volume, box, out)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[tuple(dst)] = volume.array[tuple(src)]
+    return volume_at(volume, box, out)
+
+
+def volume_at(volume: Volume, box: Box, array: np.ndarray) -> Volume:
+    """Wrap ``array`` (shaped like ``box``) with the geometry of ``box`` inside ``volume``."""
+    origin = volume.index_to_physical(box.start)
+    return Volume(array, volume.spacing, tuple(origin), volume.direction)
+
+
+def paste(part: np.ndarray, box: Box, shape: Sequence[int], into: np.ndarray | None = None) -> np.ndarray:
+    """Put ``part`` (shaped like ``box``) into an array of ``shape`` (or into ``into``)."""
+    out = np.zeros(tuple(shape), dtype=part.dtype) if into is None else into
+    src, dst = [], []
+    for start, size, extent in zip(box.start, box.size, out.shape):
+        lo, hi = max(start, 0), min(start + size, extent)
+        if hi <= lo:
+            return out
+        dst.append(slice(lo, hi))
+        src.append(slice(lo - start, hi - start))
+    out[tuple(dst)] = part[tuple(src)]
+    return out
+
+
+def ear_boxes(volume: Volume, rule: EarRule) -> list[Box]:
+    """The two ear boxes of ``volume`` under ``rule``."""
+    return [box_around(volume, centre, rule.size_mm) for centre in rule.centres(volume)]

@@ -1,0 +1,150 @@
+"""Settings of the nnU-Net v2 segmenter and its two profiles (``paper`` and ``cpu``).
+
+Light module: no torch, no nnunetv2. Every field is flat so ``--set key=value`` reaches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from vstk.errors import ConfigError
+
+CONFIGURATIONS = ("3d_fullres", "2d")
+DEVICES = ("cpu", "cuda", "mps")
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class NnUNetConfig:
+    """How vstk plans, trains and runs nnU-Net v2.
+
+    Network (nnU-Net plans):
+        configuration: the stock nnU-Net configuration to start from, ``"3d_fullres"`` or ``"2d"``.
+        features_base: feature maps of the first stage; stage i gets ``min(features_max,
+            features_base * 2**i)``. None keeps nnU-Net's planned widths (32 ... 320 in 3D).
+        features_max: cap of the feature maps per stage (None: nnU-Net's cap, 320 3D / 512 2D).
+        batch_size: patches per training step (None: nnU-Net's plan).
+        patch_size: training patch in voxels, ``(z, y, x)`` for 3D or ``(y, x)`` for 2D, after
+            nnU-Net's resampling; each axis must be divisible by the network's total stride on
+            it (None: nnU-Net's plan).
+        Any of these set makes vstk add a plans configuration that ``inherits_from`` the stock
+        one (same preprocessed data, no re-preprocessing), e.g. ``3d_fullres_f8-64``.
+
+    Dataset:
+        dataset_id: nnU-Net dataset id of round 0; self-training round r uses ``dataset_id + r``.
+        dataset_name: nnU-Net dataset name stem; round r is ``Dataset{id}_{dataset_name}_round{r}``.
+
+    Training (a subclass of ``nnUNetTrainer``, fold ``all``):
+        num_epochs / iterations_per_epoch / val_iterations_per_epoch: nnU-Net's loop lengths.
+        save_every: epochs between ``checkpoint_latest.pth`` writes (what a killed run resumes from).
+        initial_lr: SGD learning rate at epoch 0 (poly decay to 0 over ``num_epochs``).
+        oversample_foreground: fraction of each batch centred on a foreground voxel, in [0, 1].
+        warm_start: round r > 0 starts from round r-1's final weights instead of from scratch.
+        seed: seeds python, numpy and torch at the start (and at every resume) of a round.
+
+    Inference:
+        mirroring: test-time mirroring (averages up to 8 flips; about 7x slower on CPU).
+        tile_step_size: sliding-window step as a fraction of the patch, in (0, 1].
+
+    Resources:
+        device: ``"cpu"``, ``"cuda"``, ``"mps"`` or None (CUDA when available, else CPU).
+        num_gpus: GPUs for nnU-Net's own DistributedDataParallel training (one process per
+            GPU, NCCL, CUDA only); 1 trains in this process. Prediction always uses one device.
+        n_proc_preprocessing: worker processes for fingerprinting and preprocessing, and
+            nnU-Net's ``nnUNet_def_n_proc`` (read once, at nnU-Net's import; None: all CPUs).
+        n_proc_da: data-augmentation worker processes during training (``nnUNet_n_proc_DA``);
+            0 augments in the training process, the fastest on a 2-core machine; None:
+            nnU-Net's own default (12, capped at the number of CPUs). Planning always runs
+            with at least 1 (nnU-Net crashes with 0 there).
+    """
+
+    configuration: str = "3d_fullres"
+    dataset_id: int = 501
+    dataset_name: str = "VSTK"
+    num_epochs: int = 1000
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    save_every: int = 50
+    initial_lr: float = 1e-2
+    oversample_foreground: float = 0.33
+    features_base: int | None = None
+    features_max: int | None = None
+    batch_size: int | None = None
+    patch_size: tuple[int, ...] | None = None
+    mirroring: bool = True
+    tile_step_size: float = 0.5
+    device: str | None = None
+    num_gpus: int = 1
+    warm_start: bool = False
+    n_proc_preprocessing: int | None = None
+    n_proc_da: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.configuration not in CONFIGURATIONS:
+            raise ConfigError(f"configuration={self.configuration!r} is not supported",
+                              fix=f"use one of {', '.join(CONFIGURATIONS)}")
+        if not 1 <= self.dataset_id <= 999:
+            raise ConfigError(f"dataset_id={self.dataset_id} is outside nnU-Net's range 1..999",
+                              fix="e.g. dataset_id=501")
+        if not _DATASET_NAME.match(self.dataset_name):
+            raise ConfigError(f"dataset_name={self.dataset_name!r} is not usable in nnU-Net folder names",
+                              fix="use letters, digits and '-' only, e.g. dataset_name=VSTK")
+        for name in ("num_epochs", "iterations_per_epoch", "val_iterations_per_epoch", "save_every", "num_gpus"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("features_base", "features_max", "batch_size", "n_proc_preprocessing"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value} must be at least 1 (or none for nnU-Net's default)")
+        if self.n_proc_da is not None and self.n_proc_da < 0:
+            raise ConfigError(f"n_proc_da={self.n_proc_da} must be 0 or more (or none for nnU-Net's default)")
+        if self.features_max is not None and self.features_base is None:
+            raise ConfigError("features_max needs features_base", fix="set both, e.g. features_base=8 features_max=64")
+        if self.features_base is not None and self.features_max is not None and self.features_max < self.features_base:
+            raise ConfigError(f"features_max={self.features_max} is below features_base={self.features_base}")
+        if self.patch_size is not None:
+            wanted = 3 if self.configuration == "3d_fullres" else 2
+            if len(self.patch_size) != wanted or min(self.patch_size) < 1:
+                raise ConfigError(f"patch_size={self.patch_size} needs {wanted} positive sizes for {self.configuration}",
+                                  fix="e.g. patch_size=24x64x64 (3d_fullres) or patch_size=64x64 (2d)")
+        if not 0.0 <= self.oversample_foreground <= 1.0:
+            raise ConfigError(f"oversample_foreground={self.oversample_foreground} must be in [0, 1]")
+        if not 0.0 < self.tile_step_size <= 1.0:
+            raise ConfigError(f"tile_step_size={self.tile_step_size} must be in (0, 1]")
+        if self.initial_lr <= 0:
+            raise ConfigError(f"initial_lr={self.initial_lr} must be positive")
+        if self.device is not None and self.device not in DEVICES:
+            raise ConfigError(f"device={self.device!r} is not supported",
+                              fix="use cpu, cuda or mps (pick a GPU with CUDA_VISIBLE_DEVICES)")
+        if self.num_gpus > 1 and self.device not in (None, "cuda"):
+            raise ConfigError(f"num_gpus={self.num_gpus} needs CUDA, but device={self.device!r}",
+                              fix="set device=cuda or num_gpus=1")
+
+    @property
+    def customises_network(self) -> bool:
+        """True when vstk must add its own plans configuration (any network setting given)."""
+        return any(v is not None for v in (self.features_base, self.batch_size, self.patch_size))
+
+
+#: Stock nnU-Net 3d_fullres as in Kang et al. (for GPUs): 1000 x 250 iterations, mirroring.
+PAPER = NnUNetConfig()
+
+#: A narrow 3D U-Net that trains in minutes on 2 CPU cores (measurements: plugins/nnunet/README).
+CPU = NnUNetConfig(
+    configuration="3d_fullres",
+    num_epochs=30,
+    iterations_per_epoch=10,
+    val_iterations_per_epoch=2,
+    save_every=2,
+    features_base=8,
+    features_max=64,
+    mirroring=False,
+    device="cpu",
+    warm_start=True,
+    n_proc_preprocessing=2,
+    n_proc_da=0,
+)
+
+PROFILES: dict[str, NnUNetConfig] = {"paper": PAPER, "cpu": CPU}

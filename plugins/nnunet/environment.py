@@ -1,0 +1,145 @@
+"""The process-wide settings nnU-Net reads: environment variables, threads, device, stdout.
+
+nnU-Net is configured through environment variables and talks through ``print``; this module
+is the one place that sets the former and turns the latter into log records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from vstk.errors import ConfigError, VstkError
+
+from .config import NnUNetConfig
+
+log = logging.getLogger(__name__)
+_nnunet_log = logging.getLogger("vstk_nnunet.nnunet")
+
+
+def n_proc_preprocessing(config: NnUNetConfig) -> int:
+    """Worker processes for fingerprinting and preprocessing: the setting, or all CPUs."""
+    return config.n_proc_preprocessing or max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def nnunet_environment(workdir: str | Path, *, n_proc: int, n_proc_da: int | None) -> Iterator[None]:
+    """Point nnU-Net at ``workdir``'s folders while the block runs; restore the variables after.
+
+    nnU-Net 2.8 reads ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` each time
+    it uses them and ``nnUNet_n_proc_DA`` each time it builds data loaders or plans, so they
+    may differ per job and per stage. ``nnUNet_def_n_proc`` is read once, when
+    ``nnunetv2.configuration`` is first imported: this package imports nnunetv2 only inside
+    this block, so the first job of a process fixes it. Worker processes started inside the
+    block (spawned or forked) inherit every variable.
+
+    Args:
+        workdir: the job folder (holds ``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``).
+        n_proc: ``nnUNet_def_n_proc``: nnU-Net's default worker count, and the thread cap of
+            its prediction.
+        n_proc_da: ``nnUNet_n_proc_DA``: data-augmentation workers per GPU; None leaves
+            nnU-Net's default.
+    """
+    workdir = Path(workdir)
+    wanted: dict[str, str | None] = {
+        "nnUNet_raw": str(workdir / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(workdir / "nnUNet_preprocessed"),
+        "nnUNet_results": str(workdir / "nnUNet_results"),
+        "nnUNet_def_n_proc": str(n_proc),
+        "nnUNet_n_proc_DA": None if n_proc_da is None else str(n_proc_da),
+    }
+    imported = getattr(sys.modules.get("nnunetv2.configuration"), "default_num_processes", n_proc)
+    if imported != n_proc:
+        log.debug("nnU-Net was imported with nnUNet_def_n_proc=%s; %s reaches new worker processes only",
+                  imported, n_proc)
+    saved = {key: os.environ.get(key) for key in wanted}
+    try:
+        _apply(wanted)
+        yield
+    finally:
+        _apply(saved)
+
+
+def _apply(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def refuse_in_worker_bootstrap() -> None:
+    """Raise when called while multiprocessing re-imports the user's script in a worker.
+
+    nnU-Net's worker pools use the "spawn" start method: every worker imports the main script
+    again (as ``__mp_main__``). Without an ``if __name__ == "__main__":`` guard that import
+    would start the whole job once more inside the worker.
+    """
+    main = sys.modules.get("__main__")
+    if getattr(main, "__name__", "") == "__mp_main__":
+        raise VstkError("the nnU-Net segmenter was called while a worker process was importing your script",
+                        fix='put the code that trains or predicts under `if __name__ == "__main__":`')
+
+
+def resolve_device(config: NnUNetConfig):  # -> torch.device
+    """The torch device of ``config.device`` (None: CUDA when available, else CPU).
+
+    On CPU, denormal floats are flushed to zero: nnU-Net training runs several times faster
+    and nnU-Net never sets it itself.
+    """
+    import torch
+
+    name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but torch sees no CUDA device", fix="set device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps but torch sees no MPS device", fix="set device=cpu")
+    if config.num_gpus > 1 and (name != "cuda" or torch.cuda.device_count() < config.num_gpus):
+        raise ConfigError(f"num_gpus={config.num_gpus} but {torch.cuda.device_count()} CUDA device(s) are visible",
+                          fix=f"set num_gpus to at most {max(1, torch.cuda.device_count())}")
+    if name == "cpu":
+        torch.set_flush_denormal(True)
+    return torch.device(name)
+
+
+class _LogWriter(io.TextIOBase):
+    """A text stream that turns each written line into a DEBUG record of ``vstk_nnunet.nnunet``."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip():
+                _nnunet_log.debug("%s", line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending.strip():
+            _nnunet_log.debug("%s", self._pending.rstrip())
+        self._pending = ""
+
+
+@contextlib.contextmanager
+def nnunet_prints_to_log() -> Iterator[None]:
+    """Route nnU-Net's ``print`` output (stdout) to the ``vstk_nnunet.nnunet`` logger at DEBUG.
+
+    nnU-Net also keeps its own training log in the results folder
+    (``training_log_*.txt``), so nothing is lost.
+    """
+    writer = _LogWriter()
+    try:
+        with contextlib.redirect_stdout(writer):
+            yield
+    finally:
+        writer.flush()

@@ -1,0 +1,220 @@
+"""Fingerprint, plan and preprocess a round's dataset with nnU-Net's own classes, in-process.
+
+Imports nnunetv2: call only inside :func:`vstk_nnunet.workspace.nnunet_environment`.
+Round 0 is fingerprinted and planned from its data; a later round copies the previous
+round's plans (so its network has the same shape, which warm starts need) and preprocesses
+only the cases that the previous round has not already preprocessed identically.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import logging
+import multiprocessing
+import shutil
+from typing import Any, Mapping
+
+import numpy as np
+
+from vstk.errors import ConfigError, InputError
+
+from .config import NnUNetConfig
+from .errors import NnUNetRunError
+from .layout import PLANS_NAME, RoundLayout, link_or_copy, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+PREPROCESSED_MARKER = "vstk_preprocessed.json"
+# nnU-Net's fingerprint draws 1e8 foreground intensities spread over the cases (with
+# replacement): about 20 s for six small cases, for statistics only CT normalisation uses.
+# 10 000 per case is what nnU-Net's per-case sampler defaults to.
+_FOREGROUND_SAMPLES_PER_CASE = 10_000
+_PREPROCESSED_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
+
+
+def _worker_failure(stage: str, exc: BaseException) -> NnUNetRunError:
+    return NnUNetRunError(
+        f"nnU-Net's {stage} worker processes failed ({type(exc).__name__}: {exc})",
+        fix='run vstk from a script whose entry code is under `if __name__ == "__main__":` (workers use "spawn"), '
+            "and lower n_proc_preprocessing if the machine ran out of memory",
+    )
+
+
+def plan_round(layout: RoundLayout, previous: RoundLayout | None, n_proc: int) -> None:
+    """Create ``nnUNetPlans.json`` and ``dataset_fingerprint.json`` of a round (if missing).
+
+    With ``previous`` (a planned earlier round) its plans and fingerprint are copied and renamed;
+    otherwise nnU-Net's ``DatasetFingerprintExtractor`` and ``ExperimentPlanner`` run on the data.
+    """
+    fingerprint = layout.preprocessed / "dataset_fingerprint.json"
+    layout.preprocessed.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(layout.raw / "dataset.json", layout.preprocessed / "dataset.json")
+    if layout.plans_file.is_file() and fingerprint.is_file():
+        return
+    if previous is not None and previous.plans_file.is_file():
+        log.info("round %d reuses the plans of round %d (no re-planning)", layout.round_index, previous.round_index)
+        plans = read_json(previous.plans_file)
+        plans["dataset_name"] = layout.dataset_name
+        shutil.copyfile(previous.preprocessed / "dataset_fingerprint.json", fingerprint)
+        write_json_atomic(layout.plans_file, plans)
+        return
+
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
+    log.info("nnU-Net: extracting the fingerprint of %s", layout.dataset_name)
+    extractor = DatasetFingerprintExtractor(layout.dataset_name, n_proc, verbose=False)
+    extractor.show_progress_bar = False
+    extractor.num_foreground_voxels_for_intensitystats = _FOREGROUND_SAMPLES_PER_CASE * len(extractor.dataset)
+    try:
+        extractor.run(overwrite_existing=True)
+    except RuntimeError as exc:
+        raise _worker_failure("fingerprint", exc) from exc
+    log.info("nnU-Net: planning %s", layout.dataset_name)
+    planner = ExperimentPlanner(layout.dataset_name, plans_name=PLANS_NAME)
+    planner.plan_experiment()
+
+
+def network_configuration(plans: Mapping[str, Any], config: NnUNetConfig) -> tuple[str, dict[str, Any] | None]:
+    """The plans configuration to train: its name and, when vstk changes the network, its entry.
+
+    The entry ``inherits_from`` the stock configuration, so it shares its preprocessed data;
+    it replaces the architecture's ``features_per_stage`` and optionally the batch and patch
+    sizes. Its name says what changed, e.g. ``3d_fullres_f8-64`` or ``2d_f16-128_b12_p64x64``.
+    """
+    base = config.configuration
+    configurations = plans["configurations"]
+    if base not in configurations:
+        raise InputError(f"nnU-Net planned no {base!r} configuration for these images "
+                         f"(it planned {', '.join(sorted(configurations))})",
+                         fix="use configuration=2d for single-slice images")
+    if not config.customises_network:
+        return base, None
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    stock = PlansManager(copy.deepcopy(dict(plans))).get_configuration(base).configuration
+    architecture = copy.deepcopy(stock["architecture"])
+    kwargs = architecture["arch_kwargs"]
+    entry: dict[str, Any] = {"inherits_from": base}
+    parts = [base]
+    if config.features_base is not None:
+        cap = config.features_max or max(kwargs["features_per_stage"])
+        kwargs["features_per_stage"] = [min(cap, config.features_base * 2 ** i) for i in range(kwargs["n_stages"])]
+        entry["architecture"] = architecture
+        parts.append(f"f{config.features_base}-{cap}")
+    if config.batch_size is not None:
+        entry["batch_size"] = config.batch_size
+        parts.append(f"b{config.batch_size}")
+    if config.patch_size is not None:
+        stride = np.prod(np.asarray(kwargs["strides"]), axis=0)
+        bad = [int(p) for p, s in zip(config.patch_size, stride) if p % s]
+        if bad:
+            suggestion = "x".join(str(max(int(s), int(p) // int(s) * int(s))) for p, s in zip(config.patch_size, stride))
+            raise ConfigError(f"patch_size={'x'.join(map(str, config.patch_size))} does not fit the network: each axis "
+                              f"must be divisible by its total stride {'x'.join(str(int(s)) for s in stride)}",
+                              fix=f"e.g. patch_size={suggestion}")
+        entry["patch_size"] = [int(p) for p in config.patch_size]
+        parts.append("p" + "x".join(str(p) for p in config.patch_size))
+    return "_".join(parts), entry
+
+
+def add_network_configuration(layout: RoundLayout, config: NnUNetConfig) -> str:
+    """Write vstk's configuration (if any) into the round's plans; return the name to train."""
+    plans = read_json(layout.plans_file)
+    name, entry = network_configuration(plans, config)
+    if entry is not None and plans["configurations"].get(name) != entry:
+        plans["configurations"][name] = entry
+        write_json_atomic(layout.plans_file, plans)
+    return name
+
+
+def _data_identifier(plans: Mapping[str, Any], configuration_name: str) -> str:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    return PlansManager(copy.deepcopy(dict(plans))).get_configuration(configuration_name).data_identifier
+
+
+def _same_preprocessing(plans: Mapping[str, Any], other: Mapping[str, Any], configuration_name: str) -> bool:
+    """True when two plans preprocess ``configuration_name`` identically (ignoring the dataset name)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    def essentials(p: Mapping[str, Any]) -> Any:
+        resolved = PlansManager(copy.deepcopy(dict(p))).get_configuration(configuration_name).configuration
+        globals_ = {k: v for k, v in p.items() if k not in ("dataset_name", "configurations")}
+        return globals_, {k: v for k, v in resolved.items() if k not in ("architecture", "batch_size")}
+
+    try:
+        return essentials(plans) == essentials(other)
+    except (KeyError, ValueError, RuntimeError):
+        return False
+
+
+def _preprocess_one(preprocessor: Any, output_truncated: str, image: str, label: str,
+                    plans_manager: Any, configuration_manager: Any, dataset_json: dict) -> None:
+    preprocessor.run_case_save(output_truncated, [image], label, plans_manager, configuration_manager, dataset_json)
+
+
+def preprocess_round(layout: RoundLayout, previous: RoundLayout | None, configuration_name: str,
+                     digests: Mapping[str, str], n_proc: int) -> None:
+    """Preprocess the round's cases for ``configuration_name`` with nnU-Net's preprocessor.
+
+    Already preprocessed cases (same digest, recorded in ``vstk_preprocessed.json``) are kept;
+    cases the previous round preprocessed identically are hard-linked from it; only the rest
+    runs through nnU-Net (``n_proc`` spawn workers, or in this process for 1).
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = read_json(layout.plans_file)
+    data_id = _data_identifier(plans, configuration_name)
+    out = layout.preprocessed / data_id
+    out.mkdir(parents=True, exist_ok=True)
+    marker_path = layout.preprocessed / PREPROCESSED_MARKER
+    marker = read_json(marker_path) if marker_path.is_file() else {}
+    done = {case: digest for case, digest in marker.get(data_id, {}).items() if case in digests}
+    wanted = {case: digest for case, digest in digests.items() if done.get(case) != digest}
+    for path in out.iterdir():  # cases of an abandoned case list
+        case = path.name.removesuffix(".pkl").removesuffix(".b2nd").removesuffix("_seg")
+        if case not in digests:
+            path.unlink()
+    if not wanted:
+        return
+
+    if previous is not None and (previous.preprocessed / PREPROCESSED_MARKER).is_file() \
+            and previous.plans_file.is_file() \
+            and _same_preprocessing(plans, read_json(previous.plans_file), configuration_name):
+        previous_done = read_json(previous.preprocessed / PREPROCESSED_MARKER).get(data_id, {})
+        reusable = [case for case in wanted if previous_done.get(case) == wanted[case]]
+        for case in reusable:
+            for suffix in _PREPROCESSED_SUFFIXES:
+                link_or_copy(previous.preprocessed / data_id / f"{case}{suffix}", out / f"{case}{suffix}")
+            done[case] = wanted.pop(case)
+        if reusable:
+            log.info("round %d: %d preprocessed case(s) linked from round %d", layout.round_index, len(reusable),
+                     previous.round_index)
+
+    if wanted:
+        dataset_json = read_json(layout.preprocessed / "dataset.json")
+        plans_manager = PlansManager(plans)
+        configuration_manager = plans_manager.get_configuration(configuration_name)
+        preprocessor = configuration_manager.preprocessor_class(verbose=False)
+        jobs = [(str(out / case), str(layout.raw / dataset_json["dataset"][case]["images"][0]),
+                 str(layout.raw / dataset_json["dataset"][case]["label"])) for case in wanted]
+        log.info("nnU-Net: preprocessing %d case(s) of %s for %s", len(jobs), layout.dataset_name, data_id)
+        workers = min(n_proc, len(jobs))
+        if workers <= 1:
+            for output, image, label in jobs:
+                _preprocess_one(preprocessor, output, image, label, plans_manager, configuration_manager, dataset_json)
+        else:
+            context = multiprocessing.get_context("spawn")
+            try:
+                with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+                    futures = [pool.submit(_preprocess_one, preprocessor, output, image, label, plans_manager,
+                                           configuration_manager, dataset_json) for output, image, label in jobs]
+                    for future in futures:
+                        future.result()
+            except concurrent.futures.process.BrokenProcessPool as exc:
+                raise _worker_failure("preprocessing", exc) from exc
+        done.update(wanted)
+    marker[data_id] = done
+    write_json_atomic(marker_path, marker)

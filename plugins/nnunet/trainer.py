@@ -1,0 +1,168 @@
+"""vstk's nnU-Net trainer and weights-only checkpoint loading.
+
+Imports torch and nnunetv2 at module level: import this module only inside
+:func:`vstk_nnunet.environment.nnunet_environment`.
+
+nnU-Net 2.8 loads checkpoints with ``torch.load(weights_only=False)``, which can run arbitrary
+code from a crafted file. Its checkpoints hold tensors, plain containers, numbers, strings,
+a ``torch.device`` and numpy float scalars (losses and Dice values in the training log), so
+they load with ``weights_only=True`` once numpy's scalar reconstructor and its numeric dtype
+classes are allow-listed. Everything here loads that way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
+
+from vstk.errors import CheckpointError
+from vstk.protocols import ProgressFn
+
+log = logging.getLogger(__name__)
+
+
+def _safe_globals() -> list[Any]:
+    """numpy scalar types that nnU-Net's checkpoints contain (numbers only, no objects)."""
+    core = getattr(np, "_core", None) or np.core
+    allowed: list[Any] = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    if dtypes is not None:
+        for name in ("Float16DType", "Float32DType", "Float64DType", "Int32DType", "Int64DType", "BoolDType"):
+            if hasattr(dtypes, name):
+                allowed.append(getattr(dtypes, name))
+    return allowed
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load an nnU-Net checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises :class:`CheckpointError` naming the file when it is truncated, corrupt or holds
+    anything beyond tensors, containers and numeric scalars.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load this nnU-Net checkpoint safely ({reason})", path=path,
+                              fix="delete it (training restarts from an earlier checkpoint or from scratch)") from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise CheckpointError("not an nnU-Net checkpoint (no network_weights)", path=path,
+                              fix="point vstk at a checkpoint written by nnU-Net")
+    return checkpoint
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel and torch.compile wrappers."""
+    if isinstance(network, nn.parallel.DistributedDataParallel):
+        network = network.module
+    return getattr(network, "_orig_mod", network)
+
+
+def load_network_weights(network: nn.Module, checkpoint: dict[str, Any], source: str | Path) -> None:
+    """Copy a checkpoint's network weights into ``network`` (all of them; shapes must match)."""
+    target = unwrap(network)
+    own = target.state_dict().keys()
+    weights = {(k[len("module."):] if k not in own and k.startswith("module.") else k): v
+               for k, v in checkpoint["network_weights"].items()}
+    try:
+        target.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"its weights do not fit this network ({first[1].strip() if len(first) > 1 else exc})",
+                              path=source,
+                              fix="use the same network settings (configuration, features, patch size) as when it "
+                                  "was trained, or warm_start=false") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """The loop settings vstk gives nnU-Net's trainer (see :class:`vstk_nnunet.NnUNetConfig`)."""
+
+    num_epochs: int
+    iterations_per_epoch: int
+    val_iterations_per_epoch: int
+    save_every: int
+    initial_lr: float
+    oversample_foreground: float
+
+
+class nnUNetTrainerVstk(nnUNetTrainer):
+    """nnU-Net's trainer with vstk's loop lengths, safe and atomic checkpoints, and progress.
+
+    Differences from ``nnUNetTrainer``: epochs, iterations, learning rate, foreground
+    oversampling and the checkpoint interval come from :meth:`apply_settings`; checkpoints are
+    written to a temporary file and renamed (a kill never leaves a truncated one) and loaded
+    with ``weights_only=True``; ``progress.png`` is drawn only when a checkpoint is written;
+    each finished epoch is logged and reported to ``self.progress``.
+    """
+
+    def __init__(self, plans: dict, configuration: str, fold: int | str, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        # same parameters as nnUNetTrainer: it records them by name for its checkpoints
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.progress: ProgressFn | None = None
+        draw = self.logger.plot_progress_png
+
+        def draw_at_checkpoints(output_folder: str) -> None:  # plotting costs ~1 s per epoch on a CPU
+            finished = self.current_epoch + 1
+            if finished % self.save_every == 0 or finished >= self.num_epochs:
+                draw(output_folder)
+
+        self.logger.plot_progress_png = draw_at_checkpoints
+
+    def apply_settings(self, settings: TrainerSettings) -> None:
+        """Set the loop lengths (before :meth:`initialize`, which builds the LR schedule)."""
+        if self.was_initialized:
+            raise RuntimeError("apply_settings must be called before the trainer is initialised")
+        self.num_epochs = settings.num_epochs
+        self.num_iterations_per_epoch = settings.iterations_per_epoch
+        self.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
+        self.save_every = settings.save_every
+        self.initial_lr = settings.initial_lr
+        self.oversample_foreground_percent = settings.oversample_foreground
+
+    def save_checkpoint(self, filename: str) -> None:
+        partial = f"{filename}.partial"
+        super().save_checkpoint(partial)
+        if os.path.isfile(partial):  # only rank 0 writes, and not with checkpointing disabled
+            os.replace(partial, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """Restore weights, optimiser, epoch and training log (``weights_only=True`` loading)."""
+        if not self.was_initialized:
+            self.initialize()
+        if isinstance(filename_or_checkpoint, dict):
+            checkpoint, source = filename_or_checkpoint, "<checkpoint>"
+        else:
+            checkpoint, source = load_checkpoint_file(filename_or_checkpoint, self.device), filename_or_checkpoint
+        load_network_weights(self.network, checkpoint, source)
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()  # increments current_epoch
+        if self.local_rank != 0:
+            return
+        loss = float(self.logger.get_value("train_losses", step=-1))
+        dice = [float(d) for d in self.logger.get_value("dice_per_class_or_region", step=-1)]
+        message = f"loss {loss:.3f}, pseudo Dice " + " / ".join(f"{d:.2f}" for d in dice)
+        log.info("epoch %d/%d: %s", self.current_epoch, self.num_epochs, message)
+        if self.progress is not None:
+            self.progress(self.current_epoch, self.num_epochs, message)
