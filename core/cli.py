@@ -22,14 +22,24 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "phantom": "vstk.cli:phantom_command",
     "data": "vstk.cli:data_group",
     "translate": "vstk.translation.cli:translate_group",
+    "evaluate": "vstk.cli:evaluate_command",
 }
+
+
+_SCRIPT_HOST = None
 
 
 def _host(ctx: click.Context | None = None):
     """The plugin host of this invocation (loaded once, honouring VSTK_DISABLE_PLUGINS)."""
     from .plugins import load_plugins, parse_disabled
 
-    root = (ctx or click.get_current_context()).find_root()
+    ctx = ctx or click.get_current_context(silent=True)
+    if ctx is None:  # called from a script: one host per process
+        global _SCRIPT_HOST
+        if _SCRIPT_HOST is None:
+            _SCRIPT_HOST = load_plugins(parse_disabled(os.environ.get("VSTK_DISABLE_PLUGINS")))
+        return _SCRIPT_HOST
+    root = ctx.find_root()
     root.meta.setdefault("vstk.host", None)
     if root.meta["vstk.host"] is None:
         root.meta["vstk.host"] = load_plugins(parse_disabled(os.environ.get("VSTK_DISABLE_PLUGINS")))
@@ -190,6 +200,29 @@ def data_check_command(folder: Path, labels: Path | None, label_scheme: str, as_
     click.echo(f"{folder}: layout {data.layout}, {len(data.source)} labelled ceT1, {len(data.target)} hrT2")
     if rows:
         click.echo(format_table(rows, ["case", "modality", "site", "size", "spacing", "label"]))
+
+
+# --- vstk evaluate ------------------------------------------------------------------------
+@click.command("evaluate")
+@click.argument("pred_dir", type=click.Path(path_type=Path))
+@click.argument("label_dir", type=click.Path(path_type=Path))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write per-case scores and the summary as JSON.")
+def evaluate_command(pred_dir: Path, label_dir: Path, json_path: Path | None) -> None:
+    """Dice and ASSD (mm) of VS and cochlea for every case, mean +- std (Table 1 of Kang et al.).
+
+    Empty masks: both empty -> Dice 1, ASSD 0; one empty -> Dice 0, ASSD = image diagonal (mm).
+    """
+    from .evaluation.evaluate import evaluate_folders, summary_table
+
+    evaluation = evaluate_folders(pred_dir, label_dir)
+    rows = [{"case": c, **{k: f"{v:.3f}" for k, v in s.items()}} for c, s in evaluation.cases.items()]
+    click.echo(format_table(rows, ["case", "VS_dice", "VS_assd", "cochlea_dice", "cochlea_assd", "mean_dice"]))
+    click.echo("")
+    click.echo(summary_table({pred_dir.name or "prediction": evaluation.summary()}))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(evaluation.as_dict(), indent=2))
 
 
 if __name__ == "__main__":

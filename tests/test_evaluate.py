@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from vstk.cli import cli
+from vstk.evaluation.evaluate import evaluate_folders, paired_t_test
+from vstk.volume import Volume, write_nifti
+
+from conftest import make_image, make_label
+
+
+def write_pair(tmp_path, case, truth, prediction):
+    write_nifti(truth, tmp_path / "labels" / f"{case}_Label.nii.gz")
+    write_nifti(prediction, tmp_path / "pred" / f"{case}_Label.nii.gz")
+
+
+def test_perfect_and_missing_predictions_score_as_documented(tmp_path):
+    truth = make_label(make_image())
+    write_pair(tmp_path, "a", truth, truth)
+    no_cochlea = truth.array.copy()
+    no_cochlea[no_cochlea == 2] = 0
+    write_pair(tmp_path, "b", truth, truth.with_array(no_cochlea))
+    evaluation = evaluate_folders(tmp_path / "pred", tmp_path / "labels")
+    assert evaluation.cases["a"]["mean_dice"] == 1.0
+    assert evaluation.cases["b"]["VS_dice"] == 1.0 and evaluation.cases["b"]["cochlea_dice"] == 0.0
+    assert evaluation.cases["b"]["cochlea_assd"] > 10  # the image diagonal in mm
+    summary = evaluation.summary()
+    assert summary["cochlea_dice"]["mean"] == 0.5 and summary["cochlea_dice"]["std"] == 0.5
+    assert summary["mean_dice"]["mean"] == 0.75
+
+
+def test_cli_prints_table_and_writes_json(tmp_path):
+    truth = make_label(make_image())
+    write_pair(tmp_path, "a", truth, truth)
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "pred"), str(tmp_path / "labels"),
+                                      "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    assert "| pred | 1.000 +- 0.000 | 0.00 +- 0.00 |" in result.output
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["summary"]["VS_dice"]["mean"] == 1.0
+
+
+def test_prediction_on_another_grid_is_an_error(tmp_path):
+    truth = make_label(make_image())
+    moved = Volume(truth.array, truth.spacing, (0.0, 0.0, 0.0), truth.direction)
+    write_pair(tmp_path, "a", truth, moved)
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "pred"), str(tmp_path / "labels")])
+    assert result.exit_code == 2 and "prediction grid does not match the truth" in result.output
+
+
+def test_missing_prediction_is_an_error(tmp_path):
+    truth = make_label(make_image())
+    write_pair(tmp_path, "a", truth, truth)
+    write_nifti(truth, tmp_path / "labels" / "b_Label.nii.gz")
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "pred"), str(tmp_path / "labels")])
+    assert result.exit_code == 2 and "no prediction for 1 case(s), e.g. b" in result.output
+
+
+def test_paired_t_test_detects_a_consistent_difference():
+    a = np.array([0.8, 0.82, 0.79, 0.85, 0.81])
+    assert paired_t_test(a, a - 0.05 + np.array([0.001, -0.002, 0.0, 0.002, -0.001]))["p"] < 0.001
+    assert paired_t_test(a, a)["p"] == 1.0
