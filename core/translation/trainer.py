@@ -162,7 +162,7 @@ def train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: st
     _truncate_log(log_path, step)
     total = schedule.total_steps
     end = total if stop_after is None else min(total, stop_after)
-    writer_handle = open(log_path, "a", newline="")
+    writer_handle = open(log_path, "a", newline="", buffering=1)  # line-buffered: the log is live
     writer = csv.writer(writer_handle)
     header_written = log_path.stat().st_size > 0
 

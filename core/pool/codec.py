@@ -1,0 +1,255 @@
+"""Writing and reading slice-chunked voxel datasets, with a fast path for shuffle + deflate.
+
+Every voxel dataset is chunked one axial slice per chunk, ``(1, Y, X)``. The file only ever
+uses HDF5's built-in filters (shuffle, deflate; h5py's lzf only on request), so any HDF5 reader
+decodes it. For the default (shuffle + deflate) vstk does the filter work itself, which is the
+same bytes-on-disk format:
+
+* writing: each slice is byte-shuffled with numpy and deflated in a thread pool (libdeflate
+  through ``imagecodecs`` when it is installed, as it is with nnU-Net; else zlib), then
+  stored with ``write_direct_chunk``. HDF5's own filter pipeline runs single-threaded and
+  with zlib only, 1.6x slower per core here (36 vs 57 MB/s at level 1 on MR-like float32).
+* reading a slice: ``read_direct_chunk`` fetches the one compressed chunk, which is inflated
+  and un-shuffled here (libdeflate inflates about 2.5x faster than the zlib inside HDF5).
+
+The zlib stream of each chunk ends with an Adler-32 checksum, so a damaged chunk fails to
+decode instead of returning wrong voxels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import h5py
+import numpy as np
+
+from ..errors import ConfigError
+
+CODECS = ("gzip", "lzf", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Compression:
+    """How voxel datasets are compressed (one chunk per axial slice in every case).
+
+    Attributes:
+        codec: ``"gzip"`` (HDF5 deflate: every HDF5 tool reads it), ``"lzf"`` (h5py-only
+            filter: HDFView and h5dump cannot decode it) or ``"none"``.
+        level: deflate level 0-9 (``gzip`` only); 1 is the fastest that compresses.
+        shuffle: apply HDF5's byte-shuffle filter first (float32 noise compresses ~10 % better).
+    """
+
+    codec: str = "gzip"
+    level: int = 1
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ConfigError(f"pool compression codec {self.codec!r} is unknown",
+                              fix=f"use one of {', '.join(CODECS)}")
+        if self.codec == "gzip" and not 0 <= self.level <= 9:
+            raise ConfigError(f"gzip level {self.level} is outside 0-9", fix="use 1 (fast) to 9 (small)")
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``h5py.Group.create_dataset`` for these filters."""
+        if self.codec == "none":
+            return {"shuffle": self.shuffle} if self.shuffle else {}
+        kwargs: dict[str, Any] = {"compression": self.codec, "shuffle": self.shuffle}
+        if self.codec == "gzip":
+            kwargs["compression_opts"] = self.level
+        return kwargs
+
+    @property
+    def label(self) -> str:
+        """Short human name, e.g. ``gzip-1+shuffle``."""
+        name = self.codec if self.codec != "gzip" else f"gzip-{self.level}"
+        return name + ("+shuffle" if self.shuffle else "")
+
+
+DEFAULT_COMPRESSION = Compression("gzip", 1, True)
+
+
+def default_threads() -> int:
+    """Threads for chunk (de)compression: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+@functools.lru_cache(maxsize=1)
+def _libdeflate() -> Any | None:
+    """The ``imagecodecs`` module when its libdeflate codec works, else None (zlib is used)."""
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    try:
+        if not imagecodecs.DEFLATE.available:
+            return None
+        probe = b"vstk" * 64
+        if zlib.decompress(imagecodecs.deflate_encode(probe, level=1)) != probe:
+            return None
+    except Exception:  # an old or broken build: fall back to zlib
+        return None
+    return imagecodecs
+
+
+def deflate(data: bytes | np.ndarray, level: int) -> bytes:
+    """zlib-format deflate stream (as HDF5's deflate filter writes it)."""
+    codecs = _libdeflate()
+    if codecs is not None:
+        return bytes(codecs.deflate_encode(data, level=level))
+    return zlib.compress(memoryview(data), level)
+
+
+def inflate(blob: bytes, nbytes: int) -> bytes | np.ndarray:
+    """Decode a zlib-format stream of ``nbytes`` bytes (raises on a damaged stream)."""
+    codecs = _libdeflate()
+    if codecs is not None:
+        return codecs.deflate_decode(blob, out=nbytes)
+    return zlib.decompress(blob, bufsize=nbytes)
+
+
+def shuffle_bytes(plane: np.ndarray) -> np.ndarray:
+    """HDF5 byte shuffle of a C-contiguous array: byte 0 of every element, then byte 1, ..."""
+    size = plane.dtype.itemsize
+    if size == 1:
+        return plane.reshape(-1).view(np.uint8)
+    src = np.ascontiguousarray(plane).reshape(-1).view(np.uint8).reshape(-1, size)
+    out = np.empty((size, src.shape[0]), dtype=np.uint8)
+    for i in range(size):  # one strided column at a time is ~3x faster than src.T.copy()
+        out[i] = src[:, i]
+    return out
+
+
+def unshuffle_bytes(data: bytes | np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`shuffle_bytes`: an array of ``dtype`` and ``shape``."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    size = dtype.itemsize
+    if size == 1:
+        return raw.view(dtype).reshape(shape).copy()
+    src = raw.reshape(size, -1)
+    out = np.empty((src.shape[1], size), dtype=np.uint8)
+    for i in range(size):
+        out[:, i] = src[i]
+    return out.reshape(-1).view(dtype).reshape(shape)
+
+
+def _encode_slice(plane: np.ndarray, compression: Compression) -> bytes:
+    data = shuffle_bytes(plane) if compression.shuffle else np.ascontiguousarray(plane).reshape(-1).view(np.uint8)
+    return deflate(data, compression.level)
+
+
+def _batches(n: int, size: int) -> Iterator[range]:
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
+
+
+def write_volume(group: h5py.Group, name: str, array: np.ndarray, compression: Compression = DEFAULT_COMPRESSION,
+                 *, threads: int | None = None, attrs: dict[str, Any] | None = None) -> h5py.Dataset:
+    """Create ``group[name]`` from ``array`` ``[z, y, x]``, chunked ``(1, y, x)``, compressed.
+
+    For gzip the slices are compressed in ``threads`` threads (default: the usable CPUs)
+    and stored with direct chunk writes; other codecs go through HDF5's filters.
+    """
+    z, y, x = array.shape
+    dataset = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=(1, y, x),
+                                   **compression.dataset_kwargs())
+    if compression.codec == "gzip":
+        workers = threads or default_threads()
+        encode: Callable[[int], bytes] = lambda k: _encode_slice(array[k], compression)  # noqa: E731
+        if workers == 1 or z == 1:
+            for k in range(z):
+                dataset.id.write_direct_chunk((k, 0, 0), encode(k))
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                # Bounded batches keep at most a few compressed slices in memory at once.
+                for batch in _batches(z, 4 * workers):
+                    for k, blob in zip(batch, pool.map(encode, batch)):
+                        dataset.id.write_direct_chunk((k, 0, 0), blob)
+    else:
+        dataset[...] = array
+    for key, value in (attrs or {}).items():
+        dataset.attrs[key] = value
+    return dataset
+
+
+class SliceReader:
+    """Reads axial slices of one slice-chunked dataset, one chunk per slice.
+
+    Uses the fast path (raw chunk + inflate/un-shuffle here) when the dataset's filters are
+    exactly [shuffle,] deflate or none; otherwise HDF5's own pipeline (``dataset[k]``).
+    """
+
+    def __init__(self, dataset: h5py.Dataset):
+        self.dataset = dataset
+        self.shape = tuple(dataset.shape)
+        self.dtype = dataset.dtype
+        self.plane_shape = self.shape[1:]
+        self.plane_nbytes = int(np.prod(self.plane_shape)) * self.dtype.itemsize
+        self._mode = self._fast_mode(dataset)
+
+    @staticmethod
+    def _fast_mode(dataset: h5py.Dataset) -> str | None:
+        if dataset.chunks != (1, *dataset.shape[1:]) or dataset.dtype.kind not in "uif":
+            return None
+        if dataset.dtype.byteorder == ">" or dataset.dtype.hasobject:
+            return None
+        plist = dataset.id.get_create_plist()
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        if filters == []:
+            return "raw"
+        if filters == [h5py.h5z.FILTER_DEFLATE]:
+            return "deflate"
+        if filters == [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE]:
+            return "shuffle+deflate"
+        return None
+
+    def raw_chunk(self, k: int) -> tuple[int, bytes]:
+        """``(filter_mask, stored bytes)`` of slice ``k``'s chunk (no decoding)."""
+        return self.dataset.id.read_direct_chunk((k, 0, 0))
+
+    def decode(self, k: int, filter_mask: int, blob: bytes) -> np.ndarray:
+        """Slice ``k`` from its stored chunk bytes."""
+        if self._mode is None or filter_mask != 0:
+            return self.dataset[k]
+        if self._mode == "raw":
+            return np.frombuffer(blob, dtype=self.dtype).reshape(self.plane_shape).copy()
+        data = inflate(blob, self.plane_nbytes)
+        if self._mode == "deflate":
+            return np.frombuffer(data, dtype=self.dtype).reshape(self.plane_shape).copy()
+        return unshuffle_bytes(data, self.dtype, self.plane_shape)
+
+    def read(self, k: int) -> np.ndarray:
+        """Axial slice ``k`` as a 2D array ``[y, x]``, reading only its own chunk."""
+        if not 0 <= k < self.shape[0]:
+            raise IndexError(f"slice {k} is outside 0..{self.shape[0] - 1}")
+        if self._mode is None:
+            return self.dataset[k]
+        mask, blob = self.raw_chunk(k)
+        return self.decode(k, mask, blob)
+
+    def read_all(self, threads: int | None = None) -> np.ndarray:
+        """The whole volume ``[z, y, x]``, slices decoded in ``threads`` threads."""
+        if self._mode is None:
+            return self.dataset[...]
+        out = np.empty(self.shape, dtype=self.dtype)
+        workers = threads or default_threads()
+        if workers == 1 or self.shape[0] == 1:
+            for k in range(self.shape[0]):
+                out[k] = self.read(k)
+            return out
+        with ThreadPoolExecutor(workers) as pool:
+            # h5py serialises its own calls, so raw chunks are fetched here and decoded in threads.
+            for batch in _batches(self.shape[0], 4 * workers):
+                raws = [self.raw_chunk(k) for k in batch]
+                for k, plane in zip(batch, pool.map(lambda kr: self.decode(kr[0], *kr[1]), zip(batch, raws))):
+                    out[k] = plane
+        return out
