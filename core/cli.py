@@ -23,6 +23,8 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "data": "vstk.cli:data_group",
     "translate": "vstk.translation.cli:translate_group",
     "evaluate": "vstk.cli:evaluate_command",
+    "pool": "vstk.pool.cli:pool_group",
+    "run": "vstk.pipeline.cli:run_command",
 }
 
 
@@ -142,10 +144,10 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 # --- vstk phantom -------------------------------------------------------------------------
 @click.command("phantom")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--cases", default=10, show_default=True, type=click.IntRange(1, 500),
+@click.option("--cases", default=10, show_default=True, type=click.IntRange(2, 500),
               help="Labelled ceT1 training cases (and as many unlabelled hrT2).")
-@click.option("--test-cases", type=click.IntRange(1, 500), default=None, help="Test hrT2 cases [cases // 2, min 2].")
-@click.option("--paired-cases", type=click.IntRange(1, 500), default=None,
+@click.option("--test-cases", type=click.IntRange(2, 500), default=None, help="Test hrT2 cases [cases // 2, min 2].")
+@click.option("--paired-cases", type=click.IntRange(2, 500), default=None,
               help="Paired ceT1/hrT2 cases for scoring translation [cases // 4, min 2].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--png/--no-png", default=True, show_default=True, help="Write OUT/overview.png.")
@@ -155,7 +157,8 @@ def phantom_command(out: Path, cases: int, test_cases: int | None, paired_cases:
     from .phantom import PhantomConfig, generate_phantom, save_overview_png
 
     config = PhantomConfig(cases=cases, test_cases=test_cases, paired_cases=paired_cases, seed=seed)
-    summary = generate_phantom(out, config, progress=lambda message: log.info("%s", message))
+    summary = generate_phantom(out, config, progress=lambda message: log.info("%s", message),
+                               workers=min(2, os.cpu_count() or 1))
     click.echo(f"wrote phantom data to {out}: " + ", ".join(
         f"{k} {v}" for k, v in summary.get("counts", {}).items()) + f" in {summary.get('seconds', 0):.1f} s")
     if png:

@@ -78,16 +78,8 @@ def pool_group() -> None:
     """Build, inspect and export the HDF5 multi-view pool (translated views + labels)."""
 
 
-# --- build / add-view ----------------------------------------------------------------------
-# `vstk pool build` and `vstk pool add-view` need the translators, so they are added to this
-# group by the pipeline code (pool_group.add_command(...)). Their contract with the pool:
-#   build:    with PoolBuilder(out, target_spacing=..., overwrite=...) as b:
-#                 add every label (b.has_label), every view entry not yet staged (b.has), targets;
-#                 b.finalize()          # rerunning the same command resumes after a crash
-#   add-view: with PoolBuilder.extend(pool) as b:
-#                 b.check_view_is_new(view)   # before training anything
-#                 add the view's entries (b.has for resume); b.finalize()
-# Pass on_entry_written=host.notify_pool_entry to feed the vstk_pool_entry_written hook.
+# `build` and `add-view` (they need the translators) live in vstk.pipeline.cli and are added
+# to this group there; see that module.
 
 
 @pool_group.command("info")
@@ -123,3 +115,13 @@ def export_nnunet_command(pool: Path, raw_root: Path, dataset_id: int, name: str
                                overwrite=overwrite, progress=progress)
     count = json.loads((folder / "dataset.json").read_text())["numTraining"]
     click.echo(f"wrote {count} training cases to {folder}")
+
+
+def _add_pipeline_commands() -> None:
+    from ..pipeline.cli import add_view_command, build_command
+
+    pool_group.add_command(build_command)
+    pool_group.add_command(add_view_command)
+
+
+_add_pipeline_commands()

@@ -22,7 +22,7 @@ from ..geometry import SliceGeometry, from_slices
 from ..protocols import ProgressFn
 from ..roi import EarRule
 from ..volume import Volume
-from .data import SliceOptions, SliceSet, normalised_slices, robust_normalisation
+from .data import SliceOptions, SliceSet, normalised_slices, robust_normalisation, sub_volume
 from .schedule import TrainSchedule
 
 if TYPE_CHECKING:  # torch is imported only by the methods that run networks
@@ -267,20 +267,22 @@ class SliceTranslator:
         voxels outside every translated frame are 0.
         """
         options = self.config.slice_options()
-        frames = options.frames(volume)
+        regions = options.regions(volume)
         norm = robust_normalisation(volume, options.percentiles)
         out = np.zeros(volume.shape, dtype=np.float32)
         batch = self.config.translate_batch
-        total = sum(frame.num_slices for frame in frames)
+        total = sum(frame.num_slices for _, frame in regions)
         done = 0
-        for frame in frames:
+        for zs, frame in regions:
+            part = sub_volume(volume, zs)
+            target = out[zs]
             for start in range(0, frame.num_slices, batch):
                 stop = min(start + batch, frame.num_slices)
-                slices = normalised_slices(volume, options, start, stop, frame=frame, norm=norm)
+                slices = normalised_slices(part, options, start, stop, frame=frame, norm=norm)
                 translated = (self.translate_batch(slices) + 1.0) * 500.0
                 merged = from_slices(translated, frame, start=start, fill=np.nan)
                 covered = ~np.isnan(merged)
-                out[start:stop][covered] = merged[covered]
+                target[start:stop][covered] = merged[covered]
                 done += stop - start
                 if progress is not None:
                     progress(done, total, "slices")

@@ -92,15 +92,41 @@ class SliceOptions:
     percentiles: tuple[float, float] = (0.5, 99.5)
     min_content: float = 0.05
 
-    def frames(self, volume: Volume) -> list[SliceFrame]:
-        """The slice frames of ``volume``: one, or one per ear."""
+    def regions(self, volume: Volume) -> list[tuple[slice, SliceFrame]]:
+        """Where ``volume`` is sliced: ``(z range, frame)`` pairs, the frame laid on the
+        sub-volume ``volume.array[z range]`` (see :func:`sub_volume`).
+
+        One region over every slice, or with ``centre="ears"`` one per ear, limited in z to
+        the ear box (``ears.size_mm``) so no time goes to slices far from the ears.
+        """
+        everything = slice(0, volume.shape[0])
         if self.centre == "head":
-            return [slice_frame(volume, self.geometry, head_centre(volume))]
+            return [(everything, slice_frame(volume, self.geometry, head_centre(volume)))]
         if self.centre == "volume":
-            return [slice_frame(volume, self.geometry)]
-        if self.centre == "ears":
-            return [slice_frame(volume, self.geometry, point) for point in self.ears.centres(volume)]
-        raise ValueError(f"centre must be 'head', 'volume' or 'ears', got {self.centre!r}")
+            return [(everything, slice_frame(volume, self.geometry))]
+        if self.centre != "ears":
+            raise ValueError(f"centre must be 'head', 'volume' or 'ears', got {self.centre!r}")
+        out = []
+        half = self.ears.size_mm[2] / 2.0 / volume.spacing[2]
+        for point in self.ears.centres(volume):
+            kz = float(volume.physical_to_index(point)[0])
+            z0 = int(np.clip(np.floor(kz - half), 0, volume.shape[0] - 1))
+            z1 = int(np.clip(np.ceil(kz + half) + 1, z0 + 1, volume.shape[0]))
+            zs = slice(z0, z1)
+            out.append((zs, slice_frame(sub_volume(volume, zs), self.geometry, point)))
+        return out
+
+    def frames(self, volume: Volume) -> list[SliceFrame]:
+        """The frames of :meth:`regions` (each relative to its own z range)."""
+        return [frame for _, frame in self.regions(volume)]
+
+
+def sub_volume(volume: Volume, zs: slice) -> Volume:
+    """Slices ``zs`` of ``volume`` as a volume with the matching origin (a view, no copy)."""
+    if zs.start in (0, None) and zs.stop in (None, volume.shape[0]):
+        return volume
+    origin = volume.index_to_physical((zs.start or 0, 0, 0))
+    return Volume(volume.array[zs], volume.spacing, tuple(origin), volume.direction)
 
 
 def normalised_slices(volume: Volume, options: SliceOptions, start: int = 0, stop: int | None = None,
@@ -134,8 +160,8 @@ class SliceSet:
         chunks, owners = [], []
         for i, volume in enumerate(volumes):
             norm = robust_normalisation(volume, options.percentiles)
-            for frame in options.frames(volume):
-                slices = normalised_slices(volume, options, frame=frame, norm=norm)
+            for zs, frame in options.regions(volume):
+                slices = normalised_slices(sub_volume(volume, zs), options, frame=frame, norm=norm)
                 content = (slices > -0.9).mean(axis=(1, 2))
                 keep = content >= options.min_content
                 chunks.append(slices[keep])

@@ -1,0 +1,178 @@
+"""``vstk run`` and ``vstk pool build`` / ``add-view``: the commands that compose plugins."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+log = logging.getLogger(__name__)
+
+translators_option = click.option("--translators", "translators", required=True,
+                                  help="Comma-separated translator plugins, e.g. cyclegan,qsattn.")
+profile_option = click.option("--profile", type=click.Choice(["cpu", "paper"]), default=None,
+                              help="Settings profile of every component [paper with a GPU, else cpu].")
+set_option = click.option("--set", "settings", multiple=True, metavar="[NAME.]KEY=VALUE",
+                          help="Override a setting: NAME.key=value for one component, key=value for every "
+                               "component that has it (repeatable).")
+config_option = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                             default=None, help='JSON file of settings: {"NAME": {"key": value}} or {"key": value}.')
+device_option = click.option("--device", default=None, help="cpu or cuda[:N] [cuda if available].")
+
+
+def collect_settings(settings: tuple[str, ...], config_file: Path | None) -> tuple[tuple[str, str], ...]:
+    """``--config`` then ``--set`` (later wins) as ``(("name.key" | "key", value), ...)``."""
+    from ..config import load_config_file, parse_overrides
+
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        for key, value in load_config_file(config_file).items():
+            if isinstance(value, dict):
+                merged.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                merged[key] = value
+    merged.update(parse_overrides(settings))
+    return tuple((k, v if isinstance(v, str) else _json_value(v)) for k, v in merged.items())
+
+
+def _json_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _translators(names: str, profile: str, settings, device):
+    from ..cli import _host
+    from .components import configure, split_settings
+    from .run import parse_translators
+
+    host = _host()
+    classes = {name: host.get("translator", name) for name in parse_translators(names)}
+    routed = split_settings(dict(settings), classes)
+    return host, {name: cls(configure(cls, profile, routed[name]), device=device) for name, cls in classes.items()}
+
+
+def _resolve_profile(profile: str | None, device: str | None) -> str:
+    from ..translation.cli import default_profile
+
+    return default_profile(profile, device)
+
+
+def _pool_job(translators: str, data: Path, work: Path, pool: Path, profile: str | None, settings, config_file,
+              device: str | None, extend: bool) -> Path:
+    from ..crossmoda import discover, read_image
+    from ..progress import progress_bar
+    from . import stages
+
+    profile = _resolve_profile(profile, device)
+    host, models = _translators(translators, profile, collect_settings(settings, config_file), device)
+    folder = discover(data, require_source=True, require_target=not extend)
+    sources = targets = None
+    checkpoints = {}
+    for name, model in models.items():
+        workdir = work / name
+        if not (workdir / "translator.pt").exists():
+            if sources is None:
+                sources = [read_image(c.ceT1) for c in folder.source]
+                targets = [read_image(c.hrT2) for c in discover(data, require_target=True).target]
+            log.info("no checkpoint for %s in %s: training it", name, workdir)
+        with progress_bar(0, f"train {name}") as bar:
+            checkpoints[name] = stages.train_translator(model, sources, targets, workdir, progress=bar)
+    total = len(folder.source) * len(models) + (0 if extend else len(folder.target))
+    with progress_bar(total, "pool") as bar:
+        return stages.build_pool(pool, models, checkpoints, folder.source, folder.target, host, extend=extend,
+                                 progress=bar)
+
+
+@click.command("build")
+@translators_option
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="CrossMoDA training folder.")
+@click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Translator work folder: WORK/NAME/translator.pt is trained when missing.")
+@click.option("--out", "pool", required=True, type=click.Path(dir_okay=False, path_type=Path), help="POOL.h5")
+@profile_option
+@set_option
+@config_option
+@device_option
+def build_command(translators: str, data: Path, work: Path, pool: Path, profile: str | None, settings, config_file,
+                  device: str | None) -> None:
+    """Translate every labelled ceT1 with every translator into one HDF5 pool (resumable)."""
+    path = _pool_job(translators, data, work, pool, profile, settings, config_file, device, extend=False)
+    click.echo(f"pool written: {path}")
+
+
+@click.command("add-view")
+@click.argument("pool", type=click.Path(dir_okay=False, path_type=Path))
+@translators_option
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="The pool's training folder.")
+@click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Translator work folder (trained when WORK/NAME/translator.pt is missing).")
+@profile_option
+@set_option
+@config_option
+@device_option
+def add_view_command(pool: Path, translators: str, data: Path, work: Path, profile: str | None, settings,
+                     config_file, device: str | None) -> None:
+    """Add the views of more translators to an existing POOL."""
+    path = _pool_job(translators, data, work, pool, profile, settings, config_file, device, extend=True)
+    click.echo(f"pool extended: {path}")
+
+
+@click.command("run")
+@translators_option
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="CrossMoDA training folder (labelled ceT1 + unlabelled hrT2) [built-in phantom].")
+@click.option("--test", type=click.Path(path_type=Path), default=None, help="Folder of test hrT2 to segment.")
+@click.option("--test-labels", type=click.Path(path_type=Path), default=None,
+              help="Truth {case}_Label.nii.gz for the test images: enables evaluation.")
+@profile_option
+@click.option("--rounds", type=click.IntRange(0, 20), default=1, show_default=True,
+              help="Self-training rounds after the first segmenter.")
+@click.option("--segmenter", default="nnunet", show_default=True)
+@click.option("--pseudo-labeler", default="all", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--phantom-cases", type=click.IntRange(1, 500), default=10, show_default=True,
+              help="Labelled cases of the phantom used without --data.")
+@set_option
+@config_option
+@device_option
+def run_command(translators: str, data: Path | None, test: Path | None, test_labels: Path | None,
+                profile: str | None, rounds: int, segmenter: str, pseudo_labeler: str, out: Path,
+                phantom_cases: int, settings, config_file, device: str | None) -> None:
+    """Translate, pool, train the segmenter, self-train, segment the test set, evaluate.
+
+    Rerunning the same command resumes: finished stages are skipped and an interrupted one
+    restarts from its own checkpoints. Writes OUT/predictions/{case}_Label.nii.gz,
+    OUT/evaluation.json, OUT/report.md and a log file OUT/vstk.log.
+    """
+    from ..cli import _host
+    from .run import RunOptions, parse_translators, run
+
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "vstk.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+        for other in root.handlers:
+            if other is not handler and other.level == logging.NOTSET:
+                other.setLevel(logging.WARNING)
+    try:
+        options = RunOptions(out=out, translators=parse_translators(translators), data=data, test=test,
+                             test_labels=test_labels, profile=_resolve_profile(profile, device), rounds=rounds,
+                             segmenter=segmenter, pseudo_labeler=pseudo_labeler,
+                             settings=collect_settings(settings, config_file), device=device,
+                             phantom_cases=phantom_cases)
+        summary = run(options, _host())
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    if "evaluate" in summary:
+        for model, scores in summary["evaluate"].items():
+            if isinstance(scores, dict):
+                click.echo(f"{model}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    click.echo(f"report: {out / 'report.md'}" if (out / "report.md").exists() else f"done: {out}")

@@ -1,0 +1,204 @@
+"""Evaluation and the run report: Markdown + JSON tables and PNG figures.
+
+Figures (the paper's): Dice box plots per structure and model (Fig. 2), translated examples
+of every view beside a real hrT2 (Fig. 4), and predicted contours on test slices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..evaluation.evaluate import evaluate_folders, paired_t_test, summary_table
+from ..labels import COCHLEA, VS
+from ..roi import ear_boxes
+
+log = logging.getLogger(__name__)
+
+
+def _prediction_dirs(plan) -> dict[str, Path]:
+    from .run import prediction_dirs
+
+    return prediction_dirs(plan)
+
+
+def evaluate_run(plan) -> dict[str, Any]:
+    """Score every prediction folder of the run against the test labels -> evaluation.json."""
+    labels = _label_dir(plan)
+    results = {}
+    for name, folder in _prediction_dirs(plan).items():
+        results[name] = evaluate_folders(folder, labels).as_dict()
+    names = list(results)
+    tests = {}
+    if len(names) > 1:
+        a, b = names[0], names[1]
+        for metric in ("VS_dice", "cochlea_dice", "mean_dice"):
+            va = [results[a]["cases"][c][metric] for c in sorted(results[a]["cases"])]
+            vb = [results[b]["cases"][c][metric] for c in sorted(results[b]["cases"])]
+            tests[f"{a} vs {b}: {metric}"] = paired_t_test(va, vb)
+    data = {"models": results, "paired_t_tests": tests, "label_dir": str(labels)}
+    (plan.out / "evaluation.json").write_text(json.dumps(data, indent=2))
+    return {name: {m: r["summary"][m]["mean"] for m in ("VS_dice", "cochlea_dice", "mean_dice")}
+            for name, r in results.items()}
+
+
+def _label_dir(plan) -> Path:
+    labels = {c.label.parent for c in plan.test.target if c.label is not None}
+    if len(labels) != 1:
+        raise ValueError("test labels must live in one folder")
+    return labels.pop()
+
+
+def write_report(plan, summary: dict[str, Any]) -> Path:
+    """OUT/report.md with the tables and the three figures."""
+    evaluation = json.loads((plan.out / "evaluation.json").read_text())
+    figures = plan.out / "figures"
+    figures.mkdir(exist_ok=True)
+    models = evaluation["models"]
+    dice_png = dice_boxplot({k: v["cases"] for k, v in models.items()}, figures / "dice_boxplot.png")
+    views_png = translation_figure(plan, figures / "translated_views.png")
+    contours_png = contour_figure(plan, figures / "test_contours.png")
+    lines = [
+        f"# vstk run: {', '.join(plan.translators)}",
+        "",
+        f"Profile `{plan.options.profile}`, segmenter `{plan.options.segmenter}`, pseudo-labeler "
+        f"`{plan.options.pseudo_labeler}`, {plan.options.rounds} self-training round(s); "
+        f"{len(plan.train.source)} labelled ceT1, {len(plan.train.target)} unlabelled hrT2, "
+        f"{len(plan.test.target)} test hrT2.",
+        "",
+        "## Test set (mean +- std over cases)",
+        "",
+        summary_table({name: m["summary"] for name, m in models.items()}),
+        "",
+        "Empty masks: " + next(iter(models.values()))["convention"] + ".",
+        "",
+    ]
+    if evaluation["paired_t_tests"]:
+        lines += ["## Paired t-tests (per-case Dice)", "", "| comparison | t | p |", "|---|---|---|"]
+        for name, t in evaluation["paired_t_tests"].items():
+            lines.append(f"| {name} | {t['t']:.3f} | {t['p']:.4f} |")
+        lines.append("")
+    lines += ["## Stages", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {info.get('seconds', '-')} |" for name, info in summary.items()]
+    lines += ["", "## Figures", "", f"![Dice per structure]({dice_png.relative_to(plan.out)})", "",
+              f"![Translated views]({views_png.relative_to(plan.out)})", "",
+              f"![Test contours]({contours_png.relative_to(plan.out)})", ""]
+    path = plan.out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def dice_boxplot(cases_by_model: dict[str, dict[str, dict[str, float]]], path: Path) -> Path:
+    """Fig. 2: per-case Dice of VS and cochlea, one box per model."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * len(cases_by_model), 3.6), sharey=True)
+    for ax, (metric, title) in zip(axes, (("VS_dice", "VS"), ("cochlea_dice", "cochlea"))):
+        data = [[s[metric] for s in cases.values()] for cases in cases_by_model.values()]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(data) + 1), list(cases_by_model), rotation=20)
+        rng = np.random.default_rng(0)
+        for i, values in enumerate(data, start=1):
+            ax.scatter(i + rng.uniform(-0.08, 0.08, len(values)), values, s=10, alpha=0.6, color="tab:blue")
+        ax.set_title(f"{title} Dice")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _ear_window(volume, label, rule):
+    """Slice index and in-plane window of the ear box holding most foreground."""
+    best = None
+    for box in ear_boxes(volume, rule):
+        z0, y0, x0 = (max(v, 0) for v in box.start)
+        z1, y1, x1 = (min(s + n, e) for s, n, e in zip(box.start, box.size, volume.shape))
+        part = label[z0:z1, y0:y1, x0:x1] > 0 if label is not None else None
+        score = int(part.sum()) if part is not None else 0
+        k = z0 + (int(np.argmax(part.sum(axis=(1, 2)))) if part is not None and part.any() else (z1 - z0) // 2)
+        if best is None or score > best[0]:
+            best = (score, k, (slice(y0, y1), slice(x0, x1)))
+    return best[1], best[2]
+
+
+def translation_figure(plan, path: Path) -> Path:
+    """Fig. 4: for two labelled cases, ceT1 and every translated view; a real hrT2 beside them."""
+    from ..pool import Pool
+
+    plt = _plt()
+    pool = Pool(plan.pool)
+    views = pool.views()
+    cases = pool.cases(views[0])[:2]
+    targets = pool.targets()
+    columns = ["ceT1"] + views + ["real hrT2 (other subject)"]
+    fig, axes = plt.subplots(len(cases), len(columns), figsize=(2.7 * len(columns), 2.8 * len(cases)), squeeze=False)
+    source_files = {c.case_id: c for c in plan.train.source}
+    from ..crossmoda import read_image
+
+    for r, case in enumerate(cases):
+        label = pool.read_label(case)
+        k, window = _ear_window(label, label.array, plan.ear_rule)
+        ce = read_image(source_files[case].ceT1)
+        images = [ce.array[k][window]] + [pool.read_image(v, case).array[k][window] for v in views]
+        real = pool.read_target(targets[r % len(targets)])
+        kr, window_r = _ear_window(real, None, plan.ear_rule)
+        images.append(real.array[kr][window_r])
+        for c, (image, title) in enumerate(zip(images, columns)):
+            lo, hi = np.percentile(image, (1, 99.5))
+            axes[r, c].imshow(image, cmap="gray", vmin=lo, vmax=hi)
+            axes[r, c].set_axis_off()
+            if r == 0:
+                axes[r, c].set_title(title, fontsize=9)
+            if 0 < c < len(columns) - 1 or c == 0:
+                axes[r, c].contour(label.array[k][window] == VS, levels=[0.5], colors="red", linewidths=0.6)
+                axes[r, c].contour(label.array[k][window] == COCHLEA, levels=[0.5], colors="cyan", linewidths=0.6)
+        axes[r, 0].set_ylabel(case, fontsize=7)
+    fig.suptitle("translated ceT1 views (ceT1 label: VS red, cochlea cyan)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def contour_figure(plan, path: Path, max_cases: int = 4) -> Path:
+    """Predicted (solid) and true (dashed) contours on test hrT2 slices through the structures."""
+    from ..crossmoda import load_case
+    from ..volume import read_nifti
+
+    plt = _plt()
+    cases = [c for c in plan.test.target if c.label is not None][:max_cases]
+    fig, axes = plt.subplots(len(cases), 2, figsize=(6.4, 3.0 * len(cases)), squeeze=False)
+    final = _prediction_dirs(plan)[f"round {plan.options.rounds}"]
+    for r, case in enumerate(cases):
+        image, truth = load_case(case, "hrT2")
+        prediction = read_nifti(final / f"{case.case_id}_Label.nii.gz").array
+        for c, value in enumerate((VS, COCHLEA)):
+            k, window = _ear_window(image, truth.array == value, plan.ear_rule)
+            ax = axes[r, c]
+            slab = image.array[k][window]
+            lo, hi = np.percentile(slab, (1, 99.5))
+            ax.imshow(slab, cmap="gray", vmin=lo, vmax=hi)
+            ax.contour(truth.array[k][window] == value, levels=[0.5], colors="lime", linewidths=0.8, linestyles="dashed")
+            if (prediction[k][window] == value).any():
+                ax.contour(prediction[k][window] == value, levels=[0.5], colors="red", linewidths=0.8)
+            ax.set_axis_off()
+            ax.set_title(f"{case.case_id} {'VS' if value == VS else 'cochlea'} z={k}", fontsize=8)
+    fig.suptitle("test hrT2: truth dashed green, prediction red", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,258 @@
+"""``vstk run``: the whole method on one data set, resumable stage by stage.
+
+Stages (``OUT/state/{stage}.json`` marks a finished one; a rerun skips it):
+
+1. ``data``: the phantom when no ``--data`` is given; every input is read and validated
+   before any training starts.
+2. ``translator-{name}``: each translator trains (resuming its own checkpoint).
+3. ``pool``: every labelled ceT1 through every translator into ``OUT/pool.h5``.
+4. ``segment-r0``: the segmenter trains on all views (ear crops, ceT1 labels).
+5. ``segment-r{k}``: self-training rounds: predict the real hrT2, pseudo-label, retrain.
+6. ``predict``: the test hrT2 with the last round (and round 0, to show what self-training
+   added) -> ``OUT/predictions/{case}_Label.nii.gz`` on each test image's grid.
+7. ``evaluate`` / ``report``: with test labels, ``OUT/evaluation.json`` and ``OUT/report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..crossmoda import DataFolder, discover, load_case, read_image
+from ..errors import ConfigError, InputError
+from ..plugins import PluginHost
+from ..progress import progress_bar
+from ..roi import EarRule
+from ..volume import write_nifti
+from . import stages
+from .components import configure, split_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Everything ``vstk run`` needs; see ``vstk run --help`` for the meaning of each."""
+
+    out: Path
+    translators: tuple[str, ...] = ("cyclegan", "qsattn")
+    data: Path | None = None
+    test: Path | None = None
+    test_labels: Path | None = None
+    profile: str = "cpu"
+    rounds: int = 1
+    segmenter: str = "nnunet"
+    pseudo_labeler: str = "all"
+    settings: tuple[tuple[str, str], ...] = ()
+    device: str | None = None
+    phantom_cases: int = 10
+    phantom_seed: int = 0
+    ear_offset_mm: tuple[float, float, float] = (36.0, 2.0, 0.0)
+    ear_size_mm: tuple[float, float, float] = (48.0, 48.0, 30.0)
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.translators:
+            raise ConfigError("no translator named", fix="e.g. --translators cyclegan,qsattn")
+        if len(set(self.translators)) != len(self.translators):
+            raise ConfigError(f"a translator is named twice in {','.join(self.translators)}")
+        if self.rounds < 0:
+            raise ConfigError(f"--rounds {self.rounds} must be 0 or more")
+        if self.test_labels is not None and self.test is None:
+            raise ConfigError("--test-labels needs --test")
+
+
+@dataclasses.dataclass
+class Plan:
+    """The resolved run: folders, components and their configs, checked before training."""
+
+    options: RunOptions
+    train: DataFolder
+    test: DataFolder | None
+    translators: dict[str, Any]
+    segmenter: Any
+    pseudo_labeler: Any
+    ear_rule: EarRule
+
+    @property
+    def out(self) -> Path:
+        return self.options.out
+
+    @property
+    def state(self) -> Path:
+        return self.options.out / "state"
+
+    @property
+    def pool(self) -> Path:
+        return self.options.out / "pool.h5"
+
+
+def _phantom(options: RunOptions) -> Path:
+    from ..phantom import PhantomConfig, generate_phantom
+
+    root = options.out / "phantom"
+    if not (root / "phantom.json").exists():
+        log.info("generating phantom data in %s", root)
+        generate_phantom(root, PhantomConfig(cases=options.phantom_cases, seed=options.phantom_seed))
+    return root
+
+
+def _validate_folder(folder: DataFolder, *, with_source: bool) -> None:
+    """Read every file once so a bad one stops the run before any training."""
+    cases: list[tuple[Any, str]] = [(c, "hrT2") for c in folder.target]
+    if with_source:
+        cases += [(c, "ceT1") for c in folder.source]
+    for case, modality in cases:
+        load_case(case, modality)
+
+
+def plan_run(options: RunOptions, host: PluginHost) -> Plan:
+    """Resolve plugins, configs and data; raise on any bad input before training starts."""
+    translator_classes = {name: host.get("translator", name) for name in options.translators}
+    segmenter_cls = host.get("segmenter", options.segmenter)
+    labeler_cls = host.get("pseudo-labeler", options.pseudo_labeler)
+    components = {**translator_classes, options.segmenter: segmenter_cls, options.pseudo_labeler: labeler_cls}
+    routed = split_settings(dict(options.settings), components)
+
+    data, test, test_labels = options.data, options.test, options.test_labels
+    if data is None:
+        root = _phantom(options)
+        data, test, test_labels = root / "train", root / "test", root / "test_labels"
+    train = discover(data, require_source=True, require_target=True)
+    test_folder = None
+    if test is not None:
+        test_folder = discover(test, labels=test_labels, require_target=True)
+        if test_labels is not None and not any(c.label for c in test_folder.target):
+            raise InputError("no test label matches a test image", path=test_labels,
+                             fix="test labels must be named {case}_Label.nii.gz for {case}_hrT2.nii.gz")
+    _validate_folder(train, with_source=True)
+    if test_folder is not None:
+        _validate_folder(test_folder, with_source=False)
+
+    translators = {}
+    for name, cls in translator_classes.items():
+        config = configure(cls, options.profile, routed[name])
+        translators[name] = cls(config, device=options.device)
+    segmenter = segmenter_cls(configure(segmenter_cls, options.profile, routed[options.segmenter]),
+                              options.out / "segmenter")
+    labeler = labeler_cls(configure(labeler_cls, options.profile, routed[options.pseudo_labeler]))
+    rule = EarRule(options.ear_offset_mm, options.ear_size_mm)
+    return Plan(options, train, test_folder, translators, segmenter, labeler, rule)
+
+
+def _timed(plan: Plan, name: str, work) -> dict[str, Any]:
+    done = stages.stage_done(plan.state, name)
+    if done is not None:
+        log.info("stage %s already done (%.0f s), skipped", name, done.get("seconds", 0))
+        return done
+    started = time.perf_counter()
+    info = work() or {}
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    stages.mark_done(plan.state, name, info)
+    log.info("stage %s done in %.0f s", name, info["seconds"])
+    return info
+
+
+def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
+    """Run (or resume) the whole job; returns the stage summaries."""
+    options.out.mkdir(parents=True, exist_ok=True)
+    plan = plan_run(options, host)
+    summary: dict[str, Any] = {}
+    show = options.progress
+
+    sources = targets = None
+
+    def load_inputs():
+        nonlocal sources, targets
+        if sources is None:
+            sources = [read_image(c.ceT1) for c in plan.train.source]
+            targets = [read_image(c.hrT2) for c in plan.train.target]
+
+    checkpoints = {}
+    for name, translator in plan.translators.items():
+        workdir = plan.out / "translators" / name
+
+        def train_one(name=name, translator=translator, workdir=workdir):
+            load_inputs()
+            with progress_bar(0, f"train {name}", enabled=show) as bar:
+                path = stages.train_translator(translator, sources, targets, workdir, progress=bar)
+            return {"checkpoint": str(path)}
+
+        summary[f"translator-{name}"] = _timed(plan, f"translator-{name}", train_one)
+        checkpoints[name] = workdir / "translator.pt"
+        if plan.translators[name].generator is None:
+            translator.load(checkpoints[name])
+
+    def pool_stage():
+        total = len(plan.train.source) * len(plan.translators) + len(plan.train.target)
+        with progress_bar(total, "pool", enabled=show) as bar:
+            stages.build_pool(plan.pool, plan.translators, checkpoints, plan.train.source, plan.train.target, host,
+                              progress=bar)
+        return {"pool": str(plan.pool)}
+
+    summary["pool"] = _timed(plan, "pool", pool_stage)
+
+    def segment(round_index: int):
+        def work():
+            pseudo_round = round_index if round_index > 0 else None
+            if round_index > 0:
+                from ..pool import Pool
+
+                pool = Pool(plan.pool)
+                images = {case: pool.read_target(case) for case in pool.targets()}
+                with progress_bar(len(images) * 2, f"pseudo-label r{round_index}", enabled=show) as bar:
+                    predictions = stages.predict_full(plan.segmenter, images, plan.ear_rule,
+                                                      round_index=round_index - 1, progress=bar)
+                selected = plan.pseudo_labeler.select(predictions)
+                stages.store_pseudo_labels(plan.pool, round_index, selected)
+            cases = stages.pool_training_cases(plan.pool, plan.ear_rule, pseudo_round=pseudo_round)
+            with progress_bar(0, f"segmenter r{round_index}", enabled=show) as bar:
+                plan.segmenter.train(cases, round_index=round_index, progress=bar)
+            return {"training_cases": len(cases), "pseudo_labelled": 0 if pseudo_round is None else
+                    len([c for c in cases if c.case_id.startswith("pseudo_")]) // 2}
+
+        return work
+
+    for round_index in range(options.rounds + 1):
+        summary[f"segment-r{round_index}"] = _timed(plan, f"segment-r{round_index}", segment(round_index))
+
+    if plan.test is not None:
+        summary["predict"] = _timed(plan, "predict", lambda: predict_test(plan, show))
+        if any(c.label for c in plan.test.target):
+            from .report import evaluate_run, write_report
+
+            summary["evaluate"] = _timed(plan, "evaluate", lambda: evaluate_run(plan))
+            write_report(plan, summary)
+    stages.write_json_atomic(plan.out / "run.json", {"options": stages.dataclass_dict(options), "stages": summary})
+    return summary
+
+
+def prediction_dirs(plan: Plan) -> dict[str, Path]:
+    """Where each model's test predictions go: the final round, and round 0 when it differs."""
+    out = {f"round {plan.options.rounds}": plan.out / "predictions"}
+    if plan.options.rounds > 0:
+        out["round 0"] = plan.out / "predictions_round0"
+    return out
+
+
+def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
+    images = {c.case_id: read_image(c.hrT2) for c in plan.test.target}
+    rounds = {plan.options.rounds: plan.out / "predictions"}
+    if plan.options.rounds > 0:
+        rounds[0] = plan.out / "predictions_round0"
+    for round_index, folder in rounds.items():
+        with progress_bar(len(images) * 2, f"predict test (round {round_index})", enabled=show) as bar:
+            predictions = stages.predict_full(plan.segmenter, images, plan.ear_rule, round_index=round_index,
+                                              progress=bar)
+        for prediction in predictions:
+            stem = prediction.case_id[:-len("_hrT2")] if prediction.case_id.endswith("_hrT2") else prediction.case_id
+            write_nifti(prediction.label, folder / f"{stem}_Label.nii.gz")
+    return {"cases": len(images), "folders": {str(k): str(v) for k, v in rounds.items()}}
+
+
+def parse_translators(value: str | Sequence[str]) -> tuple[str, ...]:
+    names = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(n.strip() for n in names if n.strip())

@@ -1,0 +1,185 @@
+"""The stages of the main job as plain functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..config import to_json_dict
+from ..crossmoda import CaseFiles, load_case, read_image
+from ..plugins import PluginHost
+from ..protocols import Prediction, ProgressFn, TrainingCase
+from ..roi import EarRule, crop, ear_boxes, paste
+from ..volume import Volume
+from .components import plugin_provenance
+
+log = logging.getLogger(__name__)
+
+
+def train_translator(translator: Any, sources: Sequence[Volume], targets: Sequence[Volume], workdir: Path,
+                     progress: ProgressFn | None = None) -> Path:
+    """Train (or resume, or just load) one translator; returns its final checkpoint."""
+    final = workdir / "translator.pt"
+    if final.exists():
+        translator.load(final)
+        return final
+    return translator.train(sources, targets, workdir, progress=progress)
+
+
+def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Mapping[str, Path],
+               source_cases: Sequence[CaseFiles], target_cases: Sequence[CaseFiles], host: PluginHost,
+               *, extend: bool = False, progress: ProgressFn | None = None) -> Path:
+    """Translate every labelled ceT1 with every translator into the pool (resumable).
+
+    Labels are stored once; real hrT2 images go to the target group. With ``extend`` the
+    translators are added as new views to an existing pool (``vstk pool add-view``).
+    """
+    from ..pool import PoolBuilder
+    from ..translation.checkpoint import file_sha256
+
+    provenance = {}
+    for name, translator in translators.items():
+        distribution, version = plugin_provenance(host, "translator", name)
+        provenance[name] = {
+            "translator": name, "plugin_distribution": distribution, "plugin_version": version,
+            "checkpoint_sha256": file_sha256(checkpoints[name]),
+            "translator_config": to_json_dict(translator.config), "seed": int(translator.config.seed),
+        }
+    builder = (PoolBuilder.extend(pool_path, on_entry_written=host.notify_pool_entry) if extend else
+               PoolBuilder(pool_path, on_entry_written=host.notify_pool_entry))
+    with builder:
+        if extend:
+            for name in translators:
+                builder.check_view_is_new(name)
+        total = len(source_cases) * len(translators) + (0 if extend else len(target_cases))
+        done = 0
+        for case in source_cases:
+            image = label = None
+            if not extend and not builder.has_label(case.case_id):
+                image, label = load_case(case, "ceT1")
+                builder.add_label(case.case_id, label)
+            for name, translator in translators.items():
+                if not builder.has(name, case.case_id):
+                    if image is None:
+                        image, label = load_case(case, "ceT1")
+                    builder.add_view(name, case.case_id, translator.translate_volume(image), provenance[name])
+                done += 1
+                if progress:
+                    progress(done, total, f"{name} {case.case_id}")
+        if not extend:
+            for case in target_cases:
+                if not builder.has_target(case.case_id):
+                    builder.add_target(case.case_id, read_image(case.hrT2))
+                done += 1
+                if progress:
+                    progress(done, total, f"hrT2 {case.case_id}")
+        return builder.finalize()
+
+
+EAR_SIDES = ("R", "L")  # box order of EarRule.centres: -x first (patient right in LPS)
+
+
+def ear_crops(image: Volume, label: Volume | None, rule: EarRule, case_id: str) -> list[tuple[str, Volume, Volume | None]]:
+    """(case id with side, image crop, label crop) for both ears."""
+    out = []
+    for side, box in zip(EAR_SIDES, ear_boxes(image, rule)):
+        fill = float(np.percentile(image.array, 1.0))
+        out.append((f"{case_id}__{side}", crop(image, box, fill=fill),
+                    None if label is None else crop(label, box, fill=0)))
+    return out
+
+
+def pool_training_cases(pool_path: Path, rule: EarRule, *, pseudo_round: int | None = None,
+                        views: Sequence[str] | None = None) -> list[TrainingCase]:
+    """Ear crops of every view entry (with its ceT1 label) and, from ``pseudo_round``, of every
+    pseudo-labelled real hrT2: the segmenter's training set."""
+    from ..pool import Pool
+
+    pool = Pool(pool_path)
+    cases = []
+    for view in views or pool.views():
+        for case in pool.cases(view):
+            image, label = pool.read(view, case)
+            for cid, image_crop, label_crop in ear_crops(image, label, rule, f"{view}__{case}"):
+                cases.append(TrainingCase(cid, image_crop, label_crop))
+    if pseudo_round is not None:
+        for case in pool.pseudo_labels(pseudo_round):
+            image = pool.read_target(case)
+            label, _ = pool.read_pseudo_label(pseudo_round, case)
+            for cid, image_crop, label_crop in ear_crops(image, label, rule, f"pseudo_r{pseudo_round}__{case}"):
+                cases.append(TrainingCase(cid, image_crop, label_crop))
+    return cases
+
+
+def predict_full(segmenter: Any, images: Mapping[str, Volume], rule: EarRule, *, round_index: int,
+                 progress: ProgressFn | None = None) -> list[Prediction]:
+    """Predict both ear crops of each image and paste them onto the image's own grid.
+
+    Outside the ear boxes the label is background with probability 1.
+    """
+    crops: dict[str, Volume] = {}
+    boxes = {}
+    for case_id, image in images.items():
+        for side, box in zip(EAR_SIDES, ear_boxes(image, rule)):
+            fill = float(np.percentile(image.array, 1.0))
+            crops[f"{case_id}__{side}"] = crop(image, box, fill=fill)
+            boxes[f"{case_id}__{side}"] = (case_id, box)
+    predictions = {p.case_id: p for p in segmenter.predict(crops, round_index=round_index, progress=progress)}
+    out = []
+    for case_id, image in images.items():
+        label = np.zeros(image.shape, dtype=np.uint8)
+        probabilities = None
+        for side in EAR_SIDES:
+            key = f"{case_id}__{side}"
+            _, box = boxes[key]
+            prediction = predictions[key]
+            paste(prediction.label.array.astype(np.uint8), box, image.shape, into=label)
+            if prediction.probabilities is not None:
+                if probabilities is None:
+                    classes = prediction.probabilities.shape[0]
+                    probabilities = np.zeros((classes, *image.shape), dtype=np.float32)
+                    probabilities[0] = 1.0
+                for c in range(probabilities.shape[0]):
+                    paste(prediction.probabilities[c].astype(np.float32), box, image.shape, into=probabilities[c])
+        out.append(Prediction(case_id, image.with_array(label), probabilities))
+    return out
+
+
+def store_pseudo_labels(pool_path: Path, round_index: int, pseudo: Sequence[Any]) -> None:
+    """Add a self-training round's pseudo labels (with confidence) to the pool."""
+    from ..pool import Pool, PoolBuilder
+
+    if round_index in Pool(pool_path).rounds():
+        return
+    with PoolBuilder.extend(pool_path) as builder:
+        for item in pseudo:
+            builder.add_pseudo_label(round_index, item.case_id, item.label, float(item.confidence))
+        builder.finalize()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def stage_done(state_dir: Path, name: str) -> dict[str, Any] | None:
+    path = state_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def mark_done(state_dir: Path, name: str, info: dict[str, Any]) -> None:
+    write_json_atomic(state_dir / f"{name}.json", info)
+
+
+Stage = Callable[[], dict[str, Any]]
+
+
+def dataclass_dict(value: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(value), default=str))

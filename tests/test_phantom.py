@@ -1,0 +1,236 @@
+"""The procedural phantom: layout, determinism, labels, geometry and contrast of what it writes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vstk.errors import ConfigError, InputError
+from vstk.phantom import (
+    MANIFEST, PhantomConfig, generate_phantom, load_manifest, save_overview_png, site_protocols,
+)
+from vstk.volume import read_nifti
+
+# Half the matrix size of the real protocols: 8 small cases in a couple of seconds.
+SMALL = PhantomConfig(cases=2, seed=7, resolution_scale=0.5)
+NAME = re.compile(r"^crossmoda2022_(?P<site>ldn|etz)_(?P<id>\d+)_(?P<mod>ceT1|hrT2|Label)\.nii\.gz$")
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantom") / "data"
+    generate_phantom(out, SMALL)
+    return out
+
+
+def _cases(out: Path, split: str) -> list[dict]:
+    return [c for c in load_manifest(out)["cases"] if c["split"] == split]
+
+
+def _ball(image, centre_mm, radius_mm: float) -> np.ndarray:
+    """Values of ``image`` at the voxels within ``radius_mm`` of a physical point (x, y, z)."""
+    z, y, x = np.indices(image.shape)
+    k, j, i = image.physical_to_index(centre_mm)
+    sx, sy, sz = image.spacing
+    inside = ((x - i) * sx) ** 2 + ((y - j) * sy) ** 2 + ((z - k) * sz) ** 2 <= radius_mm ** 2
+    assert inside.sum() >= 3, f"too few voxels around {centre_mm}"
+    return image.array[inside]
+
+
+def test_same_seed_gives_identical_arrays_and_another_seed_differs(tmp_path):
+    tiny = PhantomConfig(cases=2, seed=7, resolution_scale=0.3)
+    first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
+    generate_phantom(first, tiny)
+    generate_phantom(again, tiny)
+    generate_phantom(other, PhantomConfig(cases=2, seed=8, resolution_scale=0.3))
+    files = sorted(p.relative_to(first) for p in first.rglob("*.nii.gz"))
+    assert len(files) == 16 and files == sorted(p.relative_to(again) for p in again.rglob("*.nii.gz"))
+    for rel in files:
+        a, b, c = (read_nifti(root / rel) for root in (first, again, other))
+        assert a.array.dtype == b.array.dtype and a.array.tobytes() == b.array.tobytes(), rel
+        assert a.same_grid(b)
+        assert not np.array_equal(a.array, c.array), rel
+    assert load_manifest(first)["cases"] == load_manifest(again)["cases"]
+
+
+def test_splits_use_crossmoda_names_with_unique_ids_and_both_sites(phantom):
+    by_split: dict[str, list[re.Match]] = {}
+    for folder in ("train", "test", "test_labels", "paired"):
+        names = sorted(p.name for p in (phantom / folder).iterdir())
+        assert names, folder
+        matches = [NAME.match(n) for n in names]
+        assert all(matches), [n for n, m in zip(names, matches) if not m]
+        by_split[folder] = matches
+    train_ce = {m["id"] for m in by_split["train"] if m["mod"] == "ceT1"}
+    train_lab = {m["id"] for m in by_split["train"] if m["mod"] == "Label"}
+    train_t2 = {m["id"] for m in by_split["train"] if m["mod"] == "hrT2"}
+    test = {m["id"] for m in by_split["test"]}
+    paired = {m["id"] for m in by_split["paired"]}
+    assert len(train_ce) == len(train_t2) == SMALL.cases
+    assert train_lab == train_ce  # every labelled ceT1 has its label, unlabelled hrT2 have none
+    assert {m["id"] for m in by_split["test_labels"]} == test and len(test) == 2
+    assert len(paired) == 2 and {m["mod"] for m in by_split["paired"]} == {"ceT1", "hrT2", "Label"}
+    groups = [train_ce, train_t2, test, paired]
+    assert sum(len(g) for g in groups) == len(set().union(*groups)), "ids repeat across splits"
+    for folder, matches in by_split.items():
+        assert {m["site"] for m in matches} == {"ldn", "etz"}, folder
+    for mod in ("ceT1", "hrT2"):
+        assert {m["site"] for m in by_split["train"] if m["mod"] == mod} == {"ldn", "etz"}
+
+    manifest = json.loads((phantom / MANIFEST).read_text())
+    assert manifest["counts"] == {"train_ceT1": 2, "train_hrT2": 2, "test": 2, "paired": 2}
+    assert manifest["seed"] == 7 and manifest["config"]["cases"] == 2
+
+
+def test_default_split_sizes_follow_case_count():
+    config = PhantomConfig(cases=10)
+    assert (config.n_test, config.n_paired) == (5, 2)
+    assert (PhantomConfig(cases=2).n_test, PhantomConfig(cases=2).n_paired) == (2, 2)
+    assert (PhantomConfig(cases=20).n_test, PhantomConfig(cases=20).n_paired) == (10, 5)
+
+
+def test_every_label_is_uint8_with_a_vs_on_its_side_and_a_cochlea_in_each_ear(phantom):
+    labelled = [c for c in load_manifest(phantom)["cases"] if "Label" in c["files"]]
+    assert len(labelled) == 6
+    for case in labelled:
+        label = read_nifti(phantom / case["files"]["Label"])
+        assert label.array.dtype == np.uint8
+        assert set(np.unique(label.array)) == {0, 1, 2}, case["stem"]
+        # LPS: +x is the patient's left. Split the volume at the brainstem's x.
+        x_mid = label.physical_to_index(case["landmarks_mm"]["brainstem"])[2]
+        x = np.arange(label.shape[2])[None, None, :]
+        cochlea, vs = label.array == 2, label.array == 1
+        assert (cochlea & (x < x_mid)).sum() >= 10 and (cochlea & (x > x_mid)).sum() >= 10, case["stem"]
+        on_left = (vs & (x > x_mid)).sum() / vs.sum()
+        assert on_left > 0.95 if case["vs"]["side"] == "left" else on_left < 0.05, case["stem"]
+        voxel_mm3 = float(np.prod(label.spacing))
+        assert case["vs"]["volume_mm3"] == pytest.approx(vs.sum() * voxel_mm3, abs=0.01)
+        assert 40.0 < cochlea.sum() * voxel_mm3 < 250.0  # two cochleae, tens of mm3 each
+
+
+def test_each_label_lies_on_the_grid_of_its_image(phantom):
+    for case in load_manifest(phantom)["cases"]:
+        files = case["files"]
+        if "Label" not in files:
+            continue
+        label = read_nifti(phantom / files["Label"])
+        for mod in ("ceT1", "hrT2"):
+            if mod in files:
+                image = read_nifti(phantom / files[mod])
+                assert label.grid_mismatch(image) is None, (files[mod], label.grid_mismatch(image))
+                assert image.array.dtype == np.float32
+
+
+def test_ceT1_and_hrT2_grids_differ_but_paired_contrasts_share_one(phantom):
+    for site in ("ldn", "etz"):
+        grids = site_protocols(site, SMALL.resolution_scale)
+        assert grids["ceT1"].spacing != grids["hrT2"].spacing
+        assert grids["ceT1"].spacing[2] > grids["hrT2"].spacing[2]  # thicker ceT1 slices
+    assert site_protocols("ldn")["ceT1"] != site_protocols("etz")["ceT1"]
+    ce = read_nifti(next((phantom / "train").glob("crossmoda2022_ldn_*_ceT1.nii.gz")))
+    t2 = read_nifti(next((phantom / "train").glob("crossmoda2022_ldn_*_hrT2.nii.gz")))
+    assert not np.allclose(ce.spacing, t2.spacing) and ce.shape != t2.shape
+    for case in _cases(phantom, "paired"):
+        images = [read_nifti(phantom / case["files"][m]) for m in ("ceT1", "hrT2", "Label")]
+        assert images[0].same_grid(images[1]) and images[0].same_grid(images[2])
+        assert np.allclose(images[0].spacing, site_protocols(case["site"], 0.5)["ceT1"].spacing)
+        assert not np.array_equal(images[0].array, images[1].array)
+
+
+def test_acquisitions_differ_in_head_pose(phantom):
+    poses = [(c["pose"]["rotation_z_deg"], *c["pose"]["shift_mm"]) for c in load_manifest(phantom)["cases"]]
+    assert len(set(poses)) == len(poses)
+    assert all(abs(p[0]) <= SMALL.pose_rotation_deg for p in poses)
+    assert max(abs(p[0]) for p in poses) > 0.5 and max(np.abs(p[1:]).max() for p in poses) > 0.5
+
+
+def test_paired_contrasts_invert_fluid_and_tumour_as_in_mr(phantom):
+    for case in _cases(phantom, "paired"):
+        ce, t2, label = (read_nifti(phantom / case["files"][m]) for m in ("ceT1", "hrT2", "Label"))
+        vs, cochlea = label.array == 1, label.array == 2
+        brain = {name: _ball(image, case["landmarks_mm"]["brainstem"], 4.0) for name, image in
+                 (("ce", ce), ("t2", t2))}
+        csf = {name: _ball(image, case["landmarks_mm"]["fourth_ventricle"], 1.5).mean() for name, image in
+               (("ce", ce), ("t2", t2))}
+        brain_std = brain["t2"].std()
+        brain = {name: values.mean() for name, values in brain.items()}
+        # Fluid: dark on ceT1, bright on hrT2 (CSF and cochlear fluid alike).
+        assert csf["ce"] < 0.5 * brain["ce"] and csf["t2"] > 2.0 * brain["t2"], case["stem"]
+        assert t2.array[cochlea].mean() > 1.5 * brain["t2"], case["stem"]
+        assert ce.array[cochlea].mean() < brain["ce"], case["stem"]
+        # VS: enhancing on ceT1, grey (darker than the cochlea) on hrT2.
+        assert ce.array[vs].mean() > 1.3 * brain["ce"], case["stem"]
+        assert t2.array[vs].mean() < t2.array[cochlea].mean(), case["stem"]
+        # The fluid core of the cochlea is far brighter than the bulk of the tumour (robust to cysts).
+        assert np.median(t2.array[vs]) < 0.8 * np.percentile(t2.array[cochlea], 90), case["stem"]
+        # and heterogeneous on hrT2: more spread inside the tumour than noise gives in the brainstem.
+        assert t2.array[vs].std() > 1.5 * brain_std, case["stem"]
+
+
+def test_images_are_non_negative_float32_in_an_mr_range(phantom):
+    for path in sorted(phantom.rglob("*_ceT1.nii.gz")) + sorted(phantom.rglob("*_hrT2.nii.gz")):
+        array = read_nifti(path).array
+        assert array.dtype == np.float32
+        assert array.min() >= 0.0 and np.isfinite(array).all()
+        assert 300.0 < np.percentile(array, 99.5) < 2000.0, path.name
+        assert np.percentile(array, 1) < 60.0, path.name  # air background near zero (Rician floor)
+
+
+def test_rendering_has_partial_volume_while_labels_stay_crisp(phantom):
+    from scipy.ndimage import binary_dilation
+
+    for case in _cases(phantom, "paired"):
+        t2 = read_nifti(phantom / case["files"]["hrT2"]).array
+        label = read_nifti(phantom / case["files"]["Label"]).array
+        cochlea = label == 2
+        fluid = np.percentile(t2[cochlea], 95)
+        # Just outside the thin cochlear duct many voxels mix fluid and bone (dark on hrT2).
+        rim = binary_dilation(cochlea) & ~cochlea & (label == 0)
+        mixed = (t2[rim] > 0.2 * fluid) & (t2[rim] < 0.8 * fluid)
+        assert mixed.mean() > 0.3, case["stem"]
+        assert np.array_equal(np.unique(label), [0, 1, 2])  # the label itself has no mixtures
+
+
+def test_rerun_replaces_an_interrupted_phantom_but_refuses_a_foreign_folder(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not written by vstk phantom"):
+        generate_phantom(foreign, SMALL)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+    out = tmp_path / "phantom"
+    generate_phantom(out, PhantomConfig(cases=2, seed=1, resolution_scale=0.3))
+    # Simulate an interrupted rerun: no manifest, a stray half-written file.
+    (out / MANIFEST).unlink()
+    stray = out / "train" / ".crossmoda2022_ldn_99_ceT1.nii.gz.tmp.nii.gz"
+    stray.write_bytes(b"partial")
+    with pytest.raises(InputError, match="not a complete phantom"):
+        load_manifest(out)
+    summary = generate_phantom(out, PhantomConfig(cases=2, seed=1, resolution_scale=0.3))
+    assert not stray.exists()
+    assert (out / MANIFEST).is_file() and load_manifest(out)["counts"] == summary["counts"]
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.nii.gz"))
+    assert written == sorted(summary["files"]) and len(written) == 2 * 2 + 2 + 2 * 2 + 2 * 3
+    assert summary["seconds"] > 0
+
+
+def test_config_rejects_splits_too_small_for_both_sites():
+    for bad in (dict(cases=1), dict(test_cases=1), dict(paired_cases=0)):
+        with pytest.raises(ConfigError, match=">= 2"):
+            PhantomConfig(**bad)
+    with pytest.raises(ConfigError, match="resolution_scale"):
+        PhantomConfig(resolution_scale=5.0)
+
+
+def test_overview_png_shows_every_paired_case(phantom, tmp_path):
+    import matplotlib.image
+
+    png = save_overview_png(phantom, tmp_path / "overview.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = matplotlib.image.imread(png).shape[:2]
+    assert width > 1000 and height > 2 * 300  # 2 paired cases x 2 rows of 5 panels
