@@ -1,0 +1,107 @@
+"""`vstk run` end to end on a small phantom with tiny budgets: every stage, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vstk.phantom import PhantomConfig, generate_phantom
+from vstk.volume import read_nifti
+
+TINY = ["--set", "steps=3", "--set", "decay_steps=1", "--set", "ngf=4", "--set", "n_blocks=1", "--set", "ndf=4",
+        "--set", "size=48", "--set", "spacing=1.0,1.0", "--set", "sample_every=0",
+        "--set", "qsattn.num_patches=16", "--set", "qsattn.netf_nc=8",
+        "--set", "num_epochs=2", "--set", "iterations_per_epoch=2", "--set", "val_iterations_per_epoch=1",
+        "--set", "save_every=1"]
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    generate_phantom(root, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3, seed=3))
+    return root
+
+
+def vstk_run(phantom: Path, out: Path, *extra: str, **popen) -> list[str]:
+    return [sys.executable, "-m", "vstk.cli", "run", "--translators", "cyclegan,qsattn", "--data",
+            str(phantom / "train"), "--test", str(phantom / "test"), "--test-labels", str(phantom / "test_labels"),
+            "--out", str(out), "--rounds", "1", *TINY, *extra]
+
+
+@pytest.mark.slow
+def test_run_end_to_end_then_resume_skips_finished_stages(phantom, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.run(vstk_run(phantom, out), capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for case in ("crossmoda2022_ldn_5", "crossmoda2022_etz_6"):
+        prediction = read_nifti(out / "predictions" / f"{case}_Label.nii.gz")
+        image = read_nifti(phantom / "test" / f"{case}_hrT2.nii.gz")
+        assert prediction.same_grid(image)
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert set(evaluation["models"]) == {"round 1", "round 0"}
+    for model in evaluation["models"].values():
+        assert 0.0 <= model["summary"]["mean_dice"]["mean"] <= 1.0 and model["summary"]["mean_dice"]["n"] == 2
+    report = (out / "report.md").read_text()
+    assert "| round 1 |" in report and "figures/dice_boxplot.png" in report
+    for name in ("dice_boxplot", "translated_views", "test_contours"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+    assert "stage pool done" in (out / "vstk.log").read_text()
+
+    started = time.perf_counter()
+    again = subprocess.run(vstk_run(phantom, out), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (out / "vstk.log").read_text()
+    assert log.count("already done") >= 7  # translators, pool, two rounds, predict, evaluate
+    assert time.perf_counter() - started < 120
+
+
+@pytest.mark.slow
+def test_run_killed_during_segmenter_training_resumes(phantom, tmp_path):
+    out = tmp_path / "run"
+    slow = ["--set", "num_epochs=4", "--set", "iterations_per_epoch=3"]
+    process = subprocess.Popen(vstk_run(phantom, out, *slow), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 1200
+    checkpoint = None
+    while time.time() < deadline and process.poll() is None:
+        found = list((out / "segmenter").rglob("checkpoint_latest.pth")) if (out / "segmenter").exists() else []
+        if found:
+            checkpoint = found[0]
+            break
+        time.sleep(1)
+    assert checkpoint is not None, "segmenter training never wrote a checkpoint"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "state" / "segment-r0.json").exists()
+    resumed = subprocess.run(vstk_run(phantom, out, *slow), capture_output=True, text=True, timeout=1500)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (out / "state" / "segment-r1.json").exists() and (out / "report.md").exists()
+
+
+def test_bad_inputs_fail_before_training(phantom, tmp_path):
+    unknown = subprocess.run([sys.executable, "-m", "vstk.cli", "run", "--translators", "cyclegan,cuttt",
+                              "--data", str(phantom / "train"), "--out", str(tmp_path / "a")],
+                             capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 2 and "unknown translator 'cuttt'" in unknown.stderr
+    no_labeler = subprocess.run([sys.executable, "-m", "vstk.cli", "run", "--translators", "cyclegan",
+                                 "--pseudo-labeler", "best", "--data", str(phantom / "train"),
+                                 "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert no_labeler.returncode == 2 and "unknown pseudo-labeler 'best'" in no_labeler.stderr
+    no_hrt2 = subprocess.run([sys.executable, "-m", "vstk.cli", "run", "--translators", "cyclegan",
+                              "--data", str(phantom / "test_labels"), "--out", str(tmp_path / "c")],
+                             capture_output=True, text=True, timeout=300)
+    assert no_hrt2.returncode == 2 and "has no ceT1 or hrT2 image" in no_hrt2.stderr
+    mismatched = subprocess.run([sys.executable, "-m", "vstk.cli", "run", "--translators", "cyclegan",
+                                 "--data", str(phantom / "train"), "--test", str(phantom / "test"),
+                                 "--test-labels", str(phantom / "train"), "--out", str(tmp_path / "d")],
+                                capture_output=True, text=True, timeout=300)
+    assert mismatched.returncode == 2 and "no test label matches a test image" in mismatched.stderr
+    for folder in "abcd":
+        assert not (tmp_path / folder / "translators").exists()  # nothing trained
