@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--set", dest="settings", action="append", default=[])
+    parser.add_argument("--work", type=Path, default=None,
+                        help="translator work folder to reuse, e.g. a vstk run's OUT/translators [OUT/work]")
     args = parser.parse_args()
 
     from vstk.crossmoda import discover, read_image
@@ -61,7 +63,11 @@ def main() -> None:
     for name in args.translators.split(","):
         translator = translator_from_options(name, args.profile, tuple(args.settings), args.steps, None)
         started = time.perf_counter()
-        translator.train(sources, targets, args.out / "work" / name)
+        workdir = (args.work or args.out / "work") / name
+        if (workdir / "translator.pt").exists():
+            translator.load(workdir / "translator.pt")  # trained already (e.g. by vstk run)
+        else:
+            translator.train(sources, targets, workdir)
         timing[name] = {"train_s": round(time.perf_counter() - started, 1)}
         translated[name] = {}
         started = time.perf_counter()
