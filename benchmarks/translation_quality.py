@@ -64,11 +64,12 @@ def main() -> None:
         translator = translator_from_options(name, args.profile, tuple(args.settings), args.steps, None)
         started = time.perf_counter()
         workdir = (args.work or args.out / "work") / name
+        reused = (workdir / "translator.pt").exists()
         if (workdir / "translator.pt").exists():
             translator.load(workdir / "translator.pt")  # trained already (e.g. by vstk run)
         else:
             translator.train(sources, targets, workdir)
-        timing[name] = {"train_s": round(time.perf_counter() - started, 1)}
+        timing[name] = {"train_s": round(time.perf_counter() - started, 1) if not reused else "reused"}
         translated[name] = {}
         started = time.perf_counter()
         for case, ce, _ in pairs:

@@ -51,6 +51,9 @@ class NnUNetConfig:
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or None (CUDA when available, else CPU).
         num_gpus: GPUs for nnU-Net's own DistributedDataParallel training (one process per
             GPU, NCCL, CUDA only); 1 trains in this process. Prediction always uses one device.
+        num_threads: torch threads of training and prediction in this process (None: torch's
+            default, one per core). Lower it when other jobs share the cores: oversubscribed
+            OpenMP threads slow small networks down many times over.
         n_proc_preprocessing: worker processes for fingerprinting and preprocessing, and
             nnU-Net's ``nnUNet_def_n_proc`` (read once, at nnU-Net's import; None: all CPUs).
         n_proc_da: data-augmentation worker processes during training (``nnUNet_n_proc_DA``);
@@ -76,6 +79,7 @@ class NnUNetConfig:
     tile_step_size: float = 0.5
     device: str | None = None
     num_gpus: int = 1
+    num_threads: int | None = None
     warm_start: bool = False
     n_proc_preprocessing: int | None = None
     n_proc_da: int | None = None
@@ -94,7 +98,7 @@ class NnUNetConfig:
         for name in ("num_epochs", "iterations_per_epoch", "val_iterations_per_epoch", "save_every", "num_gpus"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("features_base", "features_max", "batch_size", "n_proc_preprocessing"):
+        for name in ("features_base", "features_max", "batch_size", "n_proc_preprocessing", "num_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value} must be at least 1 (or none for nnU-Net's default)")

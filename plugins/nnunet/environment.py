@@ -86,8 +86,10 @@ def refuse_in_worker_bootstrap() -> None:
                         fix='put the code that trains or predicts under `if __name__ == "__main__":`')
 
 
-def resolve_device(config: NnUNetConfig):  # -> torch.device
+def resolve_device(config: NnUNetConfig, *, for_training: bool = True):  # -> torch.device
     """The torch device of ``config.device`` (None: CUDA when available, else CPU).
+
+    For training, ``num_gpus`` is checked against the visible CUDA devices.
 
     On CPU, denormal floats are flushed to zero: nnU-Net training runs several times faster
     and nnU-Net never sets it itself.
@@ -99,12 +101,26 @@ def resolve_device(config: NnUNetConfig):  # -> torch.device
         raise ConfigError("device=cuda but torch sees no CUDA device", fix="set device=cpu")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device=mps but torch sees no MPS device", fix="set device=cpu")
-    if config.num_gpus > 1 and (name != "cuda" or torch.cuda.device_count() < config.num_gpus):
+    if for_training and config.num_gpus > 1 and (name != "cuda" or torch.cuda.device_count() < config.num_gpus):
         raise ConfigError(f"num_gpus={config.num_gpus} but {torch.cuda.device_count()} CUDA device(s) are visible",
                           fix=f"set num_gpus to at most {max(1, torch.cuda.device_count())}")
     if name == "cpu":
         torch.set_flush_denormal(True)
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Use ``count`` torch intra-op threads while the block runs (None: leave torch's setting)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _LogWriter(io.TextIOBase):

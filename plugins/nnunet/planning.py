@@ -1,6 +1,7 @@
 """Fingerprint, plan and preprocess a round's dataset with nnU-Net's own classes, in-process.
 
-Imports nnunetv2: call only inside :func:`vstk_nnunet.workspace.nnunet_environment`.
+Light at import; the functions that run nnU-Net import nnunetv2 and must be called inside
+:func:`vstk_nnunet.environment.nnunet_environment`.
 Round 0 is fingerprinted and planned from its data; a later round copies the previous
 round's plans (so its network has the same shape, which warm starts need) and preprocesses
 only the cases that the previous round has not already preprocessed identically.
@@ -41,6 +42,15 @@ def _worker_failure(stage: str, exc: BaseException) -> NnUNetRunError:
     )
 
 
+def _readable_json(path) -> bool:
+    """True for a complete JSON file (a planner killed while writing leaves a broken one)."""
+    try:
+        read_json(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def plan_round(layout: RoundLayout, previous: RoundLayout | None, n_proc: int) -> None:
     """Create ``nnUNetPlans.json`` and ``dataset_fingerprint.json`` of a round (if missing).
 
@@ -50,7 +60,7 @@ def plan_round(layout: RoundLayout, previous: RoundLayout | None, n_proc: int) -
     fingerprint = layout.preprocessed / "dataset_fingerprint.json"
     layout.preprocessed.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(layout.raw / "dataset.json", layout.preprocessed / "dataset.json")
-    if layout.plans_file.is_file() and fingerprint.is_file():
+    if _readable_json(layout.plans_file) and _readable_json(fingerprint):
         return
     if previous is not None and previous.plans_file.is_file():
         log.info("round %d reuses the plans of round %d (no re-planning)", layout.round_index, previous.round_index)
@@ -76,6 +86,28 @@ def plan_round(layout: RoundLayout, previous: RoundLayout | None, n_proc: int) -
     planner.plan_experiment()
 
 
+def resolve_configuration(plans: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A plans configuration with its ``inherits_from`` chain applied (nnU-Net's rule).
+
+    As in nnU-Net's ``PlansManager``, a child's keys replace its parent's, one level deep
+    (a child that changes the architecture carries the whole ``architecture`` entry).
+    """
+    configurations = plans["configurations"]
+    chain: list[str] = []
+    current: str | None = name
+    while current is not None:
+        if current in chain:
+            raise ValueError(f"circular inherits_from in the plans: {' -> '.join(chain + [current])}")
+        if current not in configurations:
+            raise KeyError(f"configuration {current!r} is not in the plans")
+        chain.append(current)
+        current = configurations[current].get("inherits_from")
+    resolved: dict[str, Any] = {}
+    for link in reversed(chain):
+        resolved.update(copy.deepcopy(configurations[link]))
+    return resolved
+
+
 def network_configuration(plans: Mapping[str, Any], config: NnUNetConfig) -> tuple[str, dict[str, Any] | None]:
     """The plans configuration to train: its name and, when vstk changes the network, its entry.
 
@@ -91,10 +123,7 @@ def network_configuration(plans: Mapping[str, Any], config: NnUNetConfig) -> tup
                          fix="use configuration=2d for single-slice images")
     if not config.customises_network:
         return base, None
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    stock = PlansManager(copy.deepcopy(dict(plans))).get_configuration(base).configuration
-    architecture = copy.deepcopy(stock["architecture"])
+    architecture = resolve_configuration(plans, base)["architecture"]
     kwargs = architecture["arch_kwargs"]
     entry: dict[str, Any] = {"inherits_from": base}
     parts = [base]
@@ -120,7 +149,11 @@ def network_configuration(plans: Mapping[str, Any], config: NnUNetConfig) -> tup
 
 
 def add_network_configuration(layout: RoundLayout, config: NnUNetConfig) -> str:
-    """Write vstk's configuration (if any) into the round's plans; return the name to train."""
+    """Write vstk's configuration (if any) into the round's plans; return the name to train.
+
+    Only adds or replaces vstk's own entry: the stock configurations and their preprocessed
+    data stay as planned.
+    """
     plans = read_json(layout.plans_file)
     name, entry = network_configuration(plans, config)
     if entry is not None and plans["configurations"].get(name) != entry:
@@ -129,24 +162,16 @@ def add_network_configuration(layout: RoundLayout, config: NnUNetConfig) -> str:
     return name
 
 
-def _data_identifier(plans: Mapping[str, Any], configuration_name: str) -> str:
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    return PlansManager(copy.deepcopy(dict(plans))).get_configuration(configuration_name).data_identifier
-
-
 def _same_preprocessing(plans: Mapping[str, Any], other: Mapping[str, Any], configuration_name: str) -> bool:
     """True when two plans preprocess ``configuration_name`` identically (ignoring the dataset name)."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     def essentials(p: Mapping[str, Any]) -> Any:
-        resolved = PlansManager(copy.deepcopy(dict(p))).get_configuration(configuration_name).configuration
+        resolved = resolve_configuration(p, configuration_name)
         globals_ = {k: v for k, v in p.items() if k not in ("dataset_name", "configurations")}
-        return globals_, {k: v for k, v in resolved.items() if k not in ("architecture", "batch_size")}
+        return globals_, {k: v for k, v in resolved.items() if k not in ("architecture", "batch_size", "patch_size")}
 
     try:
         return essentials(plans) == essentials(other)
-    except (KeyError, ValueError, RuntimeError):
+    except (KeyError, ValueError):
         return False
 
 
@@ -166,7 +191,7 @@ def preprocess_round(layout: RoundLayout, previous: RoundLayout | None, configur
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans = read_json(layout.plans_file)
-    data_id = _data_identifier(plans, configuration_name)
+    data_id = resolve_configuration(plans, configuration_name)["data_identifier"]
     out = layout.preprocessed / data_id
     out.mkdir(parents=True, exist_ok=True)
     marker_path = layout.preprocessed / PREPROCESSED_MARKER
@@ -200,6 +225,9 @@ def preprocess_round(layout: RoundLayout, previous: RoundLayout | None, configur
         preprocessor = configuration_manager.preprocessor_class(verbose=False)
         jobs = [(str(out / case), str(layout.raw / dataset_json["dataset"][case]["images"][0]),
                  str(layout.raw / dataset_json["dataset"][case]["label"])) for case in wanted]
+        for case in wanted:  # never write into a file: it may be a hard link into another round
+            for suffix in _PREPROCESSED_SUFFIXES:
+                (out / f"{case}{suffix}").unlink(missing_ok=True)
         log.info("nnU-Net: preprocessing %d case(s) of %s for %s", len(jobs), layout.dataset_name, data_id)
         workers = min(n_proc, len(jobs))
         if workers <= 1:
