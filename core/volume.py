@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_write
 from .errors import InputError
 
 # Geometry comparisons: two grids are the same if they agree to this tolerance (mm / cosine).
@@ -199,15 +198,7 @@ def write_nifti(volume: Volume, path: str | Path, *, compress: bool = True) -> P
     A reader never sees a half-written file: either the old content or the complete new one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(volume.to_sitk(), tmp, useCompression=compress and suffix == ".nii.gz")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(
+        path, lambda tmp: sitk.WriteImage(volume.to_sitk(), tmp, useCompression=compress and suffix == ".nii.gz"),
+        suffix=suffix)

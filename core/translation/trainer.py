@@ -60,6 +60,36 @@ class TrainableModel(Protocol):
     def load_extra_state(self, state: dict[str, Any]) -> None: ...
 
 
+class ModelBase:
+    """Defaults for a :class:`TrainableModel`: ``nets`` by name, optimisers made in ``setup``,
+    inference with ``nets[generator_key]``, no extra state."""
+
+    generator_key = "G"
+
+    def __init__(self) -> None:
+        self.nets: dict[str, nn.Module] = {}
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def networks(self) -> dict[str, nn.Module]:
+        return self.nets
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self._optimizers
+
+    @torch.no_grad()
+    def translate(self, real_a: Tensor) -> Tensor:
+        return self.nets[self.generator_key](real_a)
+
+    def generator_state(self) -> dict[str, Tensor]:
+        return self.nets[self.generator_key].state_dict()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) for reproducible initialisation."""
     torch.manual_seed(seed)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from vstk.translation.losses import GANLoss, ImagePool
 from vstk.translation.networks import NLayerDiscriminator, ResnetGenerator, init_weights
 from vstk.translation.schedule import TrainSchedule
+from vstk.translation.trainer import ModelBase
 
 from . import CycleGANConfig
 
@@ -19,10 +20,13 @@ def build_generator(config: CycleGANConfig) -> ResnetGenerator:
     return ResnetGenerator(1, 1, config.ngf, config.n_blocks, config.norm, antialias=False)
 
 
-class CycleGANModel:
+class CycleGANModel(ModelBase):
     """G_A: ceT1 -> hrT2, G_B: hrT2 -> ceT1, D_A judges hrT2, D_B judges ceT1 (official naming)."""
 
+    generator_key = "G_A"
+
     def __init__(self, config: CycleGANConfig, device: str | torch.device) -> None:
+        super().__init__()
         self.config = config
         self.device = torch.device(device)
         nets = {
@@ -37,13 +41,6 @@ class CycleGANModel:
         self.l1 = nn.L1Loss()
         self.pool_fake_b = ImagePool(config.pool_size, generator=config.seed + 1)
         self.pool_fake_a = ImagePool(config.pool_size, generator=config.seed + 2)
-        self._optimizers: dict[str, torch.optim.Optimizer] = {}
-
-    def networks(self) -> dict[str, nn.Module]:
-        return self.nets
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return self._optimizers
 
     def setup(self, real_a: Tensor, real_b: Tensor, schedule: TrainSchedule) -> None:
         betas = (schedule.beta1, schedule.beta2)
@@ -94,13 +91,6 @@ class CycleGANModel:
         return {"D_A": loss_d_a.item(), "G_A": loss_g_a.item(), "cycle_A": loss_cycle_a.item(),
                 "idt_A": loss_idt_a.item(), "D_B": loss_d_b.item(), "G_B": loss_g_b.item(),
                 "cycle_B": loss_cycle_b.item(), "idt_B": loss_idt_b.item()}
-
-    @torch.no_grad()
-    def translate(self, real_a: Tensor) -> Tensor:
-        return self.nets["G_A"](real_a)
-
-    def generator_state(self) -> dict[str, Tensor]:
-        return self.nets["G_A"].state_dict()
 
     def extra_state(self) -> dict[str, Any]:
         return {"pool_fake_b": self.pool_fake_b.state_dict(), "pool_fake_a": self.pool_fake_a.state_dict()}

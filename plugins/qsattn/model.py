@@ -18,6 +18,7 @@ from vstk.translation.networks import NLayerDiscriminator, ResnetGenerator, init
 from vstk.translation.patchnce import PatchNCELoss, PatchSampleMLP
 from vstk.translation.qs_attention import query_selected_attention
 from vstk.translation.schedule import TrainSchedule
+from vstk.translation.trainer import ModelBase
 
 from . import QSAttnConfig
 
@@ -26,10 +27,11 @@ def build_generator(config: QSAttnConfig) -> ResnetGenerator:
     return ResnetGenerator(1, 1, config.ngf, config.n_blocks, config.norm, antialias=config.antialias)
 
 
-class QSAttnModel:
+class QSAttnModel(ModelBase):
     """G: ceT1 -> hrT2, D judges hrT2, F projects patches for PatchNCE."""
 
     def __init__(self, config: QSAttnConfig, device: str | torch.device) -> None:
+        super().__init__()
         self.config = config
         self.device = torch.device(device)
         generator = init_weights(build_generator(config), config.init_type, config.init_gain)
@@ -43,13 +45,6 @@ class QSAttnModel:
         self.nce_loss = PatchNCELoss(config.nce_t)
         self.layers = list(config.nce_layers)
         self.first_qs = len(self.layers) - config.qs_layers
-        self._optimizers: dict[str, torch.optim.Optimizer] = {}
-
-    def networks(self) -> dict[str, nn.Module]:
-        return self.nets
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return self._optimizers
 
     def setup(self, real_a: Tensor, real_b: Tensor, schedule: TrainSchedule) -> None:
         # F's heads depend on the encoder's channel counts: build them from a first batch.
@@ -113,16 +108,3 @@ class QSAttnModel:
         self._optimizers["F"].step()
         return {"D_real": loss_d_real.item(), "D_fake": loss_d_fake.item(), "G_GAN": loss_gan.item(),
                 "NCE": loss_nce.item(), "NCE_Y": loss_nce_y.item()}
-
-    @torch.no_grad()
-    def translate(self, real_a: Tensor) -> Tensor:
-        return self.nets["G"](real_a)
-
-    def generator_state(self) -> dict[str, Tensor]:
-        return self.nets["G"].state_dict()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
