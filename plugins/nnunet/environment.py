@@ -27,6 +27,11 @@ def n_proc_preprocessing(config: NnUNetConfig) -> int:
     return config.n_proc_preprocessing or max(1, os.cpu_count() or 1)
 
 
+def nnunet_default_n_proc(config: NnUNetConfig) -> int:
+    """``nnUNet_def_n_proc``: nnU-Net caps its prediction threads with it, so it follows the threads."""
+    return config.num_threads or max(1, os.cpu_count() or 1)
+
+
 @contextlib.contextmanager
 def nnunet_environment(workdir: str | Path, *, n_proc: int, n_proc_da: int | None) -> Iterator[None]:
     """Point nnU-Net at ``workdir``'s folders while the block runs; restore the variables after.
@@ -41,7 +46,7 @@ def nnunet_environment(workdir: str | Path, *, n_proc: int, n_proc_da: int | Non
     Args:
         workdir: the job folder (holds ``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``).
         n_proc: ``nnUNet_def_n_proc``: nnU-Net's default worker count, and the thread cap of
-            its prediction.
+            its prediction and of resampling predictions back to the input grid.
         n_proc_da: ``nnUNet_n_proc_DA``: data-augmentation workers per GPU; None leaves
             nnU-Net's default.
     """
@@ -78,10 +83,12 @@ def refuse_in_worker_bootstrap() -> None:
 
     nnU-Net's worker pools use the "spawn" start method: every worker imports the main script
     again (as ``__mp_main__``). Without an ``if __name__ == "__main__":`` guard that import
-    would start the whole job once more inside the worker.
+    would start the whole job once more inside the worker. ``_inheriting`` is the flag
+    multiprocessing itself checks for this (``spawn._check_not_importing_main``).
     """
-    main = sys.modules.get("__main__")
-    if getattr(main, "__name__", "") == "__mp_main__":
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise VstkError("the nnU-Net segmenter was called while a worker process was importing your script",
                         fix='put the code that trains or predicts under `if __name__ == "__main__":`')
 

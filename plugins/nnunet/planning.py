@@ -35,8 +35,9 @@ _PREPROCESSED_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
 
 
 def _worker_failure(stage: str, exc: BaseException) -> NnUNetRunError:
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return NnUNetRunError(
-        f"nnU-Net's {stage} worker processes failed ({type(exc).__name__}: {exc})",
+        f"nnU-Net's {stage} worker processes failed ({first_line})",
         fix='run vstk from a script whose entry code is under `if __name__ == "__main__":` (workers use "spawn"), '
             "and lower n_proc_preprocessing if the machine ran out of memory",
     )
@@ -139,7 +140,8 @@ def network_configuration(plans: Mapping[str, Any], config: NnUNetConfig) -> tup
         stride = np.prod(np.asarray(kwargs["strides"]), axis=0)
         bad = [int(p) for p, s in zip(config.patch_size, stride) if p % s]
         if bad:
-            suggestion = "x".join(str(max(int(s), int(p) // int(s) * int(s))) for p, s in zip(config.patch_size, stride))
+            suggestion = "x".join(str(max(int(s), int(p) // int(s) * int(s)))
+                                  for p, s in zip(config.patch_size, stride))
             raise ConfigError(f"patch_size={'x'.join(map(str, config.patch_size))} does not fit the network: each axis "
                               f"must be divisible by its total stride {'x'.join(str(int(s)) for s in stride)}",
                               fix=f"e.g. patch_size={suggestion}")
