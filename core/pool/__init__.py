@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .builder import DEFAULT_TARGET_SPACING, PoolBuilder
-from .codec import DEFAULT_COMPRESSION, Compression
-from .export import export_nnunet, nnunet_case_id, pseudo_case_id
-from .reader import Pool
-from .schema import SCHEMA_NAME, SCHEMA_VERSION
+# Public name -> submodule. Loaded on first access (PEP 562) so that `vstk --help` and the
+# pool CLI module do not import h5py (or torch, for PoolDataset) until a command runs.
+_EXPORTS = {
+    "DEFAULT_TARGET_SPACING": "builder", "PoolBuilder": "builder", "DEFAULT_COMPRESSION": "codec",
+    "Compression": "codec", "export_nnunet": "export", "nnunet_case_id": "export", "pseudo_case_id": "export",
+    "Pool": "reader", "SCHEMA_NAME": "schema", "SCHEMA_VERSION": "schema", "PoolDataset": "dataset",
+}
 
 __all__ = [
     "Compression", "DEFAULT_COMPRESSION", "DEFAULT_TARGET_SPACING", "Pool", "PoolBuilder", "PoolDataset",
@@ -28,9 +30,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # torch is heavy: import the Dataset only when someone asks for it.
-    if name == "PoolDataset":
-        from .dataset import PoolDataset
+    if name in _EXPORTS:
+        import importlib
 
-        return PoolDataset
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'vstk.pool' has no attribute {name!r}")
