@@ -140,15 +140,21 @@ class NnUNetConfig:
 #: every round trained from scratch.
 PAPER = NnUNetConfig()
 
-#: A narrow 2D U-Net (features 16..128) for small crops around the ears on 2 CPU cores.
-#: Chosen by measurement (nnU-Net 2.8, torch 2.14, 2 shared cores, 1 torch thread; training
-#: cases and held-out cases cropped to 32 x 64 x 160 voxels around the inner ears of vstk's
-#: phantom, 8 training / 4 test): 2d f16-128 needs 0.85 s per iteration (batch 13, patch
-#: 64 x 160) and its VS pseudo Dice passes 0.95 after about 300 iterations (held-out VS Dice
-#: 0.93 after 750); 3d_fullres f8-64 needs 2.8 s per iteration (batch 2, patch 32 x 64 x 160)
-#: and still scored VS Dice 0.00 after 150. On 24 x 64 x 64 synthetic cases: 2d f16-128
-#: 0.23 s/it, VS 0.995 / cochlea 0.98 after 750 iterations; 3d f8-64 1.2 s/it, VS 0.94 /
-#: cochlea 0.00 after 150; 3d f4-32 learnt nothing in 150. The cochlea needs longer runs.
+#: A narrow 2D U-Net (features 16..128) for small crops around the ears on 2 CPU cores,
+#: 500 iterations: about 5-6 minutes. Chosen by measurement (nnU-Net 2.8.1, torch 2.14, a
+#: 2-core machine shared with other jobs). Phantom hrT2 cropped to 32 x 64 x 160 voxels around
+#: the inner ears, 8 training / 4 held-out cases, one torch thread:
+#:   2d f16-128 (batch 13, patch 64 x 160): 0.6-0.85 s/iteration; VS learnt after about 275
+#:     iterations in two runs; 20 x 25 iterations: held-out VS Dice 0.92, cochlea 0.00;
+#:     15 x 50: VS 0.93, cochlea 0.00; 12 x 25 (300): VS 0.00 (not yet learnt).
+#:   2d f8-64: VS learnt only after about 400 iterations.
+#:   3d_fullres f8-64 (batch 2, patch 32 x 64 x 160): 2.8 s/iteration, VS 0.00 after 150.
+#: Synthetic 24 x 64 x 64 cases (tests/nnunet): 2d f16-128 0.23 s/it, VS 0.995 / cochlea 0.98
+#: after 750 iterations; 3d f8-64 1.2 s/it, VS 0.94 / cochlea 0.00 after 150; 3d f16-128
+#: 1.5 s/it, VS 0.96; 3d f4-32 learnt nothing in 150. The cochlea needs longer runs.
+#: One thread: with other jobs on the cores, two spinning OpenMP threads ran 5-8x slower
+#: (5.4 vs 0.7 s/iteration); on idle cores ``num_threads=2`` should be faster (the cores here
+#: were never idle to measure it).
 CPU = NnUNetConfig(
     configuration="2d",
     num_epochs=20,
@@ -159,6 +165,7 @@ CPU = NnUNetConfig(
     features_max=128,
     mirroring=False,
     device="cpu",
+    num_threads=1,
     warm_start=True,
     n_proc_preprocessing=1,
     n_proc_da=0,

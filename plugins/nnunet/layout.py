@@ -5,7 +5,7 @@ A job's ``workdir`` holds nnU-Net's three folders::
     workdir/nnunet.lock                            held by the process that trains
     workdir/nnUNet_raw/Dataset501_VSTK_round0/     imagesTr, labelsTr, dataset.json, vstk_cases.json
     workdir/nnUNet_preprocessed/Dataset501_VSTK_round0/
-    workdir/nnUNet_results/Dataset501_VSTK_round0/nnUNetTrainerVstk__nnUNetPlans__3d_fullres_f8-64/fold_all/
+    workdir/nnUNet_results/Dataset501_VSTK_round0/nnUNetTrainerVstk__nnUNetPlans__2d_f16-128/fold_all/
 
 Self-training round r is a dataset of its own (id ``dataset_id + r``), so every round has its
 own raw, preprocessed and results folders and never writes into another round's.
