@@ -69,10 +69,13 @@ def head_centre(volume: Volume) -> np.ndarray:
     near the in-plane centre of the head in axial MR of the internal auditory canals.
     """
     mask = head_mask(volume.array)
-    if not mask.any():
+    projection = mask.sum(axis=0, dtype=np.int64)  # [y, x]: no per-voxel index arrays
+    total = int(projection.sum())
+    if total == 0:
         return volume.centre
-    _, ys, xs = np.nonzero(mask)
-    centre_index = ((volume.shape[0] - 1) / 2.0, float(ys.mean()), float(xs.mean()))
+    ys = float((projection.sum(axis=1) * np.arange(projection.shape[0])).sum()) / total
+    xs = float((projection.sum(axis=0) * np.arange(projection.shape[1])).sum()) / total
+    centre_index = ((volume.shape[0] - 1) / 2.0, ys, xs)
     return volume.index_to_physical(centre_index)
 
 
