@@ -80,6 +80,14 @@ def apply_overrides(config: C, overrides: Mapping[str, Any]) -> C:
         raise ConfigError(f"invalid settings {dict(overrides)}: {exc}") from None
 
 
+def select_profile(profiles: Mapping[str, C], name: str, overrides: Mapping[str, Any], *, owner: str) -> C:
+    """Profile ``name`` of ``profiles`` with ``overrides``; an unknown name raises ConfigError
+    naming ``owner`` (e.g. "translator 'cyclegan'") and the known profiles."""
+    if name not in profiles:
+        raise ConfigError(f"unknown profile {name!r} for {owner}", fix=f"use one of {', '.join(sorted(profiles))}")
+    return apply_overrides(profiles[name], overrides)
+
+
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; malformed items raise ConfigError."""
     out = {}

@@ -230,19 +230,22 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
     return summary
 
 
-def prediction_dirs(plan: Plan) -> dict[str, Path]:
+def prediction_rounds(plan: Plan) -> dict[int, Path]:
     """Where each model's test predictions go: the final round, and round 0 when it differs."""
-    out = {f"round {plan.options.rounds}": plan.out / "predictions"}
+    out = {plan.options.rounds: plan.out / "predictions"}
     if plan.options.rounds > 0:
-        out["round 0"] = plan.out / "predictions_round0"
+        out[0] = plan.out / "predictions_round0"
     return out
+
+
+def prediction_dirs(plan: Plan) -> dict[str, Path]:
+    """:func:`prediction_rounds` keyed by the model names of the report (``"round 1"``)."""
+    return {f"round {r}": folder for r, folder in prediction_rounds(plan).items()}
 
 
 def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
     images = {c.case_id: read_image(c.hrT2) for c in plan.test.target}
-    rounds = {plan.options.rounds: plan.out / "predictions"}
-    if plan.options.rounds > 0:
-        rounds[0] = plan.out / "predictions_round0"
+    rounds = prediction_rounds(plan)
     for round_index, folder in rounds.items():
         with progress_bar(len(images) * 2, f"predict test (round {round_index})", enabled=show) as bar:
             predictions = stages.predict_full(plan.segmenter, images, plan.ear_rule, round_index=round_index,

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from ..config import to_json_dict
 from ..crossmoda import CaseFiles, load_case, read_image
 from ..plugins import PluginHost
 from ..protocols import Prediction, ProgressFn, TrainingCase
-from ..roi import EarRule, crop, ear_boxes, paste
+from ..roi import Box, EarRule, crop, ear_boxes, paste
 from ..volume import Volume
 from .components import plugin_provenance
 
@@ -84,14 +84,13 @@ def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Map
 EAR_SIDES = ("R", "L")  # box order of EarRule.centres: -x first (patient right in LPS)
 
 
-def ear_crops(image: Volume, label: Volume | None, rule: EarRule, case_id: str) -> list[tuple[str, Volume, Volume | None]]:
-    """(case id with side, image crop, label crop) for both ears."""
-    out = []
-    for side, box in zip(EAR_SIDES, ear_boxes(image, rule)):
-        fill = float(np.percentile(image.array, 1.0))
-        out.append((f"{case_id}__{side}", crop(image, box, fill=fill),
-                    None if label is None else crop(label, box, fill=0)))
-    return out
+def ear_crops(image: Volume, label: Volume | None, rule: EarRule,
+              case_id: str) -> list[tuple[str, Box, Volume, Volume | None]]:
+    """(case id with side, box, image crop, label crop) for both ears; image padding is the
+    image's 1st intensity percentile (its background)."""
+    fill = float(np.percentile(image.array, 1.0))
+    return [(f"{case_id}__{side}", box, crop(image, box, fill=fill), None if label is None else crop(label, box, fill=0))
+            for side, box in zip(EAR_SIDES, ear_boxes(image, rule))]
 
 
 def pool_training_cases(pool_path: Path, rule: EarRule, *, pseudo_round: int | None = None,
@@ -105,13 +104,13 @@ def pool_training_cases(pool_path: Path, rule: EarRule, *, pseudo_round: int | N
     for view in views or pool.views():
         for case in pool.cases(view):
             image, label = pool.read(view, case)
-            for cid, image_crop, label_crop in ear_crops(image, label, rule, f"{view}__{case}"):
+            for cid, _, image_crop, label_crop in ear_crops(image, label, rule, f"{view}__{case}"):
                 cases.append(TrainingCase(cid, image_crop, label_crop))
     if pseudo_round is not None:
         for case in pool.pseudo_labels(pseudo_round):
             image = pool.read_target(case)
             label, _ = pool.read_pseudo_label(pseudo_round, case)
-            for cid, image_crop, label_crop in ear_crops(image, label, rule, f"pseudo_r{pseudo_round}__{case}"):
+            for cid, _, image_crop, label_crop in ear_crops(image, label, rule, f"pseudo_r{pseudo_round}__{case}"):
                 cases.append(TrainingCase(cid, image_crop, label_crop))
     return cases
 
@@ -122,21 +121,14 @@ def predict_full(segmenter: Any, images: Mapping[str, Volume], rule: EarRule, *,
 
     Outside the ear boxes the label is background with probability 1.
     """
-    crops: dict[str, Volume] = {}
-    boxes = {}
-    for case_id, image in images.items():
-        for side, box in zip(EAR_SIDES, ear_boxes(image, rule)):
-            fill = float(np.percentile(image.array, 1.0))
-            crops[f"{case_id}__{side}"] = crop(image, box, fill=fill)
-            boxes[f"{case_id}__{side}"] = (case_id, box)
-    predictions = {p.case_id: p for p in segmenter.predict(crops, round_index=round_index, progress=progress)}
+    crops = {case_id: ear_crops(image, None, rule, case_id) for case_id, image in images.items()}
+    inputs = {key: part for parts in crops.values() for key, _, part, _ in parts}
+    predictions = {p.case_id: p for p in segmenter.predict(inputs, round_index=round_index, progress=progress)}
     out = []
     for case_id, image in images.items():
         label = np.zeros(image.shape, dtype=np.uint8)
         probabilities = None
-        for side in EAR_SIDES:
-            key = f"{case_id}__{side}"
-            _, box = boxes[key]
+        for key, box, _, _ in crops[case_id]:
             prediction = predictions[key]
             paste(prediction.label.array.astype(np.uint8), box, image.shape, into=label)
             if prediction.probabilities is not None:
@@ -176,9 +168,6 @@ def stage_done(state_dir: Path, name: str) -> dict[str, Any] | None:
 
 def mark_done(state_dir: Path, name: str, info: dict[str, Any]) -> None:
     write_json_atomic(state_dir / f"{name}.json", info)
-
-
-Stage = Callable[[], dict[str, Any]]
 
 
 def dataclass_dict(value: Any) -> dict[str, Any]:

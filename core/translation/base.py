@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
-from ..config import apply_overrides, to_json_dict
+from ..config import apply_overrides, select_profile, to_json_dict
 from ..errors import CheckpointError, ConfigError, InputError
 from ..geometry import SliceGeometry, from_slices
 from ..protocols import ProgressFn
@@ -115,10 +115,7 @@ class SliceTranslator:
     @classmethod
     def profile(cls, name: str, **overrides: Any) -> Any:
         """The named profile's config, with ``overrides`` (strings are coerced)."""
-        if name not in cls.profiles:
-            raise ConfigError(f"unknown profile {name!r} for translator {cls.name!r}",
-                              fix=f"use one of {', '.join(sorted(cls.profiles))}")
-        return apply_overrides(cls.profiles[name], overrides)
+        return select_profile(cls.profiles, name, overrides, owner=f"translator {cls.name!r}")
 
     def __init__(self, config: Any = None, device: str | None = None) -> None:
         self.config = config if config is not None else self.profile("cpu")

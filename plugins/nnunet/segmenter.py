@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from vstk.config import apply_overrides
+from vstk.config import select_profile
 from vstk.errors import ConfigError, InputError
 from vstk.protocols import Prediction, ProgressFn, TrainingCase
 from vstk.volume import Volume
@@ -55,10 +55,7 @@ class NnUNetSegmenter:
     @classmethod
     def profile(cls, name: str, **overrides: Any) -> NnUNetConfig:
         """The named profile's config (``"paper"`` or ``"cpu"``) with ``overrides`` (strings are coerced)."""
-        if name not in cls.profiles:
-            raise ConfigError(f"unknown profile {name!r} for segmenter {cls.name!r}",
-                              fix=f"use one of {', '.join(sorted(cls.profiles))}")
-        return apply_overrides(cls.profiles[name], overrides)
+        return select_profile(cls.profiles, name, overrides, owner=f"segmenter {cls.name!r}")
 
     def __init__(self, config: NnUNetConfig | None = None, workdir: str | Path = "nnunet") -> None:
         self.config = config if config is not None else self.profile("cpu")
