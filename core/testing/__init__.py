@@ -16,6 +16,15 @@ fix. The kit needs no pytest and imports torch only when it runs.
 
 from __future__ import annotations
 
-from .conformance import CHECKS, TINY_SETTINGS, CheckResult, ConformanceError, ConformanceReport, check_translator
+from .conformance import (
+    CHECKS,
+    TINY_SETTINGS,
+    CheckResult,
+    ConformanceError,
+    ConformanceReport,
+    check_translator,
+    make_phantom_data,
+)
 
-__all__ = ["CHECKS", "TINY_SETTINGS", "CheckResult", "ConformanceError", "ConformanceReport", "check_translator"]
+__all__ = ["CHECKS", "TINY_SETTINGS", "CheckResult", "ConformanceError", "ConformanceReport", "check_translator",
+           "make_phantom_data"]
