@@ -171,6 +171,7 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
             sources = [read_image(c.ceT1) for c in plan.train.source]
             targets = [read_image(c.hrT2) for c in plan.train.target]
 
+    _train_translators_side_by_side(plan, show)
     checkpoints = {}
     for name, translator in plan.translators.items():
         workdir = plan.out / "translators" / name
@@ -228,6 +229,30 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
             write_report(plan, summary)
     stages.write_json_atomic(plan.out / "run.json", {"options": stages.dataclass_dict(options), "stages": summary})
     return summary
+
+
+def _train_translators_side_by_side(plan: Plan, show: bool | None) -> None:
+    """On a multi-core CPU, train every unfinished translator at once, one process each
+    (see :mod:`vstk.pipeline.parallel`); on a GPU, or for one translator, they train in turn
+    in this process (the loop in :func:`run`)."""
+    from ..translation.base import pick_device
+    from .parallel import TranslatorJob, cpu_count, train_in_parallel
+
+    todo = [name for name in plan.translators
+            if stages.stage_done(plan.state, f"translator-{name}") is None
+            and not (plan.out / "translators" / name / "translator.pt").exists()]
+    if len(todo) < 2 or cpu_count() < 2 or pick_device(plan.options.device) != "cpu":
+        return
+    sources = tuple(c.ceT1 for c in plan.train.source)
+    targets = tuple(c.hrT2 for c in plan.train.target)
+    jobs = [TranslatorJob(name, type(plan.translators[name]), plan.translators[name].config, plan.options.device,
+                          sources, targets, plan.out / "translators" / name) for name in todo]
+    with progress_bar(0, "train " + "+".join(todo), enabled=show) as bar:
+        results = train_in_parallel(jobs, progress=bar)
+    for name, (path, seconds) in results.items():
+        stages.mark_done(plan.state, f"translator-{name}",
+                         {"checkpoint": str(path), "seconds": round(seconds, 1), "processes": len(jobs)})
+        log.info("stage translator-%s done in %.0f s (side by side)", name, seconds)
 
 
 def prediction_rounds(plan: Plan) -> dict[int, Path]:
