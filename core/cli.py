@@ -25,6 +25,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "evaluate": "vstk.cli:evaluate_command",
     "pool": "vstk.pool.cli:pool_group",
     "run": "vstk.pipeline.cli:run_command",
+    "bench": "vstk.pipeline.cli:bench_command",
 }
 
 
@@ -151,12 +152,16 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
               help="Paired ceT1/hrT2 cases for scoring translation [cases // 4, min 2].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--png/--no-png", default=True, show_default=True, help="Write OUT/overview.png.")
+@click.option("--target-labels", is_flag=True, default=False,
+              help="Also write truth labels of the training hrT2 to OUT/train_hrT2_labels (vstk bench's "
+                   "supervised reference).")
 def phantom_command(out: Path, cases: int, test_cases: int | None, paired_cases: int | None, seed: int,
-                    png: bool) -> None:
+                    png: bool, target_labels: bool) -> None:
     """Write a procedural CrossMoDA-layout phantom data set to OUT."""
     from .phantom import PhantomConfig, generate_phantom, save_overview_png
 
-    config = PhantomConfig(cases=cases, test_cases=test_cases, paired_cases=paired_cases, seed=seed)
+    config = PhantomConfig(cases=cases, test_cases=test_cases, paired_cases=paired_cases, seed=seed,
+                           target_labels=target_labels)
     summary = generate_phantom(out, config, progress=lambda message: log.info("%s", message),
                                workers=min(2, os.cpu_count() or 1))
     click.echo(f"wrote phantom data to {out}: " + ", ".join(

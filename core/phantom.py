@@ -22,6 +22,7 @@ Output layout (``generate_phantom``)::
 
     OUT/train/        crossmoda2022_{site}_{id}_ceT1.nii.gz + _Label.nii.gz  (labelled ceT1)
                       crossmoda2022_{site}_{id}_hrT2.nii.gz                  (other subjects)
+    OUT/train_hrT2_labels/  crossmoda2022_{site}_{id}_Label.nii.gz           (only with ``target_labels``)
     OUT/test/         crossmoda2022_{site}_{id}_hrT2.nii.gz                  (new subjects)
     OUT/test_labels/  crossmoda2022_{site}_{id}_Label.nii.gz                 (on the test grid)
     OUT/paired/       crossmoda2022_{site}_{id}_{ceT1,hrT2,Label}.nii.gz     (one grid, one pose)
@@ -65,7 +66,8 @@ MANIFEST = "phantom.json"
 # Present from the first write on: marks a folder (complete or not) as written by this module,
 # so a rerun may clear it. phantom.json, written last, marks it complete.
 OWNER_MARKER = ".vstk-phantom"
-_OUTPUTS = ("train", "test", "test_labels", "paired", "overview.png")
+TARGET_LABELS = "train_hrT2_labels"
+_OUTPUTS = ("train", TARGET_LABELS, "test", "test_labels", "paired", "overview.png")
 _SPLITS = ("train_ceT1", "train_hrT2", "test", "paired")
 _GENERATOR = "vstk.phantom"
 _FORMAT_VERSION = 1
@@ -94,6 +96,9 @@ class PhantomConfig:
         bias_strength: peak amplitude of the log bias field (0.2 is about +-20 % intensity).
         pose_rotation_deg: head rotation about z per acquisition, uniform in +- this (degrees).
         pose_shift_mm: head translation per acquisition, normal with this std per axis (mm).
+        target_labels: also write the truth labels of the unlabelled training hrT2 to
+            ``OUT/train_hrT2_labels/`` (a supervised reference for ``vstk bench``); the images
+            are the same either way.
     """
 
     cases: int = 10
@@ -105,6 +110,7 @@ class PhantomConfig:
     bias_strength: float = 0.2
     pose_rotation_deg: float = 4.0
     pose_shift_mm: float = 2.0
+    target_labels: bool = False
 
     def __post_init__(self) -> None:
         for name in ("cases", "test_cases", "paired_cases"):
@@ -1064,7 +1070,8 @@ def _write_case(out: Path, case: _Case, config: PhantomConfig) -> dict[str, Any]
     if case.split == "train_ceT1":
         folder, contrasts, grid_contrast, label_folder = "train", ("ceT1",), "ceT1", "train"
     elif case.split == "train_hrT2":
-        folder, contrasts, grid_contrast, label_folder = "train", ("hrT2",), "hrT2", None
+        folder, contrasts, grid_contrast = "train", ("hrT2",), "hrT2"
+        label_folder = TARGET_LABELS if config.target_labels else None
     elif case.split == "test":
         folder, contrasts, grid_contrast, label_folder = "test", ("hrT2",), "hrT2", "test_labels"
     else:
