@@ -1,10 +1,11 @@
-"""``vstk run`` and ``vstk pool build`` / ``add-view``: the commands that compose plugins."""
+"""``vstk run``, ``vstk bench`` and ``vstk pool build`` / ``add-view``: the commands that compose plugins."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -35,6 +36,27 @@ def collect_settings(settings: tuple[str, ...], config_file: Path | None) -> tup
                 merged[key] = value
     merged.update(parse_overrides(settings))
     return tuple((k, v if isinstance(v, str) else _json_value(v)) for k, v in merged.items())
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """Log INFO and above to ``path`` while the block runs (the console keeps WARNING)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+        for other in root.handlers:
+            if other is not handler and other.level == logging.NOTSET:
+                other.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _json_value(value: Any) -> str:
@@ -150,29 +172,71 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
     from ..cli import _host
     from .run import RunOptions, parse_translators, run
 
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "vstk.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    if root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-        for other in root.handlers:
-            if other is not handler and other.level == logging.NOTSET:
-                other.setLevel(logging.WARNING)
-    try:
+    with log_to_file(out / "vstk.log"):
         options = RunOptions(out=out, translators=parse_translators(translators), data=data, test=test,
                              test_labels=test_labels, profile=_resolve_profile(profile, device), rounds=rounds,
                              segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                              settings=collect_settings(settings, config_file), device=device,
                              phantom_cases=phantom_cases)
         summary = run(options, _host())
-    finally:
-        root.removeHandler(handler)
-        handler.close()
     if "evaluate" in summary:
         for model, scores in summary["evaluate"].items():
             if isinstance(scores, dict):
                 click.echo(f"{model}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     click.echo(f"report: {out / 'report.md'}" if (out / "report.md").exists() else f"done: {out}")
+
+
+@click.command("bench")
+@translators_option
+@click.option("--combos", multiple=True, metavar="A+B[,C+D]",
+              help="Multi-view combination(s) to score besides each translator alone: translators of "
+                   "--translators joined by '+', e.g. cyclegan+qsattn (repeatable or comma-separated).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="CrossMoDA training folder (labelled ceT1 + unlabelled hrT2) [built-in phantom].")
+@click.option("--test", type=click.Path(path_type=Path), default=None, help="Folder of test hrT2 (with --data).")
+@click.option("--test-labels", type=click.Path(path_type=Path), default=None,
+              help="Truth {case}_Label.nii.gz of the test hrT2 (with --data).")
+@click.option("--target-labels", type=click.Path(path_type=Path), default=None,
+              help="Truth labels of the training hrT2: enables the supervised reference row.")
+@click.option("--paired", type=click.Path(path_type=Path), default=None,
+              help="Folder of paired {case}_ceT1/_hrT2 on one grid: enables translation fidelity (PSNR, SSIM).")
+@profile_option
+@click.option("--rounds", type=click.IntRange(0, 20), default=0, show_default=True,
+              help="Self-training rounds of every method after its first segmenter.")
+@click.option("--segmenter", default="nnunet", show_default=True)
+@click.option("--pseudo-labeler", default="all", show_default=True, help="Used with --rounds above 0.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--phantom-cases", type=click.IntRange(2, 500), default=10, show_default=True,
+              help="Labelled cases of the phantom used without --data.")
+@set_option
+@config_option
+@device_option
+def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, test: Path | None,
+                  test_labels: Path | None, target_labels: Path | None, paired: Path | None, profile: str | None,
+                  rounds: int, segmenter: str, pseudo_labeler: str, out: Path, phantom_cases: int, settings,
+                  config_file, device: str | None) -> None:
+    """Benchmark translators alone and combined under one segmentation protocol.
+
+    Rows: none (segmenter on raw ceT1: the floor), each translator, each --combos
+    combination, supervised (on labelled hrT2, when there are labels: the ceiling). Every row
+    trains the same segmenter with the same seed; each translator trains once and one pool
+    holds every view. Writes OUT/bench.md (Table 1 with the share of the floor-to-ceiling gap
+    each row closes, paired t-tests, translation fidelity, time), OUT/bench.json and
+    OUT/figures/*.png. Rerunning the same command resumes and skips finished stages.
+    """
+    from ..cli import _host
+    from .bench import BenchOptions, bench, parse_combos
+    from .run import parse_translators
+
+    options = BenchOptions(out=out, translators=parse_translators(translators), combos=parse_combos(combos),
+                           data=data, test=test, test_labels=test_labels, target_labels=target_labels,
+                           paired=paired, profile=_resolve_profile(profile, device), rounds=rounds,
+                           segmenter=segmenter, pseudo_labeler=pseudo_labeler,
+                           settings=collect_settings(settings, config_file), device=device,
+                           phantom_cases=phantom_cases)
+    with log_to_file(out / "vstk.log"):
+        data_out = bench(options, _host())
+    for name, method in data_out["methods"].items():
+        click.echo(f"{name}: mean Dice {method['summary']['mean_dice']['mean']:.3f}"
+                   + (f", gap closed {method['gap_closed']:.0%}" if method["gap_closed"] is not None else ""))
+    click.echo(f"report: {out / 'bench.md'}")

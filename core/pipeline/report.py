@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -96,19 +96,26 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    # nnU-Net's logger calls seaborn.set(font_scale=2.5) on import: draw with matplotlib's own style
+    matplotlib.rcdefaults()
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def dice_boxplot(cases_by_model: dict[str, dict[str, dict[str, float]]], path: Path) -> Path:
-    """Fig. 2: per-case Dice of VS and cochlea, one box per model."""
+DICE_PANELS = (("VS_dice", "VS"), ("cochlea_dice", "cochlea"))
+
+
+def dice_boxplot(cases_by_model: dict[str, dict[str, dict[str, float]]], path: Path,
+                 panels: Sequence[tuple[str, str]] = DICE_PANELS) -> Path:
+    """Fig. 2: per-case Dice of VS and cochlea (``panels``: metric and title), one box per model."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * len(cases_by_model), 3.6), sharey=True)
-    for ax, (metric, title) in zip(axes, (("VS_dice", "VS"), ("cochlea_dice", "cochlea"))):
+    width = 4 + 1.2 * len(cases_by_model) * len(panels) / 2
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.6), sharey=True, squeeze=False)
+    for ax, (metric, title) in zip(axes[0], panels):
         data = [[s[metric] for s in cases.values()] for cases in cases_by_model.values()]
         ax.boxplot(data, showmeans=True)
-        ax.set_xticks(range(1, len(data) + 1), list(cases_by_model), rotation=20)
+        ax.set_xticks(range(1, len(data) + 1), list(cases_by_model), rotation=30, ha="right")
         rng = np.random.default_rng(0)
         for i, values in enumerate(data, start=1):
             ax.scatter(i + rng.uniform(-0.08, 0.08, len(values)), values, s=10, alpha=0.6, color="tab:blue")

@@ -1,0 +1,462 @@
+"""``vstk bench``: translators alone and in multi-view combinations, under one protocol.
+
+Every method gets the same segmenter (same config, same seeds, same budget) and the same
+test set; only its training images differ:
+
+* ``none``: the raw ceT1 with its labels, no adaptation (the floor);
+* one row per translator: that translator's view of every labelled ceT1;
+* one row per named combination (``cyclegan+qsattn``): all of its views together;
+* ``supervised``: the labelled training hrT2, when their labels exist (the ceiling).
+
+Each translator trains once (``OUT/translators/NAME``), one pool holds every view
+(``OUT/pool.h5``), and each method trains its own segmenter in ``OUT/methods/METHOD/segmenter``
+(its own nnU-Net dataset id and results). Stages (``OUT/state/{stage}.json`` marks a finished
+one; a rerun skips it): ``translator-{name}``, ``pool``, ``fidelity`` (PSNR/SSIM on paired
+cases), then per method ``segment-{method}-r{k}``, ``predict-{method}``, ``evaluate-{method}``.
+The report (``OUT/bench.md``, ``OUT/bench.json``, ``OUT/figures/*.png``) is rewritten every time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..crossmoda import discover, load_case, read_image
+from ..errors import ConfigError, InputError
+from ..plugins import PluginHost
+from ..progress import progress_bar
+from ..protocols import TrainingCase
+from ..volume import Volume, read_nifti, write_nifti
+from . import stages
+from .components import split_settings
+from .run import Plan, RunOptions, _timed, plan_run
+
+log = logging.getLogger(__name__)
+
+NONE = "none"
+SUPERVISED = "supervised"
+STRUCTURE_METRICS = ("VS_dice", "VS_assd", "cochlea_dice", "cochlea_assd", "mean_dice", "mean_assd")
+TEST_METRICS = ("VS_dice", "cochlea_dice", "mean_dice")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One row of the benchmark: what its segmenter trains on.
+
+    Attributes:
+        name: row name (``none``, a translator, ``a+b`` for a combination, ``supervised``).
+        views: the pool views it trains on (empty for ``none`` and ``supervised``).
+    """
+
+    name: str
+    views: tuple[str, ...] = ()
+
+    @property
+    def training_data(self) -> str:
+        if self.name == NONE:
+            return "ceT1 as is"
+        if self.name == SUPERVISED:
+            return "labelled hrT2"
+        return " + ".join(self.views) + (" views" if len(self.views) > 1 else " view")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    """Everything ``vstk bench`` needs; see ``vstk bench --help`` for the meaning of each."""
+
+    out: Path
+    translators: tuple[str, ...] = ("cyclegan", "qsattn")
+    combos: tuple[tuple[str, ...], ...] = ()
+    data: Path | None = None
+    test: Path | None = None
+    test_labels: Path | None = None
+    target_labels: Path | None = None
+    paired: Path | None = None
+    profile: str = "cpu"
+    rounds: int = 0
+    segmenter: str = "nnunet"
+    pseudo_labeler: str = "all"
+    settings: tuple[tuple[str, str], ...] = ()
+    device: str | None = None
+    phantom_cases: int = 10
+    phantom_seed: int = 0
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.translators:
+            raise ConfigError("no translator named", fix="e.g. --translators cyclegan,qsattn")
+        if len(set(self.translators)) != len(self.translators):
+            raise ConfigError(f"a translator is named twice in --translators {','.join(self.translators)}")
+        for name in self.translators:
+            if name in (NONE, SUPERVISED):
+                raise ConfigError(f"--translators: {name!r} is the name of a reference row of the benchmark",
+                                  fix=f"drop it: the {NONE} and {SUPERVISED} rows are always part of the table")
+            if not _NAME.match(name):
+                raise ConfigError(f"--translators: {name!r} is not a translator name",
+                                  fix="separate translators with ',' and combinations with '+' (--combos)")
+        seen = set()
+        for combo in self.combos:
+            label = "+".join(combo)
+            if len(combo) < 2 or len(set(combo)) != len(combo):
+                raise ConfigError(f"--combos {label}: a combination joins two or more different translators",
+                                  fix="e.g. --combos cyclegan+qsattn")
+            outside = [name for name in combo if name not in self.translators]
+            if outside:
+                raise ConfigError(f"--combos {label}: {outside[0]!r} is not in --translators "
+                                  f"{','.join(self.translators)}",
+                                  fix=f"add {outside[0]} to --translators or drop it from the combination")
+            if frozenset(combo) in seen:
+                raise ConfigError(f"--combos {label}: the same combination is named twice")
+            seen.add(frozenset(combo))
+        if self.rounds < 0:
+            raise ConfigError(f"--rounds {self.rounds} must be 0 or more")
+        if self.test_labels is not None and self.test is None:
+            raise ConfigError("--test-labels needs --test")
+        if self.data is not None and (self.test is None or self.test_labels is None):
+            raise ConfigError("vstk bench scores every method on labelled test hrT2: --data needs --test and "
+                              "--test-labels", fix="pass both, or leave out --data to use the built-in phantom")
+        if self.data is None and any(p is not None for p in (self.test, self.target_labels, self.paired)):
+            raise ConfigError("--test, --test-labels, --target-labels and --paired go with --data",
+                              fix="pass --data too, or none of them to use the built-in phantom")
+
+    def methods(self) -> tuple[Method, ...]:
+        """Every row in table order: the floor, translators, combinations, the ceiling."""
+        rows = [Method(NONE)] + [Method(name, (name,)) for name in self.translators]
+        rows += [Method("+".join(combo), tuple(combo)) for combo in self.combos]
+        return tuple(rows + [Method(SUPERVISED)])
+
+
+@dataclasses.dataclass
+class BenchPlan:
+    """The resolved benchmark, checked before any training."""
+
+    options: BenchOptions
+    run: Plan
+    methods: tuple[Method, ...]
+    segmenters: dict[str, Any]
+    test_labels: Path
+    labelled_targets: tuple[Any, ...]
+    paired: tuple[Any, ...]
+    notes: list[str]
+
+    @property
+    def out(self) -> Path:
+        return self.options.out
+
+    def method_dir(self, method: Method) -> Path:
+        return self.out / "methods" / method.name
+
+    def rounds_of(self, method: Method) -> int:
+        """Self-training rounds of a method (the supervised ceiling has no unlabelled hrT2 left)."""
+        return 0 if method.name == SUPERVISED else self.options.rounds
+
+
+def parse_combos(values: str | Iterable[str]) -> tuple[tuple[str, ...], ...]:
+    """``"a+b,a+c"`` (or several such strings) -> ``(("a", "b"), ("a", "c"))``."""
+    items = [values] if isinstance(values, str) else list(values)
+    combos = []
+    for item in items:
+        for part in item.split(","):
+            if part.strip():
+                combos.append(tuple(name.strip() for name in part.split("+") if name.strip()))
+    return tuple(combos)
+
+
+def _phantom(options: BenchOptions) -> Path:
+    """The benchmark's own phantom (with training hrT2 labels for the supervised row)."""
+    from ..phantom import MANIFEST, PhantomConfig, generate_phantom
+
+    root = options.out / "phantom"
+    if not (root / MANIFEST).exists():
+        log.info("generating phantom data in %s", root)
+        generate_phantom(root, PhantomConfig(cases=options.phantom_cases, seed=options.phantom_seed,
+                                             target_labels=True))
+    return root
+
+
+def _check_components(options: BenchOptions, host: PluginHost) -> None:
+    """Unknown plugin names and unknown ``--set`` keys fail before any data is generated."""
+    components = {name: host.get("translator", name) for name in options.translators}
+    components[options.segmenter] = host.get("segmenter", options.segmenter)
+    components[options.pseudo_labeler] = host.get("pseudo-labeler", options.pseudo_labeler)
+    split_settings(dict(options.settings), components)
+
+
+def _dataset_name(method: str) -> str:
+    return (re.sub(r"[^A-Za-z0-9]+", "-", method).strip("-") or "method")[:64]
+
+
+def method_config(base: Any, index: int, method: Method, rounds: int) -> Any:
+    """The segmenter config of row ``index``: the shared one, with its own dataset id and name.
+
+    Segmenter configs with ``dataset_id`` / ``dataset_name`` fields (nnU-Net) get
+    ``dataset_id + index * (rounds + 1)`` and the method's name, so the nnU-Net folders of two
+    methods never share a name; every other setting (seed included) is the same for all rows.
+    """
+    if not dataclasses.is_dataclass(base):
+        return base
+    fields = {f.name for f in dataclasses.fields(base)}
+    changes: dict[str, Any] = {}
+    if "dataset_id" in fields:
+        changes["dataset_id"] = base.dataset_id + index * (rounds + 1)
+        if changes["dataset_id"] + rounds > 999:
+            raise ConfigError(f"{index + 1} benchmark rows x {rounds + 1} round(s) need dataset ids up to "
+                              f"{changes['dataset_id'] + rounds}, above nnU-Net's 999",
+                              fix=f"set a smaller id, e.g. --set dataset_id=101 (now {base.dataset_id})")
+    if "dataset_name" in fields:
+        changes["dataset_name"] = _dataset_name(method.name)
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
+    """Resolve plugins, configs and data; raise on any bad input before training starts."""
+    _check_components(options, host)
+    options.out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    data, test, test_labels = options.data, options.test, options.test_labels
+    target_labels, paired_dir = options.target_labels, options.paired
+    if data is None:
+        root = _phantom(options)
+        data, test, test_labels = root / "train", root / "test", root / "test_labels"
+        from ..phantom import TARGET_LABELS
+
+        target_labels = root / TARGET_LABELS if (root / TARGET_LABELS).is_dir() else None
+        paired_dir = root / "paired"
+    run_options = RunOptions(out=options.out, translators=options.translators, data=data, test=test,
+                             test_labels=test_labels, profile=options.profile, rounds=options.rounds,
+                             segmenter=options.segmenter, pseudo_labeler=options.pseudo_labeler,
+                             settings=options.settings, device=options.device, progress=options.progress)
+    run_plan = plan_run(run_options, host)
+    assert run_plan.test is not None
+
+    labelled_targets: tuple[Any, ...] = ()
+    if target_labels is not None:
+        folder = discover(data, labels=target_labels, require_target=True)
+        labelled_targets = tuple(c for c in folder.target if c.label is not None)
+        if not labelled_targets:
+            raise InputError("no label matches a training hrT2 image", path=target_labels,
+                             fix="name them {case}_Label.nii.gz for {case}_hrT2.nii.gz in --data")
+        for case in labelled_targets:
+            load_case(case, "hrT2")  # a label off its image's grid stops here, not after hours
+        if len(labelled_targets) < len(folder.target):
+            notes.append(f"{SUPERVISED}: {len(labelled_targets)} of {len(folder.target)} training hrT2 are "
+                         "labelled; it trains on those.")
+    else:
+        notes.append(f"{SUPERVISED}: skipped: the training hrT2 have no labels (pass --target-labels DIR, "
+                     "or generate the phantom with --target-labels).")
+
+    paired: tuple[Any, ...] = ()
+    if paired_dir is not None:
+        paired = tuple(c for c in discover(paired_dir).source if c.hrT2 is not None)
+        if not paired:
+            raise InputError("no paired case: every case needs {case}_ceT1 and {case}_hrT2 on one grid",
+                             path=paired_dir, fix="point --paired at the phantom's paired/ folder")
+        for case in paired:
+            ce, t2 = read_image(case.ceT1), read_image(case.hrT2)
+            mismatch = ce.grid_mismatch(t2)
+            if mismatch is not None:
+                raise InputError(f"paired case {case.case_id}: ceT1 and hrT2 are not on one grid ({mismatch})",
+                                 path=case.hrT2, fix="paired cases render both contrasts on the same grid")
+    else:
+        notes.append("translation fidelity: skipped: no paired ceT1/hrT2 cases (pass --paired DIR).")
+
+    methods = tuple(m for m in options.methods() if m.name != SUPERVISED or labelled_targets)
+    segmenter_cls = type(run_plan.segmenter)
+    segmenters = {}
+    for index, method in enumerate(methods):
+        config = method_config(run_plan.segmenter.config, index, method, options.rounds)
+        segmenters[method.name] = segmenter_cls(config, options.out / "methods" / method.name / "segmenter")
+    return BenchPlan(options, run_plan, methods, segmenters, Path(test_labels), labelled_targets, paired, notes)
+
+
+class _TimedTranslator:
+    """A translator whose ``translate_volume`` calls add up their wall time in ``seconds``."""
+
+    def __init__(self, translator: Any) -> None:
+        self._translator = translator
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._translator, name)
+
+    def translate_volume(self, volume: Volume, **kwargs: Any) -> Volume:
+        started = time.perf_counter()
+        out = self._translator.translate_volume(volume, **kwargs)
+        self.seconds += time.perf_counter() - started
+        return out
+
+
+def _ear_cases(pairs: Iterable[tuple[str, Volume, Volume]], plan: BenchPlan) -> list[TrainingCase]:
+    cases = []
+    for prefix, image, label in pairs:
+        for cid, _, image_crop, label_crop in stages.ear_crops(image, label, plan.run.ear_rule, prefix):
+            cases.append(TrainingCase(cid, image_crop, label_crop))
+    return cases
+
+
+def training_cases(plan: BenchPlan, method: Method) -> list[TrainingCase]:
+    """Round 0 training set of a method: ear crops of its images with their labels."""
+    if method.name == NONE:
+        return _ear_cases(((f"ceT1__{c.case_id}", *load_case(c, "ceT1")) for c in plan.run.train.source), plan)
+    if method.name == SUPERVISED:
+        return _ear_cases(((f"hrT2__{c.case_id}", *load_case(c, "hrT2")) for c in plan.labelled_targets), plan)
+    return stages.pool_training_cases(plan.run.pool, plan.run.ear_rule, views=method.views)
+
+
+def pseudo_labels(plan: BenchPlan, method: Method, round_index: int, show: bool | None) -> list[TrainingCase]:
+    """Ear crops of the real training hrT2 pseudo-labelled by the method's round ``round_index - 1``.
+
+    The labels are written to ``METHOD/pseudo_r{k}/`` (``selected.json`` last) and always read
+    back from there, so an interrupted round resumes on byte-identical cases.
+    """
+    folder = plan.method_dir(method) / f"pseudo_r{round_index}"
+    images = {c.case_id: read_image(c.hrT2) for c in plan.run.train.target}
+    if not (folder / "selected.json").exists():
+        segmenter = plan.segmenters[method.name]
+        with progress_bar(len(images) * 2, f"pseudo-label {method.name} r{round_index}", enabled=show) as bar:
+            predictions = stages.predict_full(segmenter, images, plan.run.ear_rule, round_index=round_index - 1,
+                                              progress=bar)
+        selected = plan.run.pseudo_labeler.select(predictions)
+        for item in selected:
+            write_nifti(item.label, folder / f"{item.case_id}_Label.nii.gz")
+        stages.write_json_atomic(folder / "selected.json", {item.case_id: float(item.confidence) for item in selected})
+    chosen = json.loads((folder / "selected.json").read_text())
+    return _ear_cases(((f"pseudo_r{round_index}__{case}", images[case],
+                        read_nifti(folder / f"{case}_Label.nii.gz")) for case in chosen), plan)
+
+
+def _predict(plan: BenchPlan, method: Method, images: Callable[[], dict[str, Volume]],
+             show: bool | None) -> dict[str, Any]:
+    folder = plan.method_dir(method) / "predictions"
+    test_images = images()
+    with progress_bar(len(test_images) * 2, f"predict {method.name}", enabled=show) as bar:
+        predictions = stages.predict_full(plan.segmenters[method.name], test_images, plan.run.ear_rule,
+                                          round_index=plan.rounds_of(method), progress=bar)
+    for prediction in predictions:
+        case = prediction.case_id
+        write_nifti(prediction.label, folder / f"{case.removesuffix('_hrT2')}_Label.nii.gz")
+    return {"cases": len(predictions), "folder": str(folder)}
+
+
+def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
+    """Run (or resume) the benchmark; returns the report's numbers (also in ``OUT/bench.json``)."""
+    plan = plan_bench(options, host)
+    show = options.progress
+    stages_done: dict[str, dict[str, Any]] = {}
+
+    def stage(name: str, work: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        stages_done[name] = _timed(plan.run, name, work)
+        return stages_done[name]
+
+    inputs: dict[str, list[Volume]] = {}
+
+    def training_inputs() -> tuple[list[Volume], list[Volume]]:
+        if not inputs:
+            inputs["sources"] = [read_image(c.ceT1) for c in plan.run.train.source]
+            inputs["targets"] = [read_image(c.hrT2) for c in plan.run.train.target]
+        return inputs["sources"], inputs["targets"]
+
+    checkpoints: dict[str, Path] = {}
+    loaded: set[str] = set()
+    for name, translator in plan.run.translators.items():
+        workdir = plan.out / "translators" / name
+        checkpoints[name] = workdir / "translator.pt"
+
+        def train_one(name=name, translator=translator, workdir=workdir) -> dict[str, Any]:
+            sources, targets = training_inputs()
+            with progress_bar(0, f"train {name}", enabled=show) as bar:
+                path = stages.train_translator(translator, sources, targets, workdir, progress=bar)
+            loaded.add(name)
+            return {"checkpoint": str(path)}
+
+        stage(f"translator-{name}", train_one)
+
+    def translators_ready() -> dict[str, Any]:
+        for name, translator in plan.run.translators.items():
+            if name not in loaded:
+                translator.load(checkpoints[name])
+                loaded.add(name)
+        return plan.run.translators
+
+    def pool_stage() -> dict[str, Any]:
+        timed = {name: _TimedTranslator(t) for name, t in translators_ready().items()}
+        total = len(plan.run.train.source) * len(timed) + len(plan.run.train.target)
+        with progress_bar(total, "pool", enabled=show) as bar:
+            stages.build_pool(plan.run.pool, timed, checkpoints, plan.run.train.source, plan.run.train.target,
+                              host, progress=bar)
+        return {"pool": str(plan.run.pool), "volumes": len(plan.run.train.source),
+                "translate_seconds": {name: round(t.seconds, 2) for name, t in timed.items()}}
+
+    stage("pool", pool_stage)
+    if plan.paired:
+        stage("fidelity", lambda: fidelity_stage(plan, translators_ready(), show))
+
+    test_cache: dict[str, Volume] = {}
+
+    def test_images() -> dict[str, Volume]:
+        if not test_cache:
+            test_cache.update({c.case_id: read_image(c.hrT2) for c in plan.run.test.target})
+        return test_cache
+
+    from ..evaluation.evaluate import evaluate_folders
+
+    for method in plan.methods:
+        segmenter = plan.segmenters[method.name]
+        for round_index in range(plan.rounds_of(method) + 1):
+            def segment(method=method, round_index=round_index, segmenter=segmenter) -> dict[str, Any]:
+                cases = training_cases(plan, method)
+                if round_index > 0:
+                    cases += pseudo_labels(plan, method, round_index, show)
+                with progress_bar(0, f"segmenter {method.name} r{round_index}", enabled=show) as bar:
+                    segmenter.train(cases, round_index=round_index, progress=bar)
+                return {"training_cases": len(cases)}
+
+            stage(f"segment-{method.name}-r{round_index}", segment)
+        stage(f"predict-{method.name}", lambda method=method: _predict(plan, method, test_images, show))
+        stage(f"evaluate-{method.name}", lambda method=method: evaluate_folders(
+            plan.method_dir(method) / "predictions", plan.test_labels).as_dict())
+
+    from .bench_report import write_bench_report
+
+    return write_bench_report(plan, stages_done)
+
+
+def fidelity_stage(plan: BenchPlan, translators: dict[str, Any], show: bool | None) -> dict[str, Any]:
+    """Translate every paired ceT1 with every translator; PSNR/SSIM against the true hrT2."""
+    from ..evaluation.fidelity import translation_fidelity
+
+    truths, outputs = {}, {NONE: {}}
+    seconds = {name: 0.0 for name in translators}
+    outputs.update({name: {} for name in translators})
+    with progress_bar(len(plan.paired) * len(translators), "fidelity", enabled=show) as bar:
+        for i, case in enumerate(plan.paired):
+            ce = read_image(case.ceT1)
+            truths[case.case_id] = read_image(case.hrT2)
+            outputs[NONE][case.case_id] = ce
+            for j, (name, translator) in enumerate(translators.items()):
+                started = time.perf_counter()
+                outputs[name][case.case_id] = translator.translate_volume(ce)
+                seconds[name] += time.perf_counter() - started
+                bar(i * len(translators) + j + 1, len(plan.paired) * len(translators), f"{name} {case.case_id}")
+    scores = translation_fidelity(outputs, truths)
+    for name in translators:
+        scores[name]["translate_seconds_per_volume"] = round(seconds[name] / len(plan.paired), 2)
+    return {"methods": scores, "cases": len(plan.paired)}
+
+
+def finite(value: Any) -> Any:
+    """NaN and infinities as None (JSON has neither), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

@@ -1,0 +1,260 @@
+"""The ``vstk bench`` report: Table 1, paired t-test matrices, fidelity and time, as Markdown,
+JSON and PNG (``OUT/bench.md``, ``OUT/bench.json``, ``OUT/figures/``).
+
+Every number in ``bench.md`` is formatted from the dictionary written to ``bench.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import to_json_dict
+from ..evaluation.evaluate import paired_t_test
+from .bench import NONE, STRUCTURE_METRICS, SUPERVISED, TEST_METRICS, BenchPlan, finite
+from .report import dice_boxplot, translation_figure
+from .stages import dataclass_dict, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+METRIC_TITLES = {"VS_dice": "VS Dice", "cochlea_dice": "cochlea Dice", "mean_dice": "mean Dice"}
+#: nnU-Net fields that differ between rows by design (each row's own dataset)
+_PER_ROW_FIELDS = ("dataset_id", "dataset_name")
+
+
+def gap_closed(value: float, floor: float | None, ceiling: float | None) -> float | None:
+    """Share of the floor-to-ceiling gap closed: ``(value - floor) / (ceiling - floor)``.
+
+    None without both references or when they tie (no gap to close).
+    """
+    if floor is None or ceiling is None or abs(ceiling - floor) < 1e-9:
+        return None
+    return (value - floor) / (ceiling - floor)
+
+
+def t_test_matrix(cases: dict[str, dict[str, dict[str, float]]], metric: str) -> dict[str, Any]:
+    """Paired t-tests of every pair of methods on per-case ``metric``: symmetric p, antisymmetric t."""
+    names = list(cases)
+    shared = sorted(set.intersection(*(set(c) for c in cases.values())))
+    values = {name: [cases[name][case][metric] for case in shared] for name in names}
+    n = len(names)
+    p = [[1.0] * n for _ in range(n)]
+    t = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            result = paired_t_test(values[names[i]], values[names[j]])
+            p[i][j] = p[j][i] = result["p"]
+            t[i][j], t[j][i] = result["t"], -result["t"]
+    return {"methods": names, "cases": len(shared), "p": p, "t": t}
+
+
+def _seconds(stage: dict[str, Any] | None) -> float:
+    return float(stage.get("seconds", 0.0)) if stage else 0.0
+
+
+def collect(plan: BenchPlan, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every number of the report, keyed as in ``bench.json``."""
+    pool = stages.get("pool", {})
+    translators = {}
+    for name in plan.run.translators:
+        translate = pool.get("translate_seconds", {}).get(name)
+        translators[name] = {
+            "train_seconds": _seconds(stages.get(f"translator-{name}")),
+            "translate_seconds": translate,
+            "translate_seconds_per_volume": None if translate is None else round(translate / max(1, pool.get("volumes", 1)), 2),
+        }
+    evaluations = {m.name: stages[f"evaluate-{m.name}"] for m in plan.methods}
+    means = {name: e["summary"]["mean_dice"]["mean"] for name, e in evaluations.items()}
+    floor, ceiling = means.get(NONE), means.get(SUPERVISED)
+    methods = {}
+    for method in plan.methods:
+        evaluation = evaluations[method.name]
+        rounds = plan.rounds_of(method)
+        segment = sum(_seconds(stages.get(f"segment-{method.name}-r{r}")) for r in range(rounds + 1))
+        methods[method.name] = {
+            "training_data": method.training_data,
+            "views": list(method.views),
+            "rounds": rounds,
+            "summary": {m: evaluation["summary"][m] for m in STRUCTURE_METRICS},
+            "gap_closed": gap_closed(means[method.name], floor, ceiling),
+            "seconds": {
+                "translator_training": round(sum(translators[v]["train_seconds"] for v in method.views), 1),
+                "translation": round(sum(translators[v]["translate_seconds"] or 0.0 for v in method.views), 1),
+                "segmenter_training": round(segment, 1),
+                "prediction": _seconds(stages.get(f"predict-{method.name}")),
+            },
+            "cases": evaluation["cases"],
+        }
+    cases = {name: m["cases"] for name, m in methods.items()}
+    fidelity = stages.get("fidelity")
+    configs = [to_json_dict(s.config) for s in plan.segmenters.values()]
+    shared_config = {k: v for k, v in configs[0].items() if k not in _PER_ROW_FIELDS}
+    return finite({
+        "options": dataclass_dict(plan.options),
+        "data": {"labelled_ceT1": len(plan.run.train.source), "unlabelled_hrT2": len(plan.run.train.target),
+                 "labelled_hrT2": len(plan.labelled_targets), "test_hrT2": len(plan.run.test.target),
+                 "paired": len(plan.paired)},
+        "segmenter": {"name": plan.options.segmenter, "config": shared_config,
+                      "per_row": {name: {k: to_json_dict(s.config).get(k) for k in _PER_ROW_FIELDS}
+                                  for name, s in plan.segmenters.items()}},
+        "methods": methods,
+        "paired_t_tests": {metric: t_test_matrix(cases, metric) for metric in TEST_METRICS},
+        "fidelity": None if fidelity is None else fidelity["methods"],
+        "fidelity_cases": None if fidelity is None else fidelity["cases"],
+        "translators": translators,
+        "notes": list(plan.notes),
+    })
+
+
+def _pm(stat: dict[str, float], digits: int) -> str:
+    return f"{stat['mean']:.{digits}f} +- {stat['std']:.{digits}f}"
+
+
+def format_p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
+def format_gap(gap: float | None) -> str:
+    return "-" if gap is None else f"{gap:.0%}"
+
+
+def _seconds_cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
+def table_one(data: dict[str, Any]) -> list[str]:
+    header = ("| method | training data | VS Dice | VS ASSD (mm) | cochlea Dice | cochlea ASSD (mm) | mean Dice | "
+              "mean ASSD (mm) | gap closed |")
+    lines = [header, "|---" * 9 + "|"]
+    for name, m in data["methods"].items():
+        s = m["summary"]
+        lines.append(f"| {name} | {m['training_data']} | {_pm(s['VS_dice'], 3)} | {_pm(s['VS_assd'], 2)} | "
+                     f"{_pm(s['cochlea_dice'], 3)} | {_pm(s['cochlea_assd'], 2)} | {_pm(s['mean_dice'], 3)} | "
+                     f"{_pm(s['mean_assd'], 2)} | {format_gap(m['gap_closed'])} |")
+    return lines
+
+
+def p_table(matrix: dict[str, Any]) -> list[str]:
+    names = matrix["methods"]
+    lines = ["| p | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i, name in enumerate(names):
+        cells = ["-" if i == j else format_p(matrix["p"][i][j]) for j in range(len(names))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(plan: BenchPlan, data: dict[str, Any], figures: dict[str, Path]) -> str:
+    options, counts = plan.options, data["data"]
+    config = data["segmenter"]["config"]
+    budget = ", ".join(f"{k} {config[k]}" for k in ("configuration", "num_epochs", "iterations_per_epoch", "seed")
+                       if k in config)
+    combos = ", ".join("+".join(c) for c in options.combos) or "none"
+    lines = [
+        f"# vstk bench: {', '.join(options.translators)}",
+        "",
+        (f"Profile `{options.profile}`. Translators: {', '.join(options.translators)}; multi-view combinations: "
+         f"{combos}. Every row trains the same segmenter `{options.segmenter}` ({budget}) with the same seed on "
+         f"the ear crops of its own training images, {options.rounds} self-training round(s), and is scored on the "
+         f"same {counts['test_hrT2']} test hrT2. Data: {counts['labelled_ceT1']} labelled ceT1, "
+         f"{counts['unlabelled_hrT2']} unlabelled hrT2"
+         + (f" ({counts['labelled_hrT2']} with labels for the `{SUPERVISED}` row)" if counts["labelled_hrT2"] else "")
+         + "."),
+        "",
+        "## Table 1: test set (mean +- std over cases)",
+        "",
+        *table_one(data),
+        "",
+        (f"`{NONE}`: the segmenter on raw ceT1 (the floor); `{SUPERVISED}`: on labelled hrT2 (the ceiling). "
+         f"Gap closed = (mean Dice - {NONE}) / ({SUPERVISED} - {NONE}). Empty masks: both empty Dice 1, ASSD 0; "
+         "one empty Dice 0, ASSD = the image diagonal."),
+        "",
+    ]
+    tests = data["paired_t_tests"]
+    lines += [f"## Paired t-tests on per-case mean Dice ({tests['mean_dice']['cases']} test cases)", "",
+              "Two-sided p-values (the paper's Fig. 3); VS and cochlea matrices are in bench.json and the figure.",
+              "", *p_table(tests["mean_dice"]), "", "![p-values](figures/ttest_pvalues.png)", ""]
+    if data["fidelity"] is not None:
+        lines += [f"## Translation fidelity ({data['fidelity_cases']} paired cases, against the true hrT2)", "",
+                  "| translator | PSNR (dB) | SSIM | training (s) | translation (s / volume) |", "|---|---|---|---|---|"]
+        for name, f in data["fidelity"].items():
+            info = data["translators"].get(name, {})
+            label = f"{name} (ceT1 as is)" if name == NONE else name
+            lines.append(f"| {label} | {_pm(f['psnr'], 2)} | {_pm(f['ssim'], 3)} | "
+                         f"{_seconds_cell(info.get('train_seconds'))} | "
+                         f"{_seconds_cell(info.get('translate_seconds_per_volume'))} |")
+        lines.append("")
+    lines += ["## Time (seconds)", "",
+              "| method | translator training | translation | segmenter training | prediction |", "|---|---|---|---|---|"]
+    for name, m in data["methods"].items():
+        s = m["seconds"]
+        lines.append(f"| {name} | {_seconds_cell(s['translator_training'])} | {_seconds_cell(s['translation'])} | "
+                     f"{_seconds_cell(s['segmenter_training'])} | {_seconds_cell(s['prediction'])} |")
+    lines += ["", ("Each translator trains once and its views are translated once; a combination lists the sum "
+                   "over its translators."), ""]
+    if data["notes"]:
+        lines += ["## Notes", "", *[f"- {note}" for note in data["notes"]], ""]
+    lines += ["## Figures", "", "![Dice per structure and method](figures/dice_boxplot.png)", ""]
+    if "views" in figures:
+        lines += ["![Translated views](figures/translated_views.png)", ""]
+    return "\n".join(lines)
+
+
+def pvalue_figure(tests: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Heat maps of the paired t-test p-values (VS, cochlea, mean Dice), one cell per pair."""
+    from matplotlib.colors import LogNorm
+
+    from .report import _plt
+
+    plt = _plt()
+    names = tests["mean_dice"]["methods"]
+    n = len(names)
+    fig, axes = plt.subplots(1, len(tests), figsize=(2.2 + 1.9 * len(tests) * max(3, 0.55 * n + 1.2) / 2.4,
+                                                     1.6 + 0.55 * n), squeeze=False)
+    norm = LogNorm(vmin=1e-4, vmax=1.0)
+    image = None
+    for ax, (metric, matrix) in zip(axes[0], tests.items()):
+        p = np.array([[np.nan if v is None else v for v in row] for row in matrix["p"]], dtype=float)
+        shown = np.clip(np.where(np.eye(n, dtype=bool), np.nan, p), 1e-4, 1.0)
+        image = ax.imshow(shown, cmap="magma", norm=norm)
+        for i in range(n):
+            for j in range(n):
+                if i == j:
+                    continue
+                value = p[i, j]
+                text = "nan" if np.isnan(value) else f"{value:.2g}"
+                dark = not np.isnan(value) and value < 0.01
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black", fontweight="bold" if value < 0.05 else "normal")
+        ax.set_xticks(range(n), names, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(n), names if ax is axes[0][0] else [""] * n, fontsize=8)
+        ax.set_title(METRIC_TITLES[metric], fontsize=9)
+        ax.set_facecolor("0.85")
+    cbar = fig.colorbar(image, ax=list(axes[0]), shrink=0.85, pad=0.02)
+    cbar.set_label("p (paired t-test, per-case)", fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    fig.suptitle("Paired t-tests between methods (bold: p < 0.05)", fontsize=10)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_bench_report(plan: BenchPlan, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Write ``bench.json``, ``bench.md`` and the figures; return the JSON's content."""
+    data = collect(plan, stages)
+    folder = plan.out / "figures"
+    folder.mkdir(exist_ok=True)
+    figures = {
+        "dice": dice_boxplot({name: m["cases"] for name, m in data["methods"].items()}, folder / "dice_boxplot.png",
+                             panels=(("VS_dice", "VS"), ("cochlea_dice", "cochlea"), ("mean_dice", "mean"))),
+        "ttest": pvalue_figure(data["paired_t_tests"], folder / "ttest_pvalues.png"),
+    }
+    figures["views"] = translation_figure(plan.run, folder / "translated_views.png")
+    write_json_atomic(plan.out / "bench.json", data)
+    (plan.out / "bench.md").write_text(markdown(plan, data, figures))
+    log.info("bench report: %s", plan.out / "bench.md")
+    return data

@@ -1,0 +1,222 @@
+"""`vstk bench` end to end on a tiny phantom with tiny budgets: every row, statistics, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vstk.phantom import PhantomConfig, generate_phantom
+
+TINY = ["--set", "steps=3", "--set", "decay_steps=1", "--set", "ngf=4", "--set", "n_blocks=1", "--set", "ndf=4",
+        "--set", "size=48", "--set", "spacing=1.0,1.0", "--set", "sample_every=0",
+        "--set", "num_epochs=2", "--set", "iterations_per_epoch=2", "--set", "val_iterations_per_epoch=1",
+        "--set", "save_every=1"]
+TINY_QSATTN = ["--set", "qsattn.num_patches=16", "--set", "qsattn.netf_nc=8"]
+ROWS = ["none", "cyclegan", "qsattn", "cyclegan+qsattn", "supervised"]
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    generate_phantom(root, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3, seed=3,
+                                         target_labels=True))
+    return root
+
+
+def vstk_bench(phantom: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vstk.cli", "bench", "--translators", "cyclegan,qsattn",
+            "--combos", "cyclegan+qsattn", "--data", str(phantom / "train"), "--test", str(phantom / "test"),
+            "--test-labels", str(phantom / "test_labels"), "--target-labels", str(phantom / "train_hrT2_labels"),
+            "--paired", str(phantom / "paired"), "--out", str(out), *TINY, *TINY_QSATTN, *extra]
+
+
+@pytest.fixture(scope="module")
+def bench_out(phantom, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "out"
+    done = subprocess.run(vstk_bench(phantom, out), capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "supervised: mean Dice" in done.stdout and f"report: {out / 'bench.md'}" in done.stdout
+    return out
+
+
+def markdown_table(text: str, heading: str) -> list[list[str]]:
+    """Rows (cells without the outer pipes) of the first table after ``heading``."""
+    lines = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def pm(stat: dict, digits: int) -> str:
+    return f"{stat['mean']:.{digits}f} +- {stat['std']:.{digits}f}"
+
+
+@pytest.mark.slow
+def test_table_one_has_every_row_framed_by_floor_and_ceiling(bench_out):
+    data = json.loads((bench_out / "bench.json").read_text())
+    rows = markdown_table((bench_out / "bench.md").read_text(), "## Table 1")
+    assert [r[0] for r in rows] == ROWS == list(data["methods"])
+    assert [r[1] for r in rows] == ["ceT1 as is", "cyclegan view", "qsattn view", "cyclegan + qsattn views",
+                                    "labelled hrT2"]
+    assert rows[0][-1] == "0%" and rows[-1][-1] == "100%"
+    methods = data["methods"]
+    floor, ceiling = methods["none"]["summary"]["mean_dice"]["mean"], methods["supervised"]["summary"]["mean_dice"]["mean"]
+    for name in ROWS:
+        summary = methods[name]["summary"]
+        for metric in ("VS_dice", "cochlea_dice", "mean_dice"):
+            assert 0.0 <= summary[metric]["mean"] <= 1.0 and summary[metric]["n"] == 2
+        assert summary["VS_assd"]["mean"] >= 0.0
+        expected = (summary["mean_dice"]["mean"] - floor) / (ceiling - floor)
+        assert methods[name]["gap_closed"] == pytest.approx(expected)
+    # one protocol: each row trained the same budget on its own images, in its own nnU-Net dataset
+    crops = {name: json.loads((bench_out / "state" / f"segment-{name}-r0.json").read_text())["training_cases"]
+             for name in ROWS}
+    assert crops == {"none": 4, "cyclegan": 4, "qsattn": 4, "cyclegan+qsattn": 8, "supervised": 4}
+    datasets = set()
+    for name in ROWS:
+        finals = list((bench_out / "methods" / name / "segmenter" / "nnUNet_results").rglob("checkpoint_final.pth"))
+        assert len(finals) == 1
+        datasets.add(finals[0].relative_to(bench_out / "methods" / name / "segmenter" / "nnUNet_results").parts[0])
+        assert len(list((bench_out / "methods" / name / "predictions").glob("*_Label.nii.gz"))) == 2
+    assert len(datasets) == len(ROWS) and "Dataset504_cyclegan-qsattn_round0" in datasets
+    per_row = data["segmenter"]["per_row"]
+    assert len({row["dataset_id"] for row in per_row.values()}) == len(ROWS)
+    assert data["segmenter"]["config"]["seed"] == 0 and data["segmenter"]["config"]["num_epochs"] == 2
+
+
+@pytest.mark.slow
+def test_paired_t_test_matrices_are_symmetric_with_valid_p_values(bench_out):
+    data = json.loads((bench_out / "bench.json").read_text())
+    for metric in ("VS_dice", "cochlea_dice", "mean_dice"):
+        matrix = data["paired_t_tests"][metric]
+        assert matrix["methods"] == ROWS and matrix["cases"] == 2
+        p, t = matrix["p"], matrix["t"]
+        for i in range(len(ROWS)):
+            assert p[i][i] == 1.0
+            for j in range(len(ROWS)):
+                assert p[i][j] == p[j][i] and 0.0 <= p[i][j] <= 1.0 and math.isfinite(p[i][j])
+                assert t[i][j] == pytest.approx(-t[j][i])
+    rows = markdown_table((bench_out / "bench.md").read_text(), "## Paired t-tests")
+    p = data["paired_t_tests"]["mean_dice"]["p"]
+    assert [r[0] for r in rows] == ROWS
+    for i, row in enumerate(rows):
+        for j, cell in enumerate(row[1:]):
+            if i == j:
+                assert cell == "-"
+            else:
+                assert float(cell) == pytest.approx(p[i][j], rel=5e-3, abs=1e-12)
+    assert (bench_out / "figures" / "ttest_pvalues.png").stat().st_size > 20_000
+
+
+@pytest.mark.slow
+def test_json_matches_markdown(bench_out):
+    data = json.loads((bench_out / "bench.json").read_text())
+    text = (bench_out / "bench.md").read_text()
+    for row in markdown_table(text, "## Table 1"):
+        method = data["methods"][row[0]]
+        s = method["summary"]
+        assert row[2:8] == [pm(s["VS_dice"], 3), pm(s["VS_assd"], 2), pm(s["cochlea_dice"], 3),
+                            pm(s["cochlea_assd"], 2), pm(s["mean_dice"], 3), pm(s["mean_assd"], 2)]
+        assert row[8] == f"{method['gap_closed']:.0%}"
+    fidelity = markdown_table(text, "## Translation fidelity")
+    assert [r[0] for r in fidelity] == ["none (ceT1 as is)", "cyclegan", "qsattn"]
+    for row in fidelity:
+        scores = data["fidelity"][row[0].split()[0]]
+        assert row[1:3] == [pm(scores["psnr"], 2), pm(scores["ssim"], 3)]
+        assert -1.0 <= scores["ssim"]["mean"] <= 1.0 and len(scores["cases"]) == 2
+    for row in fidelity[1:]:
+        assert float(row[3]) == pytest.approx(data["translators"][row[0]]["train_seconds"], abs=0.051)
+    times = markdown_table(text, "## Time")
+    assert [r[0] for r in times] == ROWS
+    translators = data["translators"]
+    for row in times:
+        seconds = data["methods"][row[0]]["seconds"]
+        assert [float(c) for c in row[1:]] == pytest.approx(
+            [seconds["translator_training"], seconds["translation"], seconds["segmenter_training"],
+             seconds["prediction"]], abs=0.51)
+    combo = data["methods"]["cyclegan+qsattn"]["seconds"]["translator_training"]
+    assert combo == pytest.approx(translators["cyclegan"]["train_seconds"] + translators["qsattn"]["train_seconds"],
+                                  abs=0.11)
+    assert data["methods"]["none"]["seconds"]["translator_training"] == 0.0
+    for name in ("dice_boxplot", "translated_views"):
+        assert (bench_out / "figures" / f"{name}.png").stat().st_size > 20_000
+        assert f"figures/{name}.png" in text
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages(phantom, bench_out):
+    before = json.loads((bench_out / "bench.json").read_text())
+    started = time.perf_counter()
+    again = subprocess.run(vstk_bench(phantom, bench_out), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    skipped = [line for line in (bench_out / "vstk.log").read_text().splitlines() if "already done" in line]
+    # 2 translators, pool, fidelity, and per row: segment, predict, evaluate
+    assert len(skipped) == 4 + 3 * len(ROWS)
+    assert time.perf_counter() - started < 90
+    after = json.loads((bench_out / "bench.json").read_text())
+    assert after["methods"] == before["methods"] and after["paired_t_tests"] == before["paired_t_tests"]
+
+
+@pytest.mark.slow
+def test_self_training_round_without_target_labels_or_paired_cases(phantom, tmp_path):
+    out = tmp_path / "bench"
+    done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", "--translators", "cyclegan",
+                           "--data", str(phantom / "train"), "--test", str(phantom / "test"),
+                           "--test-labels", str(phantom / "test_labels"), "--rounds", "1", "--out", str(out), *TINY],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((out / "bench.json").read_text())
+    assert list(data["methods"]) == ["none", "cyclegan"]
+    assert all(m["gap_closed"] is None and m["rounds"] == 1 for m in data["methods"].values())
+    assert data["fidelity"] is None
+    text = (out / "bench.md").read_text()
+    assert "supervised: skipped: the training hrT2 have no labels" in text
+    assert "translation fidelity: skipped" in text and "## Translation fidelity" not in text
+    for name in ("none", "cyclegan"):
+        round1 = json.loads((out / "state" / f"segment-{name}-r1.json").read_text())
+        pseudo = json.loads((out / "methods" / name / "pseudo_r1" / "selected.json").read_text())
+        assert set(pseudo) == {"crossmoda2022_ldn_3", "crossmoda2022_etz_4"}
+        assert round1["training_cases"] == 4 + 2 * len(pseudo)  # ceT1 or view crops + pseudo-labelled hrT2 crops
+
+
+def vstk_fails(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    return done
+
+
+def test_bad_inputs_fail_in_one_line_before_training(phantom, tmp_path):
+    data = ["--data", str(phantom / "train"), "--test", str(phantom / "test"),
+            "--test-labels", str(phantom / "test_labels")]
+    checks = [
+        (["--translators", "cyclegan,cuttt", *data], "unknown translator 'cuttt'"),
+        (["--translators", "cyclegan,qsattn", "--combos", "cyclegan+cut", *data],
+         "--combos cyclegan+cut: 'cut' is not in --translators cyclegan,qsattn"),
+        (["--translators", "cyclegan,qsattn", "--combos", "cyclegan", *data],
+         "--combos cyclegan: a combination joins two or more different translators"),
+        (["--translators", "cyclegan,qsattn", "--combos", "cyclegan+qsattn,qsattn+cyclegan", *data],
+         "the same combination is named twice"),
+        (["--translators", "cyclegan,none", *data], "'none' is the name of a reference row"),
+        (["--translators", "cyclegan", "--data", str(phantom / "train")], "--data needs --test and --test-labels"),
+        (["--translators", "cyclegan", "--set", "num_epoch=2", *data], "no component of this run has a setting"),
+        (["--translators", "cyclegan", *data, "--target-labels", str(phantom / "test_labels")],
+         "has no hrT2 image"),
+        (["--translators", "cyclegan", *data, "--paired", str(phantom / "train")], "no paired case"),
+    ]
+    for i, (args, message) in enumerate(checks):
+        out = tmp_path / f"out{i}"
+        done = vstk_fails(*args, "--profile", "cpu", "--out", str(out))
+        assert message in done.stderr, (args, done.stderr)
+        assert not (out / "translators").exists() and not (out / "phantom").exists()  # nothing trained or made
