@@ -163,7 +163,7 @@ def _regridded(volume: Volume) -> Volume:
 # ----------------------------------------------------------------------------------------
 def _check_registered(run: _Run) -> str:
     if run.name is None:
-        return "skipped: a class was given, not a registered name"
+        return _SKIPPED + "a class was given, not a registered name"
     from ..plugins import load_plugins
 
     host = load_plugins()
@@ -338,6 +338,7 @@ _CHECK_FUNCTIONS: dict[str, Callable[[_Run], str]] = {
 }
 #: Check names in the order they run; later ones need "profiles" and "train".
 CHECKS: tuple[str, ...] = tuple(_CHECK_FUNCTIONS)
+_SKIPPED = "skipped: "  # a check returning a message with this prefix did not apply
 _NEEDS = {"train": ("profiles",), "round_trip": ("train",), "volume_geometry": ("train",), "seed": ("train",),
           "corrupt_checkpoint": ("train",)}
 
@@ -405,7 +406,9 @@ def check_translator(translator: str | type, overrides: Mapping[str, Any] | None
             started = time.perf_counter()
             try:
                 message = _CHECK_FUNCTIONS[check](run)
-                status = "skipped" if message.startswith("skipped") else "passed"
+                status = "passed"
+                if message.startswith(_SKIPPED):
+                    message, status = message[len(_SKIPPED):], "skipped"
             except _Failed as exc:
                 message, status = str(exc), "failed"
                 failed.add(check)
