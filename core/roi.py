@@ -4,8 +4,11 @@ The rule (no labels needed, so it applies to unlabelled hrT2 at test time): Cros
 acquisitions are planned on the internal auditory canals, so the two ears lie at a fixed
 offset left and right of the centre of the field of view. :class:`EarRule` holds that offset
 (mm, along the image's own x / y / z axes, mirrored in x for the second ear) and the box
-size; both are settings to adjust to a site's protocol. For the built-in phantom the
-default offset matches its anatomy (cochleae about 36 mm from the midline).
+size; both are settings to adjust to a site's protocol. The defaults fit the built-in
+phantom, measured from its labels (training ceT1 and test hrT2, mm from the field-of-view
+centre, |x| mirrored): cochleae at |x| 30-43, y -19 to -2, z -10 to 8; schwannomas reach
+|x| 9-37, y -20 to 8, z -8 to 16. The default box (|x| 5-49, y -26 to 14, z -15 to 19)
+holds all of them with at least 4 mm to spare.
 
 Boxes are axis-aligned in voxel space; cropping keeps physical geometry (origin moves), and
 :func:`paste` puts a cropped result back on the full grid.
@@ -21,6 +24,12 @@ import numpy as np
 from .volume import Volume
 
 
+#: Offset (x, y, z) in mm of the right-hand ear box centre from the field-of-view centre.
+DEFAULT_OFFSET_MM = (27.0, -6.0, 2.0)
+#: Size (x, y, z) in mm of each ear box.
+DEFAULT_SIZE_MM = (44.0, 40.0, 34.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class EarRule:
     """Where the ears are relative to the field-of-view centre.
@@ -31,8 +40,8 @@ class EarRule:
         size_mm: (x, y, z) size of each box in mm.
     """
 
-    offset_mm: tuple[float, float, float] = (36.0, 2.0, 0.0)
-    size_mm: tuple[float, float, float] = (48.0, 48.0, 30.0)
+    offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
+    size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
 
     def centres(self, volume: Volume) -> list[np.ndarray]:
         """Physical points (x, y, z) in mm of the two ear-box centres (-x side first)."""

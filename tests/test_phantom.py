@@ -234,3 +234,18 @@ def test_overview_png_shows_every_paired_case(phantom, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     height, width = matplotlib.image.imread(png).shape[:2]
     assert width > 1000 and height > 2 * 300  # 2 paired cases x 2 rows of 5 panels
+
+
+def test_default_ear_boxes_hold_every_labelled_voxel(tmp_path):
+    """vstk.roi's default boxes (the segmenter's crops) cover all VS and cochlea voxels of the
+    phantom's labelled ceT1 and its labelled test hrT2, whatever the case."""
+    from vstk.roi import EarRule, crop, ear_boxes
+
+    out = tmp_path / "data"
+    generate_phantom(out, PhantomConfig(cases=4, test_cases=4, paired_cases=2, seed=11, resolution_scale=0.5))
+    labels = sorted((out / "train").glob("*_Label.nii.gz")) + sorted((out / "test_labels").glob("*_Label.nii.gz"))
+    assert len(labels) == 8
+    for path in labels:
+        label = read_nifti(path)
+        inside = sum(int((crop(label, box).array > 0).sum()) for box in ear_boxes(label, EarRule()))
+        assert inside == int((label.array > 0).sum()) > 0, f"{path.name}: labelled voxels outside the ear boxes"

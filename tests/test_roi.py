@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vstk.roi import Box, EarRule, box_around, crop, ear_boxes, paste
+from vstk.roi import DEFAULT_OFFSET_MM, Box, EarRule, box_around, crop, ear_boxes, paste
 from vstk.volume import Volume
 
 from conftest import make_image
@@ -31,8 +31,9 @@ def test_box_leaving_the_grid_is_padded():
 def test_ear_boxes_sit_left_and_right_of_the_centre():
     image = Volume(np.zeros((40, 288, 288), np.float32), (0.41, 0.41, 1.5), (-58.8, -58.8, -29.3))
     left, right = EarRule().centres(image)
-    np.testing.assert_allclose(left - image.centre, [-36.0, 2.0, 0.0], atol=1e-6)
-    np.testing.assert_allclose(right - image.centre, [36.0, 2.0, 0.0], atol=1e-6)
+    x, y, z = DEFAULT_OFFSET_MM
+    np.testing.assert_allclose(left - image.centre, [-x, y, z], atol=1e-6)
+    np.testing.assert_allclose(right - image.centre, [x, y, z], atol=1e-6)
     boxes = ear_boxes(image, EarRule(size_mm=(48, 48, 30)))
     assert boxes[0].size == (20, 117, 117)
     assert boxes[0].start[2] < 144 < boxes[1].start[2]

@@ -25,7 +25,7 @@ from ..crossmoda import DataFolder, discover, load_case, read_image
 from ..errors import ConfigError, InputError
 from ..plugins import PluginHost
 from ..progress import progress_bar
-from ..roi import EarRule
+from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule
 from ..volume import write_nifti
 from . import stages
 from .components import configure, split_settings
@@ -50,8 +50,8 @@ class RunOptions:
     device: str | None = None
     phantom_cases: int = 10
     phantom_seed: int = 0
-    ear_offset_mm: tuple[float, float, float] = (36.0, 2.0, 0.0)
-    ear_size_mm: tuple[float, float, float] = (48.0, 48.0, 30.0)
+    ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
+    ear_size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
     progress: bool | None = None
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ from ..config import apply_overrides, select_profile, to_json_dict
 from ..errors import CheckpointError, ConfigError, InputError
 from ..geometry import SliceGeometry, from_slices
 from ..protocols import ProgressFn
-from ..roi import EarRule
+from ..roi import DEFAULT_OFFSET_MM, EarRule
 from ..volume import Volume
 from .data import SliceOptions, SliceSet, normalised_slices, robust_normalisation, sub_volume
 from .schedule import TrainSchedule
@@ -51,7 +51,7 @@ class TranslatorConfig:
     spacing: tuple[float, float] = (0.41, 0.41)
     crop: int | None = None
     centre: str = "head"
-    ear_offset_mm: tuple[float, float, float] = (36.0, 2.0, 0.0)
+    ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
     steps: int = 1000
     decay_steps: int = 1000
     epochs: int | None = None
