@@ -37,6 +37,8 @@ class NnUNetConfig:
 
     Training (a subclass of ``nnUNetTrainer``, fold ``all``):
         num_epochs / iterations_per_epoch / val_iterations_per_epoch: nnU-Net's loop lengths.
+        self_training_epochs: epochs of each self-training round (round >= 1); None: num_epochs.
+            A warm-started round continues from trained weights and needs fewer.
         save_every: epochs between ``checkpoint_latest.pth`` writes (what a killed run resumes from).
         initial_lr: SGD learning rate at epoch 0 (poly decay to 0 over ``num_epochs``).
         oversample_foreground: fraction of each batch centred on a foreground voxel, in [0, 1].
@@ -69,6 +71,7 @@ class NnUNetConfig:
     dataset_id: int = 501
     dataset_name: str = "VSTK"
     num_epochs: int = 1000
+    self_training_epochs: int | None = None
     iterations_per_epoch: int = 250
     val_iterations_per_epoch: int = 50
     save_every: int = 50
@@ -101,7 +104,8 @@ class NnUNetConfig:
         for name in ("num_epochs", "iterations_per_epoch", "val_iterations_per_epoch", "save_every", "num_gpus"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("features_base", "features_max", "batch_size", "n_proc_preprocessing", "num_threads"):
+        for name in ("features_base", "features_max", "batch_size", "n_proc_preprocessing", "num_threads",
+                     "self_training_epochs"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value} must be at least 1 (or none for nnU-Net's default)")
@@ -129,6 +133,12 @@ class NnUNetConfig:
         if self.num_gpus > 1 and self.device not in (None, "cuda"):
             raise ConfigError(f"num_gpus={self.num_gpus} needs CUDA, but device={self.device!r}",
                               fix="set device=cuda or num_gpus=1")
+
+    def epochs(self, round_index: int) -> int:
+        """Training epochs of self-training round ``round_index`` (0: the first segmenter)."""
+        if round_index > 0 and self.self_training_epochs is not None:
+            return self.self_training_epochs
+        return self.num_epochs
 
     @property
     def customises_network(self) -> bool:

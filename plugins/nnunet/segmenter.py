@@ -99,7 +99,8 @@ class NnUNetSegmenter:
                 if (layout.fold_dir(name) / FINAL_CHECKPOINT).is_file():
                     log.info("round %d is already trained (%s)", round_index, layout.fold_dir(name))
                     if progress is not None:
-                        progress(self.config.num_epochs, self.config.num_epochs, "already trained")
+                        epochs = self.config.epochs(round_index)
+                        progress(epochs, epochs, "already trained")
                     return
             warm_start = self._warm_start_source(layout, previous)
             if manifest is None:
@@ -153,16 +154,17 @@ class NnUNetSegmenter:
 
         config = self.config
         device = resolve_device(config)
+        epochs = config.epochs(layout.round_index)
         resume = choose_resume_checkpoint(layout.fold_dir(name))
         job = TrainJob(
             preprocessed=str(layout.preprocessed), configuration=name,
-            settings=TrainerSettings(config.num_epochs, config.iterations_per_epoch, config.val_iterations_per_epoch,
+            settings=TrainerSettings(epochs, config.iterations_per_epoch, config.val_iterations_per_epoch,
                                      config.save_every, config.initial_lr, config.oversample_foreground),
             seed=config.seed + 1000 * layout.round_index,
             resume_from=None if resume is None else str(resume),
             warm_start_from=None if resume is not None or warm_start is None else str(warm_start))
         log.info("nnU-Net: training %s / %s on %s (%d epochs x %d iterations)", layout.dataset_name, name,
-                 device, config.num_epochs, config.iterations_per_epoch)
+                 device, epochs, config.iterations_per_epoch)
         train_round(job, device, config.num_gpus, progress)
 
     # -- prediction -------------------------------------------------------------------------

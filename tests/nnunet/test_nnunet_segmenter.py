@@ -250,9 +250,9 @@ def test_self_training_round_1_warm_starts_in_its_own_folders(round0, held_out):
     workdir = round0["workdir"]
     round0_trees = {name: tree_digest(workdir / name / "Dataset501_VSTK_round0")
                     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    # round 1: the same views plus two "pseudo-labelled" cases; one iteration only, so a good
-    # round-1 model can only come from round 0's weights
-    segmenter = tiny_segmenter(workdir, num_epochs=1, iterations_per_epoch=1, warm_start="true")
+    # round 1: the same views plus two "pseudo-labelled" cases; one epoch of one iteration
+    # (self_training_epochs), so a good round-1 model can only come from round 0's weights
+    segmenter = tiny_segmenter(workdir, self_training_epochs=1, iterations_per_epoch=1, warm_start="true")
     cases = training_cases(TRAIN_SEEDS) + training_cases([201, 202], prefix="pseudo")
     segmenter.train(cases, round_index=1)
 
@@ -270,6 +270,11 @@ def test_self_training_round_1_warm_starts_in_its_own_folders(round0, held_out):
     assert (round1 / data / "case0.b2nd").stat().st_ino == (data0 / "case0.b2nd").stat().st_ino
     assert (round1 / data / "pseudo201.b2nd").is_file()
     assert segmenter.final_checkpoint(1).parent.parent.parent.name == "Dataset502_VSTK_round1"
+    assert segmenter.config.epochs(0) > 1 and segmenter.config.epochs(1) == 1
+    from vstk_nnunet.trainer import load_checkpoint_file
+
+    trained = load_checkpoint_file(segmenter.final_checkpoint(1))["logging"]["train_losses"]
+    assert len(trained) == 1  # round 1 ran self_training_epochs, not num_epochs
 
     predictions = segmenter.predict({k: image for k, (image, _) in held_out.items()}, round_index=1)
     vs = [dice(p.label.array == 1, held_out[p.case_id][1].array == 1) for p in predictions]
