@@ -150,9 +150,12 @@ class NnUNetConfig:
 #: every round trained from scratch.
 PAPER = NnUNetConfig()
 
-#: A narrow 2D U-Net (features 16..128) for small crops around the ears on 2 CPU cores,
-#: 500 iterations: about 5-6 minutes. Chosen by measurement (nnU-Net 2.8.1, torch 2.14, a
-#: 2-core machine shared with other jobs). Phantom hrT2 cropped to 32 x 64 x 160 voxels around
+#: A narrow 2D U-Net (features 16..128) for the ear boxes on 2 CPU cores: 300 iterations of
+#: batch 12 in round 0, 150 more per warm-started self-training round, fitting `vstk run`'s
+#: 15-minute budget. nnU-Net itself plans batch 47 for the 2d ear crops (112 x 112 patches):
+#: 3.7 s/iteration on one thread, against 0.8 s with batch 12 (the same run, one core each).
+#: Earlier measurements (nnU-Net 2.8.1, torch 2.14, a 2-core machine shared with other
+#: jobs), on phantom hrT2 cropped to 32 x 64 x 160 voxels around
 #: the inner ears, 8 training / 4 held-out cases, one torch thread:
 #:   2d f16-128 (batch 13, patch 64 x 160): 0.6-0.85 s/iteration; VS learnt after about 275
 #:     iterations in two runs; 20 x 25 iterations: held-out VS Dice 0.92, cochlea 0.00;
@@ -167,12 +170,14 @@ PAPER = NnUNetConfig()
 #: were never idle to measure it).
 CPU = NnUNetConfig(
     configuration="2d",
-    num_epochs=20,
+    num_epochs=12,
+    self_training_epochs=6,
     iterations_per_epoch=25,
     val_iterations_per_epoch=2,
     save_every=2,
     features_base=16,
     features_max=128,
+    batch_size=12,
     mirroring=False,
     device="cpu",
     num_threads=1,
