@@ -83,7 +83,7 @@ def _resolve_profile(profile: str | None, device: str | None) -> str:
 
 
 def _pool_job(translators: str, data: Path, work: Path, pool: Path, profile: str | None, settings, config_file,
-              device: str | None, extend: bool) -> Path:
+              device: str | None, extend: bool, shard: str | None = None) -> Path:
     from ..crossmoda import discover, read_image
     from ..progress import progress_bar
     from . import stages
@@ -91,6 +91,22 @@ def _pool_job(translators: str, data: Path, work: Path, pool: Path, profile: str
     profile = _resolve_profile(profile, device)
     host, models = _translators(translators, profile, collect_settings(settings, config_file), device)
     folder = discover(data, require_source=True, require_target=not extend)
+    spec = None
+    planned = models
+    if shard is not None:
+        from ..errors import ConfigError
+        from ..pool.shard import ShardPlan, ShardSpec
+
+        spec = ShardSpec.parse(shard)
+        share = ShardPlan.of(models, [c.case_id for c in folder.source], [c.case_id for c in folder.target]).share(spec)
+        needed = {view for view, _ in share.views}
+        for name in sorted(needed):
+            if not (work / name / "translator.pt").exists():
+                # Shards run at the same time: training one translator in each would race.
+                raise ConfigError(f"sharded build needs a trained translator: {work / name / 'translator.pt'} "
+                                  "is missing", fix=f"train it first in one job: vstk translate train -t {name} "
+                                                    f"--data {data} --out {work}")
+        models = {name: model for name, model in models.items() if name in needed}
     sources = targets = None
     checkpoints = {}
     for name, model in models.items():
@@ -104,8 +120,9 @@ def _pool_job(translators: str, data: Path, work: Path, pool: Path, profile: str
             checkpoints[name] = stages.train_translator(model, sources, targets, workdir, progress=bar)
     total = len(folder.source) * len(models) + (0 if extend else len(folder.target))
     with progress_bar(total, "pool") as bar:
-        return stages.build_pool(pool, models, checkpoints, folder.source, folder.target, host, extend=extend,
-                                 progress=bar)
+        # Every translator names a view of a sharded build's plan, used by this shard or not.
+        return stages.build_pool(pool, planned, checkpoints, folder.source, folder.target, host, extend=extend,
+                                 progress=bar, shard=spec)
 
 
 @click.command("build")
@@ -118,11 +135,19 @@ def _pool_job(translators: str, data: Path, work: Path, pool: Path, profile: str
 @set_option
 @config_option
 @device_option
+@click.option("--shard", default=None, metavar="I/N",
+              help="Build only shard I of N (by view, then case range) into --out, for `vstk pool merge`; "
+                   "the translators must be trained already.")
 def build_command(translators: str, data: Path, work: Path, pool: Path, profile: str | None, settings, config_file,
-                  device: str | None) -> None:
-    """Translate every labelled ceT1 with every translator into one HDF5 pool (resumable)."""
-    path = _pool_job(translators, data, work, pool, profile, settings, config_file, device, extend=False)
-    click.echo(f"pool written: {path}")
+                  device: str | None, shard: str | None) -> None:
+    """Translate every labelled ceT1 with every translator into one HDF5 pool (resumable).
+
+    Across processes or machines: run `--shard I/N` for I = 1..N (each its own --out), then
+    `vstk pool merge SHARD... --out POOL.h5`.
+    """
+    path = _pool_job(translators, data, work, pool, profile, settings, config_file, device, extend=False,
+                     shard=shard)
+    click.echo(f"pool {'shard ' + shard + ' ' if shard else ''}written: {path}")
 
 
 @click.command("add-view")

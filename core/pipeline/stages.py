@@ -33,15 +33,30 @@ def train_translator(translator: Any, sources: Sequence[Volume], targets: Sequen
 
 def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Mapping[str, Path],
                source_cases: Sequence[CaseFiles], target_cases: Sequence[CaseFiles], host: PluginHost,
-               *, extend: bool = False, progress: ProgressFn | None = None) -> Path:
+               *, extend: bool = False, progress: ProgressFn | None = None, shard: Any = None) -> Path:
     """Translate every labelled ceT1 with every translator into the pool (resumable).
 
     Labels are stored once; real hrT2 images go to the target group. With ``extend`` the
-    translators are added as new views to an existing pool (``vstk pool add-view``).
+    translators are added as new views to an existing pool (``vstk pool add-view``). With
+    ``shard`` (a :class:`vstk.pool.shard.ShardSpec`) only that shard's share of the view
+    entries and targets is written, to a shard file for ``vstk pool merge``; ``checkpoints``
+    then needs only the translators of that share.
     """
     from ..pool import PoolBuilder
+    from ..pool.schema import ATTR_SHARD
+    from ..pool.shard import ShardPlan
     from ..translation.checkpoint import file_sha256
 
+    root_attrs = None
+    units = None
+    if shard is not None:
+        plan = ShardPlan.of(translators, [c.case_id for c in source_cases], [c.case_id for c in target_cases])
+        share = plan.share(shard)
+        units = set(share.views)
+        source_cases = [c for c in source_cases if c.case_id in share.labels]
+        target_cases = [c for c in target_cases if c.case_id in share.targets]
+        translators = {name: t for name, t in translators.items() if any(v == name for v, _ in units)}
+        root_attrs = {ATTR_SHARD: plan.attribute(shard)}
     provenance = {}
     for name, translator in translators.items():
         distribution, version = plugin_provenance(host, "translator", name)
@@ -51,12 +66,13 @@ def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Map
             "translator_config": to_json_dict(translator.config), "seed": int(translator.config.seed),
         }
     builder = (PoolBuilder.extend(pool_path, on_entry_written=host.notify_pool_entry) if extend else
-               PoolBuilder(pool_path, on_entry_written=host.notify_pool_entry))
+               PoolBuilder(pool_path, on_entry_written=host.notify_pool_entry, root_attrs=root_attrs))
     with builder:
         if extend:
             for name in translators:
                 builder.check_view_is_new(name)
-        total = len(source_cases) * len(translators) + (0 if extend else len(target_cases))
+        total = (len(units) if units is not None else len(source_cases) * len(translators)) + (
+            0 if extend else len(target_cases))
         done = 0
         for case in source_cases:
             image = label = None
@@ -64,6 +80,8 @@ def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Map
                 image, label = load_case(case, "ceT1")
                 builder.add_label(case.case_id, label)
             for name, translator in translators.items():
+                if units is not None and (name, case.case_id) not in units:
+                    continue
                 if not builder.has(name, case.case_id):
                     if image is None:
                         image, label = load_case(case, "ceT1")

@@ -9,6 +9,7 @@ hard-linked into each view), the real hrT2 images and the self-training pseudo l
 * :func:`export_nnunet` - an nnU-Net v2 raw dataset from selected views.
 * :class:`PoolDataset` - a torch Dataset of 2D slices or 3D volumes (imports torch on use).
 * :class:`Compression` - the filters of voxel datasets (default gzip level 1 + shuffle).
+* :func:`merge_shards` - join the shard files of a sharded build (``vstk pool merge``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ _EXPORTS = {
     "DEFAULT_TARGET_SPACING": "builder", "PoolBuilder": "builder", "DEFAULT_COMPRESSION": "codec",
     "Compression": "codec", "export_nnunet": "export", "nnunet_case_id": "export", "pseudo_case_id": "export",
     "Pool": "reader", "SCHEMA_NAME": "schema", "SCHEMA_VERSION": "schema", "PoolDataset": "dataset",
+    "merge_shards": "shard",
 }
 
 __all__ = [
     "Compression", "DEFAULT_COMPRESSION", "DEFAULT_TARGET_SPACING", "Pool", "PoolBuilder", "PoolDataset",
-    "SCHEMA_NAME", "SCHEMA_VERSION", "export_nnunet", "nnunet_case_id", "pseudo_case_id",
+    "SCHEMA_NAME", "SCHEMA_VERSION", "export_nnunet", "merge_shards", "nnunet_case_id", "pseudo_case_id",
 ]
 
 

@@ -111,6 +111,62 @@ def _file_identity(path: Path) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
+def list_entries(f: h5py.File) -> dict[tuple[Any, ...], h5py.Dataset]:
+    """Every entry of an open pool file by key (``("label", case)``, ``("view", view, case)``,
+    ``("target", case)``, ``("pseudo_label", round, case)``) -> its voxel dataset."""
+    out: dict[tuple[Any, ...], h5py.Dataset] = {}
+    for case, ds in f.get(S.LABELS, {}).items():
+        out[("label", case)] = ds
+    for view, group in f.get(S.VIEWS, {}).items():
+        for case, entry in group.items():
+            out[("view", view, case)] = entry[S.IMAGE]
+    for case, ds in f.get(S.TARGET, {}).items():
+        out[("target", case)] = ds
+    for round_group, group in f.get(S.PSEUDO_LABELS, {}).items():
+        for case, ds in group.items():
+            out[("pseudo_label", S.parse_round(round_group), case)] = ds
+    return out
+
+
+def entry_order(key: tuple[Any, ...]) -> tuple[int, list[str]]:
+    """Assembly order: labels first (view entries link them), then views, targets, pseudo labels."""
+    return {"label": 0, "view": 1, "target": 2, "pseudo_label": 3}[key[0]], [str(p) for p in key[1:]]
+
+
+def start_pool_file(out: h5py.File, target_spacing: tuple[float, float, float],
+                    extra_attrs: dict[str, Any] | None = None) -> None:
+    """Root attributes (``complete`` = 0 until :func:`finish_pool_file`) and the top-level groups."""
+    for name, value in S.root_attrs(target_spacing, _vstk_version(), _utc_now()).items():
+        out.attrs[name] = value
+    for name, value in (extra_attrs or {}).items():
+        out.attrs[name] = value
+    out.attrs[S.ATTR_COMPLETE] = np.int64(0)
+    for group, text in (
+            (S.LABELS, "ceT1 label maps, uint8 [z, y, x], one per case; linked from every view entry"),
+            (S.VIEWS, "one group per view (translator), one entry group per case"),
+            (S.TARGET, "real hrT2 images, float32 [z, y, x]"),
+            (S.PSEUDO_LABELS, "self-training pseudo labels of /target cases, one group per round")):
+        out.create_group(group).attrs["description"] = text
+
+
+def finish_pool_file(out: h5py.File) -> None:
+    out.attrs[S.ATTR_COMPLETE] = np.int64(1)  # last: the pool is complete
+
+
+def copy_pool_entry(out: h5py.File, source: h5py.File, key: tuple[Any, ...]) -> None:
+    """Copy one entry of the finished pool ``source`` into ``out`` (raw compressed chunks and
+    attributes, no recompression); a view entry's label becomes a hard link to ``/labels/{case}``
+    of ``out``, which must be copied first."""
+    h5path = _pool_path(key)
+    parent, name = h5path.rsplit("/", 1)
+    dest = out.require_group(parent)
+    source.copy(source[h5path], dest, name=name)
+    if key[0] == "view":
+        for attr in sorted(source[parent].attrs):
+            dest.attrs[attr] = source[parent].attrs[attr]
+        dest[S.LABEL] = out[_pool_path(("label", key[2]))]
+
+
 class PoolBuilder:
     """Builds (or extends) an HDF5 multi-view pool; crash-safe and resumable.
 
@@ -151,13 +207,17 @@ class PoolBuilder:
             attrs=...)`` when a view entry is staged completely; fits
             ``PluginHost.notify_pool_entry`` (the ``vstk_pool_entry_written`` hook).
         progress: ``progress(done, total, message)`` during :meth:`finalize`.
+        root_attrs: extra root attributes (strings), e.g. the ``shard`` description of
+            ``vstk pool build --shard``; a finished pool at ``path`` resumed in build mode
+            must carry the same ones (else :class:`PoolError`).
     """
 
     def __init__(self, path: str | Path, *, target_spacing: tuple[float, float, float] | None = None,
                  staging_dir: str | Path | None = None, mode: Literal["build", "extend"] = "build",
                  overwrite: bool = False, compression: Compression = DEFAULT_COMPRESSION,
                  threads: int | None = None, durable: bool = True,
-                 on_entry_written: EntryObserver | None = None, progress: ProgressFn | None = None):
+                 on_entry_written: EntryObserver | None = None, progress: ProgressFn | None = None,
+                 root_attrs: dict[str, str] | None = None):
         if mode not in ("build", "extend"):
             raise InputError(f"pool builder mode {mode!r} is unknown", fix="use 'build' or 'extend'")
         self.path = Path(path).absolute()
@@ -169,6 +229,7 @@ class PoolBuilder:
         self.durable = durable
         self.on_entry_written = on_entry_written
         self.progress = progress
+        self.root_attrs = dict(root_attrs or {})
         self._entries: dict[tuple[Any, ...], _Entry] = {}
         self._base: dict[tuple[Any, ...], _Entry] = {}
         self._base_views: set[str] = set()
@@ -252,7 +313,8 @@ class PoolBuilder:
                   "target_spacing": list(self.target_spacing),
                   # Build mode keeps staged entries whatever the pool file is now (they override
                   # its entries); extend mode must know which pool its entries were meant for.
-                  "base": _file_identity(self.path) if self.mode == "extend" else None}
+                  "base": _file_identity(self.path) if self.mode == "extend" else None,
+                  "root_attrs": self.root_attrs}
         if manifest.is_file():
             try:
                 found = json.loads(manifest.read_text())
@@ -269,6 +331,10 @@ class PoolBuilder:
                 raise PoolError(f"staged entries were made for target spacing {tuple(found['target_spacing'])}, "
                                 f"not {self.target_spacing}", path=self.path,
                                 fix=f"resume with the same spacing, or delete {self.staging_dir}")
+            if found.get("root_attrs", {}) != self.root_attrs:
+                raise PoolError(f"staged entries in {self.staging_dir} were made with root attributes "
+                                f"{found.get('root_attrs', {})}, not {self.root_attrs} (another shard?)",
+                                path=self.path, fix=f"resume with the same --shard, or delete {self.staging_dir}")
             if self.mode == "extend" and found.get("base") != wanted["base"]:
                 # The pool was replaced since (e.g. the earlier run finished but was killed before
                 # removing its staging folder): these entries are already in it, or stale.
@@ -306,23 +372,26 @@ class PoolBuilder:
         with handle as f:
             spacing = S.check_target_spacing(f.attrs[S.ATTR_TARGET_SPACING])
 
-            def add(kind: str, key: tuple[Any, ...], ds: h5py.Dataset) -> None:
+            self._check_root_attrs(f)
+            for key, ds in list_entries(f).items():
                 geometry = {k: np.asarray(ds.attrs[k]) for k in S.GEOMETRY_ATTRS}
-                self._base[key] = _Entry(kind, key, tuple(ds.shape), geometry, None)
-
-            for case, ds in f.get(S.LABELS, {}).items():
-                add("label", ("label", case), ds)
-            for view, group in f.get(S.VIEWS, {}).items():
-                self._base_views.add(view)
-                for case, entry in group.items():
-                    add("view", ("view", view, case), entry[S.IMAGE])
-            for case, ds in f.get(S.TARGET, {}).items():
-                add("target", ("target", case), ds)
-            for round_group, group in f.get(S.PSEUDO_LABELS, {}).items():
-                r = S.parse_round(round_group)
-                for case, ds in group.items():
-                    add("pseudo_label", ("pseudo_label", r, case), ds)
+                self._base[key] = _Entry(key[0], key, tuple(ds.shape), geometry, None)
+                if key[0] == "view":
+                    self._base_views.add(key[1])
         return spacing
+
+    def _check_root_attrs(self, f: h5py.File) -> None:
+        """In build mode a finished pool is resume state only if it was built as the same kind
+        of file (the same shard of the same plan, or no shard)."""
+        if self.mode != "build":
+            return
+        for name in sorted(set(self.root_attrs) | ({S.ATTR_SHARD} & set(f.attrs))):
+            found = f.attrs.get(name)
+            found = found.decode() if isinstance(found, bytes) else found
+            if found != self.root_attrs.get(name):
+                raise PoolError(f"the existing file has root attribute {name}={found!r}, this build writes "
+                                f"{self.root_attrs.get(name)!r}", path=self.path,
+                                fix="write to another --out, or rebuild it with --overwrite (overwrite=True)")
 
     def _index_staged(self) -> None:
         for staged in sorted(self.staging_dir.rglob("*.h5")):
@@ -598,26 +667,17 @@ class PoolBuilder:
         return self.path
 
     def _assemble(self, tmp: Path, entries: dict[tuple[Any, ...], _Entry]) -> None:
-        order = {"label": 0, "view": 1, "target": 2, "pseudo_label": 3}
-        keys = sorted(entries, key=lambda k: (order[k[0]], [str(p) for p in k[1:]]))
+        keys = sorted(entries, key=entry_order)
         total = len(keys) + 1
         base = open_pool_file(self.path) if self._base else None
         try:
             with h5py.File(tmp, "w", libver=LIBVER) as out:
-                for name, value in S.root_attrs(self.target_spacing, _vstk_version(), _utc_now()).items():
-                    out.attrs[name] = value
-                out.attrs[S.ATTR_COMPLETE] = np.int64(0)
-                for group, text in (
-                        (S.LABELS, "ceT1 label maps, uint8 [z, y, x], one per case; linked from every view entry"),
-                        (S.VIEWS, "one group per view (translator), one entry group per case"),
-                        (S.TARGET, "real hrT2 images, float32 [z, y, x]"),
-                        (S.PSEUDO_LABELS, "self-training pseudo labels of /target cases, one group per round")):
-                    out.create_group(group).attrs["description"] = text
+                start_pool_file(out, self.target_spacing, self.root_attrs)
                 for done, key in enumerate(keys):
                     self._copy_entry(out, base, entries[key])
                     if self.progress is not None:
                         self.progress(done + 1, total, "/".join(str(p) for p in key))
-                out.attrs[S.ATTR_COMPLETE] = np.int64(1)  # last: the pool is complete
+                finish_pool_file(out)
         finally:
             if base is not None:
                 base.close()
@@ -632,18 +692,16 @@ class PoolBuilder:
             target[name] = source[name]
 
     def _copy_entry(self, out: h5py.File, base: h5py.File | None, entry: _Entry) -> None:
+        if entry.source is None:  # from the pool being extended
+            assert base is not None
+            copy_pool_entry(out, base, entry.key)
+            return
         h5path = _pool_path(entry.key)
         parent, name = h5path.rsplit("/", 1)
         dest = out.require_group(parent)
-        if entry.source is None:  # from the pool being extended
-            assert base is not None
-            base.copy(base[h5path], dest, name=name)  # raw chunks, attributes included
-            if entry.kind == "view":
-                self._copy_attrs(base[parent].attrs, dest.attrs)
-        else:
-            with h5py.File(entry.source, "r") as staged:
-                staged.copy(staged["data"], dest, name=name)  # raw chunks + geometry attributes
-                self._copy_attrs(staged.attrs, dest.attrs if entry.kind == "view" else dest[name].attrs)
+        with h5py.File(entry.source, "r") as staged:
+            staged.copy(staged["data"], dest, name=name)  # raw chunks + geometry attributes
+            self._copy_attrs(staged.attrs, dest.attrs if entry.kind == "view" else dest[name].attrs)
         if entry.kind == "view":
             dest[S.LABEL] = out[_pool_path(("label", entry.key[2]))]  # hard link: one object, stored once
 

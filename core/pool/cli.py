@@ -117,6 +117,25 @@ def export_nnunet_command(pool: Path, raw_root: Path, dataset_id: int, name: str
     click.echo(f"wrote {count} training cases to {folder}")
 
 
+@pool_group.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The merged POOL.h5.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def merge_command(shards: tuple[Path, ...], out: Path, overwrite: bool) -> None:
+    """Join the shard files of `vstk pool build --shard I/N` (all N of them) into one pool.
+
+    Checks that the shards belong to one build, none is missing or overlaps another, and they
+    agree on schema and spacing; the merged pool reads exactly like a single-process build.
+    """
+    from ..progress import progress_bar
+    from .shard import merge_shards
+
+    with progress_bar(0, "merge") as progress:
+        path = merge_shards(shards, out, overwrite=overwrite, progress=progress)
+    click.echo(f"merged {len(shards)} shard(s) into {path}")
+
+
 def _add_pipeline_commands() -> None:
     from ..pipeline.cli import add_view_command, build_command
 

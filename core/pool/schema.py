@@ -18,6 +18,11 @@ strings (JSON where structured); nothing is pickled.
 
 Views live under ``/views`` rather than at the root so a translator name can never clash
 with ``labels``, ``target`` or ``pseudo_labels``.
+
+A shard (``vstk pool build --shard I/N``, see :mod:`vstk.pool.shard`) is a complete pool of
+this layout holding its share of the entries, with one more root attribute ``shard`` (JSON:
+index, count and the plan of the whole build); ``vstk pool merge`` joins the shards into one
+pool without that attribute.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ ATTR_LABEL_NAMES = "label_names"
 ATTR_AXIS_ORDER = "axis_order"
 # Written last, after every dataset: a file without it (or with 0) is not a complete pool.
 ATTR_COMPLETE = "complete"
+# Only in a shard written by `vstk pool build --shard I/N`: JSON of its index, count and plan.
+ATTR_SHARD = "shard"
 
 # Attributes left out of the content digest: they change from one build to the next.
 DIGEST_EXCLUDED_ROOT_ATTRS = frozenset({ATTR_CREATED})

@@ -9,6 +9,8 @@ from typing import Any, Callable
 import numpy as np
 
 from vstk.pool import PoolBuilder
+from vstk.pool.schema import ATTR_SHARD
+from vstk.pool.shard import ShardPlan, ShardSpec
 from vstk.volume import Volume
 
 SPACING = (0.41, 0.41, 1.5)
@@ -71,19 +73,30 @@ def target_image(case: str, shape=(6, 36, 40)) -> Volume:
 
 
 def build_pool(path: str | Path, *, views=VIEWS, cases=CASES, targets=TARGETS, shape=(8, 40, 48),
-               step: Callable[[str], None] | None = None, **builder_kwargs: Any) -> Path:
+               step: Callable[[str], None] | None = None, pseudo: bool = True, shard: ShardSpec | None = None,
+               **builder_kwargs: Any) -> Path:
     """Build the standard test pool the way ``vstk pool build`` does (skipping staged entries).
 
     ``step(name)`` is called after every entry and at every finalize step (fault injection).
+    ``pseudo`` adds round-1 pseudo labels of the targets; ``shard`` builds only that shard's
+    share of the views and targets (as ``vstk pool build --shard I/N``).
     """
     step = step or (lambda name: None)
     progress = lambda done, total, message: step(f"finalize:{done}/{total}")  # noqa: E731
+    units = None
+    if shard is not None:
+        plan = ShardPlan.of(views, cases, targets)
+        share = plan.share(shard)
+        units, cases, targets = set(share.views), share.labels, share.targets
+        builder_kwargs["root_attrs"] = {ATTR_SHARD: plan.attribute(shard)}
     with PoolBuilder(path, progress=progress, **builder_kwargs) as builder:
         for case in cases:
             if not builder.has_label(case):
                 builder.add_label(case, label_for(case_image(case, shape), seed_of("label", case)))
                 step(f"label:{case}")
             for view in views:
+                if units is not None and (view, case) not in units:
+                    continue
                 if not builder.has(view, case):
                     builder.add_view(view, case, view_image(view, case, shape), provenance(view))
                     step(f"view:{view}:{case}")
@@ -91,7 +104,7 @@ def build_pool(path: str | Path, *, views=VIEWS, cases=CASES, targets=TARGETS, s
             if not builder.has_target(case):
                 builder.add_target(case, target_image(case))
                 step(f"target:{case}")
-            if not builder.has_pseudo_label(1, case):
+            if pseudo and not builder.has_pseudo_label(1, case):
                 image = target_image(case)
                 confidence = 0.5 + (0.1 * len(case)) % 0.5
                 builder.add_pseudo_label(1, case, label_for(image, seed_of("pseudo", case)), confidence)
