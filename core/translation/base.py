@@ -28,6 +28,7 @@ from .schedule import TrainSchedule
 if TYPE_CHECKING:  # torch is imported only by the methods that run networks
     from torch import nn
 
+    from .distributed import DistContext
     from .trainer import TrainableModel
 
 log = logging.getLogger(__name__)
@@ -140,13 +141,20 @@ class SliceTranslator:
         return {"translator": self.name, "config": to_json_dict(self.config)}
 
     def train(self, source: Sequence[Volume] | SliceSet, target: Sequence[Volume] | SliceSet,
-              workdir: str | Path, *, progress: ProgressFn | None = None, stop_after: int | None = None) -> Path:
+              workdir: str | Path, *, progress: ProgressFn | None = None, stop_after: int | None = None,
+              distributed: DistContext | None = None) -> Path:
         """Train on unpaired ceT1 (``source``) and hrT2 (``target``) volumes or slice sets.
 
         Resumes from ``workdir`` when it holds a checkpoint of an interrupted run; returns the
-        final checkpoint ``workdir/translator.pt``.
+        final checkpoint ``workdir/translator.pt``. ``distributed`` makes this process one rank
+        of a data-parallel job (torchrun; see :mod:`vstk.translation.distributed`): every rank
+        calls this with the same data and gets the same weights; only rank 0 writes files.
         """
+        from .distributed import rank_device
         from .trainer import seed_everything, train
+
+        if distributed is not None and distributed.active:
+            self.device = str(rank_device(self.device, distributed))  # build the model on this rank's GPU
 
         options = self.config.slice_options()
         if not isinstance(source, SliceSet):
@@ -159,7 +167,7 @@ class SliceTranslator:
         seed_everything(schedule.seed)  # initial weights depend on the seed only
         model = self.build_model()
         path = train(model, source, target, workdir, schedule, device=self.device, meta=self.metadata(),
-                     progress=progress, stop_after=stop_after)
+                     progress=progress, stop_after=stop_after, distributed=distributed)
         if path.name.endswith("translator.pt"):
             self.load(path)
         return path

@@ -82,20 +82,52 @@ def translate_group() -> None:
 @click.option("--steps", type=int, default=None, help="Total training steps (half decaying).")
 @set_option
 @device_option
-def train_command(translator: str, data: Path, work: Path, profile: str | None, steps: int | None,
-                  settings: tuple[str, ...], device: str | None) -> None:
-    """Train a translator on unpaired ceT1 and hrT2 slices (resumes an interrupted run)."""
+@click.option("--nproc", type=click.IntRange(1, None), default=None,
+              help="Train data-parallel with N processes on this machine (one per GPU, or CPU shares with gloo): "
+                   "relaunches this command under torchrun. Under torchrun itself, leave it out.")
+@click.pass_context
+def train_command(ctx: click.Context, translator: str, data: Path, work: Path, profile: str | None,
+                  steps: int | None, settings: tuple[str, ...], device: str | None, nproc: int | None) -> None:
+    """Train a translator on unpaired ceT1 and hrT2 slices (resumes an interrupted run).
+
+    Multi-GPU / multi-node: `--nproc N`, or `torchrun --nproc-per-node N -m vstk translate train ...`
+    (every rank trains on its share of the slices; rank 0 writes the files).
+    """
+    import os
+
     from ..crossmoda import discover, read_image
     from ..progress import progress_bar
+    from ..translation.distributed import DistContext, launch
 
+    context = DistContext.from_env(os.environ)
+    if nproc is not None and nproc > 1 and not context.active:
+        args = ["translate", "train", "-t", translator, "--data", str(data), "--out", str(work)]
+        args += ["--profile", profile] if profile else []
+        args += ["--steps", str(steps)] if steps is not None else []
+        args += [item for value in settings for item in ("--set", value)]
+        args += ["--device", device] if device else []
+        root = ctx.find_root().params
+        prefix = (["--debug"] if root.get("debug") else []) + ["-v"] * int(root.get("verbose") or 0)
+        code = launch(nproc, [*prefix, *args])
+        if code:
+            raise ConfigError(f"{nproc} training processes ended with exit status {code}",
+                              fix="see the first error printed above (each rank logs its own)")
+        click.echo(f"{translator}: {work / translator / 'translator.pt'}")
+        return
+    if nproc is not None and context.active and nproc != context.world_size:
+        raise ConfigError(f"--nproc {nproc} but torchrun started {context.world_size} processes",
+                          fix="leave out --nproc under torchrun")
     model = translator_from_options(translator, default_profile(profile, device), settings, steps, device)
     folder = discover(data, require_source=True, require_target=True)
     sources = [read_image(c.ceT1) for c in folder.source]
     targets = [read_image(c.hrT2) for c in folder.target]
-    log.info("training %s on %d ceT1 and %d hrT2 volumes", translator, len(sources), len(targets))
-    with progress_bar(0, f"train {translator}") as progress:
-        path = model.train(sources, targets, work / translator, progress=progress)
-    click.echo(f"{translator}: {path}")
+    if context.is_main:
+        log.info("training %s on %d ceT1 and %d hrT2 volumes%s", translator, len(sources), len(targets),
+                 f" with {context.world_size} processes" if context.active else "")
+    with progress_bar(0, f"train {translator}", enabled=None if context.is_main else False) as progress:
+        path = model.train(sources, targets, work / translator, progress=progress, distributed=context)
+    if context.is_main:
+        click.echo(f"{translator}: {path}")
 
 
 @translate_group.command("apply")

@@ -185,6 +185,24 @@ class SliceSet:
     def size(self) -> int:
         return int(self.slices.shape[1])
 
+    def shard(self, rank: int, world_size: int, seed: int = 0) -> "SliceSet":
+        """This rank's share of the slices for data-parallel training (the whole set for one rank).
+
+        As torch's ``DistributedSampler``: the slices are shuffled with ``seed`` (the same order
+        on every rank) and rank ``r`` keeps positions ``r, r + world_size, ...``, so the shares
+        are disjoint, cover every slice and differ in size by at most one.
+        """
+        if world_size == 1:
+            return self
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        if len(self) < world_size:
+            raise InputError(f"{len(self)} training slices cannot be shared by {world_size} processes",
+                             fix=f"use at most {len(self)} processes, or more volumes")
+        order = np.random.default_rng(seed).permutation(len(self))[rank::world_size]
+        order.sort()
+        return SliceSet(self.slices[order], self.volume_index[order], self.names)
+
     def sample(self, rng: np.random.Generator, batch_size: int, *, flip: bool = True) -> np.ndarray:
         """A random batch ``[B, 1, N, N]`` (with random left-right flips when ``flip``)."""
         index = rng.integers(0, len(self.slices), size=batch_size)

@@ -3,7 +3,9 @@
 A translator supplies a :class:`TrainableModel` (its networks, optimisers and one training
 step); this loop owns everything else: seeding, the linear-decay learning-rate schedule,
 unpaired batch sampling, checkpoints every N steps and at the end, exact resume after a
-kill, the CSV loss log and sample PNGs.
+kill, the CSV loss log and sample PNGs. With a :class:`~vstk.translation.distributed.DistContext`
+of several ranks (torchrun) the same loop trains data-parallel; see
+:mod:`vstk.translation.distributed` for what is shared between ranks and why.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
 from ..protocols import ProgressFn
+from . import distributed as D
 from .checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from .data import SliceSet
 from .schedule import TrainSchedule
@@ -145,28 +148,53 @@ def save_samples(path: Path, source: np.ndarray, fake: np.ndarray, target: np.nd
 
 def train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: str | Path,
           schedule: TrainSchedule, *, device: str | torch.device = "cpu", meta: dict[str, Any] | None = None,
-          progress: ProgressFn | None = None,
-          stop_after: int | None = None) -> Path:
+          progress: ProgressFn | None = None, stop_after: int | None = None,
+          distributed: D.DistContext | None = None) -> Path:
     """Train ``model`` on unpaired slices, resuming from ``workdir/latest.pt`` if present.
 
     Writes ``latest.pt`` every ``checkpoint_every`` steps, ``losses.csv``, sample PNGs under
     ``samples/``, and at the end ``translator.pt`` (generator weights + ``meta``). Returns
     the path of ``translator.pt``. ``stop_after`` ends early after that many steps in total
     (for tests and benchmarks; no final checkpoint then, returns ``latest.pt``).
+
+    ``distributed`` (default: one process) makes this process one rank of a data-parallel
+    job: it trains on its own share of the slices (``batch_size`` per rank and step), joins
+    the process group (unless the caller did), and only rank 0 writes files or calls
+    ``progress``. The model must already live on this rank's device (:func:`~vstk.translation.
+    distributed.rank_device`).
     """
+    context = distributed or D.SINGLE
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if context.is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     if device.type == "cpu":
         configure_cpu()
-    meta = dict(meta or {})
+    with D.process_group(context, device):
+        return _train(model, source, target, workdir, schedule, device, dict(meta or {}), progress, stop_after,
+                      context)
+
+
+def _rank_rng(seed: int, rank: int) -> np.random.Generator:
+    """The slice sampler of ``rank``: rank 0 draws the stream of a single process."""
+    return np.random.default_rng(seed if rank == 0 else [seed, rank])
+
+
+def _train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: Path, schedule: TrainSchedule,
+           device: torch.device, meta: dict[str, Any], progress: ProgressFn | None, stop_after: int | None,
+           context: D.DistContext) -> Path:
     seed_everything(schedule.seed)
-    rng = np.random.default_rng(schedule.seed)
+    rng = _rank_rng(schedule.seed, context.rank)
     first_a = _to_tensor(source.slices[: schedule.batch_size][:, None], device)
     first_b = _to_tensor(target.slices[: schedule.batch_size][:, None], device)
     model.setup(first_a, first_b, schedule)
     schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule.lr_factor)
                   for name, opt in model.optimizers().items()}
+    # Each rank trains on its own share; samples and the first batch use the whole sets.
+    share_a = source.shard(context.rank, context.world_size, schedule.seed)
+    share_b = target.shard(context.rank, context.world_size, schedule.seed)
+    if context.active:
+        torch.manual_seed(D.rank_seed(schedule.seed, context.rank))
     step = 0
     latest = workdir / LATEST
     if latest.exists():
@@ -183,62 +211,102 @@ def train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: st
             opt.load_state_dict(state["optimizers"][name])
         for name, sched in schedulers.items():
             sched.load_state_dict(state["schedulers"][name])
-        model.load_extra_state(state["extra"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"].cpu())
         step = int(state["step"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world == context.world_size:
+            own = state if context.rank == 0 else state["rank_states"][context.rank - 1]
+            model.load_extra_state(own["extra"])
+            rng.bit_generator.state = json.loads(own["numpy_rng"])
+            torch.set_rng_state(own["torch_rng"].cpu())
+        else:
+            # Weights, optimisers and schedule carry over; the per-rank random streams and
+            # image pools cannot, so they restart from the seed, rank and step.
+            log.warning("%s was trained by %d process(es), resumed by %d: training continues, but not "
+                        "bit-identically to an uninterrupted run", latest, saved_world, context.world_size)
+            rng = np.random.default_rng([schedule.seed, context.rank, step])
+            torch.manual_seed(D.rank_seed(schedule.seed + step, context.rank))
         log.info("resumed %s at step %d of %d", workdir, step, schedule.total_steps)
-    log_path = workdir / LOSS_LOG
-    _truncate_log(log_path, step)
+    averager = None
+    sync_buffers: list[Tensor] = []
+    if context.active:
+        D.check_same_step(step, latest)
+        D.broadcast_networks(model.networks())
+        averager = D.GradientAverager(model.optimizers(), context.world_size)
+        sync_buffers = D.norm_buffers(model.networks())
     total = schedule.total_steps
     end = total if stop_after is None else min(total, stop_after)
-    writer_handle = open(log_path, "a", newline="", buffering=1)  # line-buffered: the log is live
-    writer = csv.writer(writer_handle)
-    header_written = log_path.stat().st_size > 0
+    log_path = workdir / LOSS_LOG
+    writer_handle = None
+    if context.is_main:
+        _truncate_log(log_path, step)
+        writer_handle = open(log_path, "a", newline="", buffering=1)  # line-buffered: the log is live
+    writer = csv.writer(writer_handle) if writer_handle is not None else None
+    header_written = log_path.exists() and log_path.stat().st_size > 0
+
+    def rank_state() -> dict[str, Any]:
+        return {"extra": model.extra_state(), "numpy_rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state()}
 
     def checkpoint() -> None:
-        save_checkpoint({
-            "format": FORMAT, "version": VERSION, "kind": "training",
-            "translator": meta.get("translator"), "step": step, "total_steps": total,
-            "networks": {n: net.state_dict() for n, net in model.networks().items()},
-            "optimizers": {n: opt.state_dict() for n, opt in model.optimizers().items()},
-            "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
-            "extra": model.extra_state(),
-            "numpy_rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
-        }, latest)
+        states = D.gather_to_main(rank_state(), context) if context.active else [rank_state()]
+        if context.is_main:
+            assert states is not None
+            save_checkpoint({
+                "format": FORMAT, "version": VERSION, "kind": "training",
+                "translator": meta.get("translator"), "step": step, "total_steps": total,
+                "networks": {n: net.state_dict() for n, net in model.networks().items()},
+                "optimizers": {n: opt.state_dict() for n, opt in model.optimizers().items()},
+                "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
+                **states[0], "world_size": context.world_size, "rank_states": states[1:],
+            }, latest)
+        if context.active:
+            D.barrier()  # no rank goes on (or reads the file) before it is on disk
 
     started = time.perf_counter()
     try:
         while step < end:
-            real_a = _to_tensor(source.sample(rng, schedule.batch_size, flip=schedule.flip), device)
-            real_b = _to_tensor(target.sample(rng, schedule.batch_size, flip=schedule.flip), device)
+            real_a = _to_tensor(share_a.sample(rng, schedule.batch_size, flip=schedule.flip), device)
+            real_b = _to_tensor(share_b.sample(rng, schedule.batch_size, flip=schedule.flip), device)
             losses = model.train_step(real_a, real_b)
             for sched in schedulers.values():
                 sched.step()
+            if sync_buffers:
+                D.broadcast_tensors(sync_buffers)
+            if context.active:
+                losses = D.average_values(losses, context.world_size)
             step += 1
-            if not header_written:
-                writer.writerow(["step", "lr", *losses.keys()])
-                header_written = True
-            lr = next(iter(model.optimizers().values())).param_groups[0]["lr"]
-            writer.writerow([step, f"{lr:.6g}", *(f"{v:.6g}" for v in losses.values())])
+            if writer is not None:
+                if not header_written:
+                    writer.writerow(["step", "lr", *losses.keys()])
+                    header_written = True
+                lr = next(iter(model.optimizers().values())).param_groups[0]["lr"]
+                writer.writerow([step, f"{lr:.6g}", *(f"{v:.6g}" for v in losses.values())])
             if step % schedule.checkpoint_every == 0 or step == total:
-                writer_handle.flush()
+                if writer_handle is not None:
+                    writer_handle.flush()
                 checkpoint()
-            if schedule.sample_every and step % schedule.sample_every == 0 or step == total:
+            if context.is_main and (schedule.sample_every and step % schedule.sample_every == 0 or step == total):
                 _write_samples(model, source, target, workdir, step, device)
-            if progress is not None:
+            if progress is not None and context.is_main:
                 progress(step, total, " ".join(f"{k} {v:.3f}" for k, v in list(losses.items())[:4]))
     finally:
-        writer_handle.close()
+        if writer_handle is not None:
+            writer_handle.close()
+        if averager is not None:
+            averager.remove()
     seconds = time.perf_counter() - started
     if step < total:
         checkpoint()
         return latest
     meta.update({"steps": total, "train_seconds_last_run": round(seconds, 2)})
-    return save_checkpoint({"format": FORMAT, "version": VERSION, "kind": "translator",
-                            "translator": meta.get("translator"), "meta": json.dumps(meta),
-                            "generator": model.generator_state()}, workdir / FINAL)
+    final = workdir / FINAL
+    if context.is_main:
+        save_checkpoint({"format": FORMAT, "version": VERSION, "kind": "translator",
+                         "translator": meta.get("translator"), "meta": json.dumps(meta),
+                         "generator": model.generator_state()}, final)
+    if context.active:
+        D.barrier()
+    return final
 
 
 def _write_samples(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: Path, step: int,
