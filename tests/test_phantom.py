@@ -249,3 +249,24 @@ def test_default_ear_boxes_hold_every_labelled_voxel(tmp_path):
         label = read_nifti(path)
         inside = sum(int((crop(label, box).array > 0).sum()) for box in ear_boxes(label, EarRule()))
         assert inside == int((label.array > 0).sum()) > 0, f"{path.name}: labelled voxels outside the ear boxes"
+
+
+def test_target_labels_add_truth_on_the_training_hrt2_grids_and_change_no_image(tmp_path):
+    tiny = PhantomConfig(cases=2, seed=7, resolution_scale=0.3)
+    plain, labelled = tmp_path / "plain", tmp_path / "labelled"
+    generate_phantom(plain, tiny)
+    generate_phantom(labelled, PhantomConfig(cases=2, seed=7, resolution_scale=0.3, target_labels=True))
+    images = sorted(p.relative_to(plain) for p in plain.rglob("*.nii.gz"))
+    assert images == sorted(p.relative_to(labelled) for p in labelled.rglob("*.nii.gz")
+                            if p.parent.name != "train_hrT2_labels")
+    for rel in images:
+        assert read_nifti(plain / rel).array.tobytes() == read_nifti(labelled / rel).array.tobytes(), rel
+    targets = _cases(labelled, "train_hrT2")
+    assert len(targets) == 2 and not (plain / "train_hrT2_labels").exists()
+    for case in targets:
+        image = read_nifti(labelled / "train" / f"{case['stem']}_hrT2.nii.gz")
+        label = read_nifti(labelled / "train_hrT2_labels" / f"{case['stem']}_Label.nii.gz")
+        assert label.same_grid(image) and set(np.unique(label.array)) == {0, 1, 2}
+        assert case["files"]["Label"] == f"train_hrT2_labels/{case['stem']}_Label.nii.gz"
+        # the VS is where the hrT2 shows it: grey tumour, darker than the fluid-bright cochleae
+        assert np.median(image.array[label.array == 2]) > np.median(image.array[label.array == 1])

@@ -23,9 +23,10 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from ..crossmoda import discover, load_case, read_image
 from ..errors import ConfigError, InputError
@@ -35,7 +36,7 @@ from ..protocols import TrainingCase
 from ..volume import Volume, read_nifti, write_nifti
 from . import stages
 from .components import split_settings
-from .run import Plan, RunOptions, _timed, plan_run
+from .run import Plan, RunOptions, _timed, _train_translators_side_by_side, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,12 @@ class BenchOptions:
     device: str | None = None
     phantom_cases: int = 10
     phantom_seed: int = 0
+    jobs: int = 1
     progress: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs {self.jobs} must be 1 or more")
         if not self.translators:
             raise ConfigError("no translator named", fix="e.g. --translators cyclegan,qsattn")
         if len(set(self.translators)) != len(self.translators):
@@ -363,6 +367,7 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
             inputs["targets"] = [read_image(c.hrT2) for c in plan.run.train.target]
         return inputs["sources"], inputs["targets"]
 
+    _train_translators_side_by_side(plan.run, show)  # on a multi-core CPU; else the loop below trains them
     checkpoints: dict[str, Path] = {}
     loaded: set[str] = set()
     for name, translator in plan.run.translators.items():
@@ -385,47 +390,135 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
                 loaded.add(name)
         return plan.run.translators
 
-    def pool_stage() -> dict[str, Any]:
-        timed = {name: _TimedTranslator(t) for name, t in translators_ready().items()}
-        total = len(plan.run.train.source) * len(timed) + len(plan.run.train.target)
+    def pool_stage(names: Sequence[str], extend: bool) -> dict[str, Any]:
+        timed = {name: _TimedTranslator(t) for name, t in translators_ready().items() if name in names}
+        total = len(plan.run.train.source) * len(timed) + (0 if extend else len(plan.run.train.target))
         with progress_bar(total, "pool", enabled=show) as bar:
             stages.build_pool(plan.run.pool, timed, checkpoints, plan.run.train.source, plan.run.train.target,
-                              host, progress=bar)
+                              host, extend=extend, progress=bar)
         return {"pool": str(plan.run.pool), "volumes": len(plan.run.train.source),
                 "translate_seconds": {name: round(t.seconds, 2) for name, t in timed.items()}}
 
-    stage("pool", pool_stage)
+    stage("pool", lambda: pool_stage(list(plan.run.translators), extend=False))
+    from ..pool import Pool
+
+    in_pool = set(Pool(plan.run.pool).views())
+    for name in plan.run.translators:  # translators added to the command since the pool was built
+        if name not in in_pool or stages.stage_done(plan.run.state, f"pool-{name}"):
+            stage(f"pool-{name}", lambda name=name: pool_stage([name], extend=True))
     if plan.paired:
+        done = stages.stage_done(plan.run.state, "fidelity")
+        if done is not None and set(done["methods"]) != {NONE, *plan.run.translators}:
+            (plan.run.state / "fidelity.json").unlink()  # other translators than this command's: score again
         stage("fidelity", lambda: fidelity_stage(plan, translators_ready(), show))
 
-    test_cache: dict[str, Volume] = {}
-
-    def test_images() -> dict[str, Volume]:
-        if not test_cache:
-            test_cache.update({c.case_id: read_image(c.hrT2) for c in plan.run.test.target})
-        return test_cache
-
-    from ..evaluation.evaluate import evaluate_folders
-
-    for method in plan.methods:
-        segmenter = plan.segmenters[method.name]
-        for round_index in range(plan.rounds_of(method) + 1):
-            def segment(method=method, round_index=round_index, segmenter=segmenter) -> dict[str, Any]:
-                cases = training_cases(plan, method)
-                if round_index > 0:
-                    cases += pseudo_labels(plan, method, round_index, show)
-                with progress_bar(0, f"segmenter {method.name} r{round_index}", enabled=show) as bar:
-                    segmenter.train(cases, round_index=round_index, progress=bar)
-                return {"training_cases": len(cases)}
-
-            stage(f"segment-{method.name}-r{round_index}", segment)
-        stage(f"predict-{method.name}", lambda method=method: _predict(plan, method, test_images, show))
-        stage(f"evaluate-{method.name}", lambda method=method: evaluate_folders(
-            plan.method_dir(method) / "predictions", plan.test_labels).as_dict())
+    pending = [m for m in plan.methods
+               if not all(stages.stage_done(plan.run.state, name) for name in stage_names(plan, m))]
+    if options.jobs > 1 and len(pending) > 1:
+        _methods_in_processes(options, pending)
+    images = _TestImages(plan)
+    for method in plan.methods:  # finished ones (all of them after the processes) are only read back
+        stages_done.update(run_method(plan, method, images, show))
 
     from .bench_report import write_bench_report
 
     return write_bench_report(plan, stages_done)
+
+
+class _TestImages:
+    """The test hrT2 of a plan, read once on first use."""
+
+    def __init__(self, plan: BenchPlan) -> None:
+        self._plan = plan
+        self._images: dict[str, Volume] = {}
+
+    def __call__(self) -> dict[str, Volume]:
+        if not self._images:
+            self._images.update({c.case_id: read_image(c.hrT2) for c in self._plan.run.test.target})
+        return self._images
+
+
+def stage_names(plan: BenchPlan, method: Method) -> list[str]:
+    """The stages of one row, in order."""
+    return ([f"segment-{method.name}-r{r}" for r in range(plan.rounds_of(method) + 1)]
+            + [f"predict-{method.name}", f"evaluate-{method.name}"])
+
+
+def run_method(plan: BenchPlan, method: Method, test_images: Callable[[], dict[str, Volume]],
+               show: bool | None) -> dict[str, dict[str, Any]]:
+    """Train (every round), predict and evaluate one row, skipping finished stages."""
+    from ..evaluation.evaluate import evaluate_folders
+
+    segmenter = plan.segmenters[method.name]
+    done: dict[str, dict[str, Any]] = {}
+
+    def segment(round_index: int) -> dict[str, Any]:
+        cases = training_cases(plan, method)
+        if round_index > 0:
+            cases += pseudo_labels(plan, method, round_index, show)
+        with progress_bar(0, f"segmenter {method.name} r{round_index}", enabled=show) as bar:
+            segmenter.train(cases, round_index=round_index, progress=bar)
+        return {"training_cases": len(cases)}
+
+    for round_index in range(plan.rounds_of(method) + 1):
+        name = f"segment-{method.name}-r{round_index}"
+        done[name] = _timed(plan.run, name, lambda r=round_index: segment(r))
+    name = f"predict-{method.name}"
+    done[name] = _timed(plan.run, name, lambda: _predict(plan, method, test_images, show))
+    name = f"evaluate-{method.name}"
+    done[name] = _timed(plan.run, name, lambda: evaluate_folders(plan.method_dir(method) / "predictions",
+                                                                 plan.test_labels).as_dict())
+    return done
+
+
+def _methods_in_processes(options: BenchOptions, methods: Sequence[Method]) -> None:
+    """Run rows side by side, ``options.jobs`` worker processes ("spawn") at a time.
+
+    nnU-Net runs one job per process; on a CPU the cpu profile trains with one thread, so two
+    rows in two processes use two cores. Workers write the same stage markers as a serial run.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    workers = min(options.jobs, len(methods))
+    log.info("training %d benchmark rows in %d processes: %s", len(methods), workers,
+             ", ".join(m.name for m in methods))
+    log_files = [Path(h.baseFilename) for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    context = multiprocessing.get_context("spawn")
+    # a fresh process per row where Python allows it (3.11+): nnU-Net's state and memory go with it
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, **fresh) as pool:
+        futures = {pool.submit(_method_worker, options, m.name, log_files[0] if log_files else None): m
+                   for m in methods}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                future.result()
+                log.info("benchmark row %s finished", futures[future].name)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _method_worker(options: BenchOptions, name: str, log_file: Path | None) -> None:
+    """Entry point of a worker process: plan again (same options), run one row's stages."""
+    from ..cli import _host
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "vstk_bench_row", False)]:
+        root.removeHandler(handler)  # a reused worker process: the previous row's handler
+        handler.close()
+    if log_file is not None:
+        handler = logging.FileHandler(log_file)
+        handler.vstk_bench_row = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [{name}]: %(message)s"))
+        handler.setLevel(logging.INFO)
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    options = dataclasses.replace(options, progress=False)
+    plan = plan_bench(options, _host())
+    method = next(m for m in plan.methods if m.name == name)
+    run_method(plan, method, _TestImages(plan), show=False)
 
 
 def fidelity_stage(plan: BenchPlan, translators: dict[str, Any], show: bool | None) -> dict[str, Any]:

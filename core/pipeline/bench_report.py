@@ -32,7 +32,7 @@ def gap_closed(value: float, floor: float | None, ceiling: float | None) -> floa
     """
     if floor is None or ceiling is None or abs(ceiling - floor) < 1e-9:
         return None
-    return (value - floor) / (ceiling - floor)
+    return (value - floor) / (ceiling - floor) + 0.0  # + 0.0: the floor row reads 0%, never -0%
 
 
 def t_test_matrix(cases: dict[str, dict[str, dict[str, float]]], metric: str) -> dict[str, Any]:
@@ -57,14 +57,15 @@ def _seconds(stage: dict[str, Any] | None) -> float:
 
 def collect(plan: BenchPlan, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Every number of the report, keyed as in ``bench.json``."""
-    pool = stages.get("pool", {})
     translators = {}
     for name in plan.run.translators:
+        pool = stages.get(f"pool-{name}") or stages.get("pool", {})  # added later, or in the first build
         translate = pool.get("translate_seconds", {}).get(name)
+        volumes = max(1, pool.get("volumes", 1))
         translators[name] = {
             "train_seconds": _seconds(stages.get(f"translator-{name}")),
             "translate_seconds": translate,
-            "translate_seconds_per_volume": None if translate is None else round(translate / max(1, pool.get("volumes", 1)), 2),
+            "translate_seconds_per_volume": None if translate is None else round(translate / volumes, 2),
         }
     evaluations = {m.name: stages[f"evaluate-{m.name}"] for m in plan.methods}
     means = {name: e["summary"]["mean_dice"]["mean"] for name, e in evaluations.items()}

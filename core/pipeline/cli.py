@@ -233,13 +233,16 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--phantom-cases", type=click.IntRange(2, 500), default=10, show_default=True,
               help="Labelled cases of the phantom used without --data.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Rows whose segmenters train side by side, one process each (the cpu profile's nnU-Net "
+                   "uses one thread: --jobs 2 on two cores).")
 @set_option
 @config_option
 @device_option
 def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, test: Path | None,
                   test_labels: Path | None, target_labels: Path | None, paired: Path | None, profile: str | None,
-                  rounds: int, segmenter: str, pseudo_labeler: str, out: Path, phantom_cases: int, settings,
-                  config_file, device: str | None) -> None:
+                  rounds: int, segmenter: str, pseudo_labeler: str, out: Path, phantom_cases: int, jobs: int,
+                  settings, config_file, device: str | None) -> None:
     """Benchmark translators alone and combined under one segmentation protocol.
 
     Rows: none (segmenter on raw ceT1: the floor), each translator, each --combos
@@ -258,7 +261,7 @@ def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, 
                            paired=paired, profile=_resolve_profile(profile, device), rounds=rounds,
                            segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                            settings=collect_settings(settings, config_file), device=device,
-                           phantom_cases=phantom_cases)
+                           phantom_cases=phantom_cases, jobs=jobs)
     with log_to_file(out / "vstk.log"):
         data_out = bench(options, _host())
     for name, method in data_out["methods"].items():

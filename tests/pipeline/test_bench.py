@@ -156,10 +156,13 @@ def test_json_matches_markdown(bench_out):
 @pytest.mark.slow
 def test_rerun_skips_finished_stages(phantom, bench_out):
     before = json.loads((bench_out / "bench.json").read_text())
+    logged = len((bench_out / "vstk.log").read_text().splitlines())
     started = time.perf_counter()
     again = subprocess.run(vstk_bench(phantom, bench_out), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    skipped = [line for line in (bench_out / "vstk.log").read_text().splitlines() if "already done" in line]
+    lines = (bench_out / "vstk.log").read_text().splitlines()[logged:]
+    assert not any(" done in " in line for line in lines)  # nothing ran again
+    skipped = [line for line in lines if "already done" in line]
     # 2 translators, pool, fidelity, and per row: segment, predict, evaluate
     assert len(skipped) == 4 + 3 * len(ROWS)
     assert time.perf_counter() - started < 90
@@ -168,15 +171,20 @@ def test_rerun_skips_finished_stages(phantom, bench_out):
 
 
 @pytest.mark.slow
-def test_self_training_round_without_target_labels_or_paired_cases(phantom, tmp_path):
+def test_self_training_round_without_target_labels_or_paired_cases_then_a_new_translator(phantom, tmp_path):
     out = tmp_path / "bench"
-    done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", "--translators", "cyclegan",
-                           "--data", str(phantom / "train"), "--test", str(phantom / "test"),
-                           "--test-labels", str(phantom / "test_labels"), "--rounds", "1", "--out", str(out), *TINY],
-                          capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    data = json.loads((out / "bench.json").read_text())
+
+    def bench(translators: str, *extra: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", "--translators", translators,
+                               "--data", str(phantom / "train"), "--test", str(phantom / "test"),
+                               "--test-labels", str(phantom / "test_labels"), "--rounds", "1", "--out", str(out),
+                               *TINY, *extra], capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((out / "bench.json").read_text())
+
+    data = bench("cyclegan", "--jobs", "2")  # the two rows train side by side, one process each
     assert list(data["methods"]) == ["none", "cyclegan"]
+    assert "training 2 benchmark rows in 2 processes" in (out / "vstk.log").read_text()
     assert all(m["gap_closed"] is None and m["rounds"] == 1 for m in data["methods"].values())
     assert data["fidelity"] is None
     text = (out / "bench.md").read_text()
@@ -187,6 +195,16 @@ def test_self_training_round_without_target_labels_or_paired_cases(phantom, tmp_
         pseudo = json.loads((out / "methods" / name / "pseudo_r1" / "selected.json").read_text())
         assert set(pseudo) == {"crossmoda2022_ldn_3", "crossmoda2022_etz_4"}
         assert round1["training_cases"] == 4 + 2 * len(pseudo)  # ceT1 or view crops + pseudo-labelled hrT2 crops
+
+    # a translator added to the command: only it is trained, added to the pool and benchmarked
+    again = bench("cyclegan,qsattn", *TINY_QSATTN)
+    assert list(again["methods"]) == ["none", "cyclegan", "qsattn"]
+    for name in ("none", "cyclegan"):
+        assert again["methods"][name]["summary"] == data["methods"][name]["summary"]
+    log = (out / "vstk.log").read_text()
+    assert "stage segment-cyclegan-r1 already done" in log and "stage pool-qsattn done" in log
+    assert (out / "state" / "segment-qsattn-r1.json").exists()
+    assert again["translators"]["qsattn"]["translate_seconds"] is not None
 
 
 def vstk_fails(*args: str) -> subprocess.CompletedProcess:
