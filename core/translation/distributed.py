@@ -234,24 +234,25 @@ class GradientAverager:
         self._handles = []
 
 
-def average_values(values: Mapping[str, float], world_size: int) -> dict[str, float]:
-    """The mean of each value over the ranks (losses for the log)."""
+def average_values(values: Mapping[str, float], world_size: int, device: torch.device) -> dict[str, float]:
+    """The mean of each value over the ranks (losses for the log); ``device`` is this rank's
+    (NCCL reduces CUDA tensors only)."""
     import torch
     import torch.distributed as dist
 
     names = list(values)
-    buffer = torch.tensor([float(values[n]) for n in names], dtype=torch.float64)
+    buffer = torch.tensor([float(values[n]) for n in names], dtype=torch.float64, device=device)
     dist.all_reduce(buffer)
     return {n: float(v) / world_size for n, v in zip(names, buffer.tolist())}
 
 
-def check_same_step(step: int, path: Any) -> None:
+def check_same_step(step: int, path: Any, device: torch.device) -> None:
     """Raise :class:`ConfigError` on every rank unless every rank resumes at the same ``step``
     (a work folder that is not shared by all nodes)."""
     import torch
     import torch.distributed as dist
 
-    bounds = torch.tensor([step, -step], dtype=torch.int64)
+    bounds = torch.tensor([step, -step], dtype=torch.int64, device=device)
     dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
     if int(bounds[0]) != -int(bounds[1]):
         raise ConfigError(f"ranks resume at different steps ({-int(bounds[1])} to {int(bounds[0])}) from {path}",

@@ -229,7 +229,7 @@ def _train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: P
     averager = None
     sync_buffers: list[Tensor] = []
     if context.active:
-        D.check_same_step(step, latest)
+        D.check_same_step(step, latest, device)
         D.broadcast_networks(model.networks())
         averager = D.GradientAverager(model.optimizers(), context.world_size)
         sync_buffers = D.norm_buffers(model.networks())
@@ -273,7 +273,7 @@ def _train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: P
             if sync_buffers:
                 D.broadcast_tensors(sync_buffers)
             if context.active:
-                losses = D.average_values(losses, context.world_size)
+                losses = D.average_values(losses, context.world_size, device)
             step += 1
             if writer is not None:
                 if not header_written:
