@@ -178,7 +178,8 @@ def test_self_training_round_without_target_labels_or_paired_cases_then_a_new_tr
         done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", "--translators", translators,
                                "--data", str(phantom / "train"), "--test", str(phantom / "test"),
                                "--test-labels", str(phantom / "test_labels"), "--rounds", "1", "--out", str(out),
-                               *TINY, *extra], capture_output=True, text=True, timeout=1200)
+                               *TINY, "--set", "self_training_epochs=1", *extra],
+                              capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads((out / "bench.json").read_text())
 
