@@ -38,7 +38,8 @@ def test_paper_profile_follows_the_official_defaults():
     assert (paper.lr, paper.beta1, paper.beta2, paper.weight_decay, paper.batch_size) == (1e-4, 0.5, 0.999, 1e-4, 1)
     assert paper.steps + paper.decay_steps == 300_000 and paper.steps == paper.decay_steps
     cpu = vstk_nicegan.NiceGANTranslator.profile("cpu")
-    assert (cpu.size, cpu.centre, cpu.light) == (128, "ears", True)
+    in_tree = load_plugins().get("translator", "cyclegan").profile("cpu")  # the same slices as the in-tree translators
+    assert (cpu.size, cpu.spacing, cpu.centre, cpu.light) == (in_tree.size, in_tree.spacing, "ears", True)
 
 
 def test_discriminator_heads_have_the_official_receptive_field_outputs():
