@@ -355,8 +355,8 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
     show = options.progress
     stages_done: dict[str, dict[str, Any]] = {}
 
-    def stage(name: str, work: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
-        stages_done[name] = _timed(plan.run, name, work)
+    def stage(name: str, work: Callable[[], dict[str, Any] | None], *, announce_skip: bool = True) -> dict[str, Any]:
+        stages_done[name] = _timed(plan.run, name, work, announce_skip=announce_skip)
         return stages_done[name]
 
     inputs: dict[str, list[Volume]] = {}
@@ -367,7 +367,7 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
             inputs["targets"] = [read_image(c.hrT2) for c in plan.run.train.target]
         return inputs["sources"], inputs["targets"]
 
-    _train_translators_side_by_side(plan.run, show)  # on a multi-core CPU; else the loop below trains them
+    side_by_side = _train_translators_side_by_side(plan.run, show)  # multi-core CPU; else the loop below
     checkpoints: dict[str, Path] = {}
     loaded: set[str] = set()
     for name, translator in plan.run.translators.items():
@@ -381,7 +381,7 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
             loaded.add(name)
             return {"checkpoint": str(path)}
 
-        stage(f"translator-{name}", train_one)
+        stage(f"translator-{name}", train_one, announce_skip=name not in side_by_side)
 
     def translators_ready() -> dict[str, Any]:
         for name, translator in plan.run.translators.items():

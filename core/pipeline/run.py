@@ -143,10 +143,11 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
     return Plan(options, train, test_folder, translators, segmenter, labeler, rule)
 
 
-def _timed(plan: Plan, name: str, work) -> dict[str, Any]:
+def _timed(plan: Plan, name: str, work, *, announce_skip: bool = True) -> dict[str, Any]:
     done = stages.stage_done(plan.state, name)
     if done is not None:
-        log.info("stage %s already done (%.0f s), skipped", name, done.get("seconds", 0))
+        if announce_skip:
+            log.info("stage %s already done (%.0f s), skipped", name, done.get("seconds", 0))
         return done
     started = time.perf_counter()
     info = work() or {}
@@ -171,7 +172,7 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
             sources = [read_image(c.ceT1) for c in plan.train.source]
             targets = [read_image(c.hrT2) for c in plan.train.target]
 
-    _train_translators_side_by_side(plan, show)
+    trained_side_by_side = _train_translators_side_by_side(plan, show)
     checkpoints = {}
     for name, translator in plan.translators.items():
         workdir = plan.out / "translators" / name
@@ -182,7 +183,8 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
                 path = stages.train_translator(translator, sources, targets, workdir, progress=bar)
             return {"checkpoint": str(path)}
 
-        summary[f"translator-{name}"] = _timed(plan, f"translator-{name}", train_one)
+        summary[f"translator-{name}"] = _timed(plan, f"translator-{name}", train_one,
+                                               announce_skip=name not in trained_side_by_side)
         checkpoints[name] = workdir / "translator.pt"
         if plan.translators[name].generator is None:
             translator.load(checkpoints[name])
@@ -231,10 +233,10 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
     return summary
 
 
-def _train_translators_side_by_side(plan: Plan, show: bool | None) -> None:
+def _train_translators_side_by_side(plan: Plan, show: bool | None) -> set[str]:
     """On a multi-core CPU, train every unfinished translator at once, one process each
     (see :mod:`vstk.pipeline.parallel`); on a GPU, or for one translator, they train in turn
-    in this process (the loop in :func:`run`)."""
+    in this process (the loop in :func:`run`). Returns the names trained here."""
     from ..translation.base import pick_device
     from .parallel import TranslatorJob, cpu_count, train_in_parallel
 
@@ -242,7 +244,7 @@ def _train_translators_side_by_side(plan: Plan, show: bool | None) -> None:
             if stages.stage_done(plan.state, f"translator-{name}") is None
             and not (plan.out / "translators" / name / "translator.pt").exists()]
     if len(todo) < 2 or cpu_count() < 2 or pick_device(plan.options.device) != "cpu":
-        return
+        return set()
     sources = tuple(c.ceT1 for c in plan.train.source)
     targets = tuple(c.hrT2 for c in plan.train.target)
     jobs = [TranslatorJob(name, type(plan.translators[name]), plan.translators[name].config, plan.options.device,
@@ -253,6 +255,7 @@ def _train_translators_side_by_side(plan: Plan, show: bool | None) -> None:
         stages.mark_done(plan.state, f"translator-{name}",
                          {"checkpoint": str(path), "seconds": round(seconds, 1), "processes": len(jobs)})
         log.info("stage translator-%s done in %.0f s (side by side)", name, seconds)
+    return set(results)
 
 
 def prediction_rounds(plan: Plan) -> dict[int, Path]:
