@@ -28,9 +28,10 @@ _PER_ROW_FIELDS = ("dataset_id", "dataset_name")
 def gap_closed(value: float, floor: float | None, ceiling: float | None) -> float | None:
     """Share of the floor-to-ceiling gap closed: ``(value - floor) / (ceiling - floor)``.
 
-    None without both references or when they tie (no gap to close).
+    None without both references, or when the ceiling is not above the floor (then there is
+    no gap to close, and a ratio of two negative or tiny differences would read as progress).
     """
-    if floor is None or ceiling is None or abs(ceiling - floor) < 1e-9:
+    if floor is None or ceiling is None or ceiling - floor < 1e-9:
         return None
     return (value - floor) / (ceiling - floor) + 0.0  # + 0.0: the floor row reads 0%, never -0%
 
@@ -171,7 +172,9 @@ def markdown(plan: BenchPlan, data: dict[str, Any], figures: dict[str, Path]) ->
         *table_one(data),
         "",
         (f"`{NONE}`: the segmenter on raw ceT1 (the floor); `{SUPERVISED}`: on labelled hrT2 (the ceiling). "
-         f"Gap closed = (mean Dice - {NONE}) / ({SUPERVISED} - {NONE}). Empty masks: both empty Dice 1, ASSD 0; "
+         f"Gap closed = (mean Dice - {NONE}) / ({SUPERVISED} - {NONE}); '-' when `{SUPERVISED}` is not above "
+         f"`{NONE}` (the segmenter budget did not learn the target domain: no gap to measure). "
+         "Empty masks: both empty Dice 1, ASSD 0; "
          "one empty Dice 0, ASSD = the image diagonal."),
         "",
     ]

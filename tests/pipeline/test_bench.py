@@ -68,16 +68,20 @@ def test_table_one_has_every_row_framed_by_floor_and_ceiling(bench_out):
     assert [r[0] for r in rows] == ROWS == list(data["methods"])
     assert [r[1] for r in rows] == ["ceT1 as is", "cyclegan view", "qsattn view", "cyclegan + qsattn views",
                                     "labelled hrT2"]
-    assert rows[0][-1] == "0%" and rows[-1][-1] == "100%"
     methods = data["methods"]
     floor, ceiling = methods["none"]["summary"]["mean_dice"]["mean"], methods["supervised"]["summary"]["mean_dice"]["mean"]
+    # a tiny budget need not learn hrT2: without a gap above the floor every row reads '-'
+    assert (rows[0][-1], rows[-1][-1]) == (("0%", "100%") if ceiling > floor else ("-", "-"))
     for name in ROWS:
         summary = methods[name]["summary"]
         for metric in ("VS_dice", "cochlea_dice", "mean_dice"):
             assert 0.0 <= summary[metric]["mean"] <= 1.0 and summary[metric]["n"] == 2
         assert summary["VS_assd"]["mean"] >= 0.0
-        expected = (summary["mean_dice"]["mean"] - floor) / (ceiling - floor)
-        assert methods[name]["gap_closed"] == pytest.approx(expected)
+        if ceiling > floor:
+            expected = (summary["mean_dice"]["mean"] - floor) / (ceiling - floor)
+            assert methods[name]["gap_closed"] == pytest.approx(expected)
+        else:
+            assert methods[name]["gap_closed"] is None
     # one protocol: each row trained the same budget on its own images, in its own nnU-Net dataset
     crops = {name: json.loads((bench_out / "state" / f"segment-{name}-r0.json").read_text())["training_cases"]
              for name in ROWS}
@@ -127,7 +131,7 @@ def test_json_matches_markdown(bench_out):
         s = method["summary"]
         assert row[2:8] == [pm(s["VS_dice"], 3), pm(s["VS_assd"], 2), pm(s["cochlea_dice"], 3),
                             pm(s["cochlea_assd"], 2), pm(s["mean_dice"], 3), pm(s["mean_assd"], 2)]
-        assert row[8] == f"{method['gap_closed']:.0%}"
+        assert row[8] == ("-" if method["gap_closed"] is None else f"{method['gap_closed']:.0%}")
     fidelity = markdown_table(text, "## Translation fidelity")
     assert [r[0] for r in fidelity] == ["none (ceT1 as is)", "cyclegan", "qsattn"]
     for row in fidelity:
@@ -239,3 +243,12 @@ def test_bad_inputs_fail_in_one_line_before_training(phantom, tmp_path):
         done = vstk_fails(*args, "--profile", "cpu", "--out", str(out))
         assert message in done.stderr, (args, done.stderr)
         assert not (out / "translators").exists() and not (out / "phantom").exists()  # nothing trained or made
+
+
+def test_gap_closed_needs_a_ceiling_above_the_floor():
+    from vstk.pipeline.bench_report import gap_closed
+
+    assert gap_closed(0.5, 0.2, 0.8) == pytest.approx(0.5)
+    assert gap_closed(0.2, 0.2, 0.8) == 0.0 and gap_closed(0.8, 0.2, 0.8) == 1.0
+    assert gap_closed(0.0, 0.01, 0.0) is None  # supervised below none: no gap, not "100%"
+    assert gap_closed(0.3, 0.3, 0.3) is None and gap_closed(0.3, None, 0.9) is None
