@@ -6,7 +6,8 @@ For every compression setting it builds a pool (staging + finalize, fsync on, as
 ``vstk pool build`` does) of ``views`` translated MR-like volumes plus their label, and in
 the same run writes the same arrays with ``numpy.save`` to the same folder. Throughput is
 MB of voxels (raw bytes) per second. Then it reads random axial slices of one entry through
-``Pool.read_slice`` (median and p95 latency). Prints Markdown tables.
+``Pool.read_slice`` (median and p95 latency) and splits a slice read into its steps (chunk
+fetch, inflate, un-shuffle; medians of separately timed steps). Prints Markdown tables.
 
 The volumes are synthetic but MR-like: a head-shaped ellipsoid, smooth blobs of different
 brightness, smooth tissue texture, a bias field and Rician noise (float32), so compression
@@ -161,6 +162,32 @@ def slice_latency(path: Path, view: str, reads: int, seed: int = 0) -> tuple[flo
     return statistics.median(times), float(np.percentile(times, 95))
 
 
+def slice_split(path: Path, view: str, reads: int, seed: int = 0) -> tuple[float, float, float]:
+    """Median milliseconds of the three steps of a fast-path slice read: fetching the chunk's
+    bytes (``SliceReader.raw_chunk``: ``os.pread`` at its cached offset), inflating them and
+    un-shuffling the bytes (0 where a step does not apply)."""
+    from vstk.pool.codec import SliceReader, inflate, unshuffle_bytes
+
+    rng = np.random.default_rng(seed)
+    with Pool(path) as pool:
+        reader = SliceReader(pool.file[f"views/{view}/case1/image"])
+        mode = reader._mode
+        fetch, decompress, unshuffle = [], [], []
+        for k in rng.integers(0, reader.shape[0], reads):
+            start = time.perf_counter()
+            _, blob = reader.raw_chunk(int(k))
+            fetched = time.perf_counter()
+            data = inflate(blob, reader.plane_nbytes) if mode in ("deflate", "shuffle+deflate") else blob
+            inflated = time.perf_counter()
+            if mode == "shuffle+deflate":
+                unshuffle_bytes(data, reader.dtype, reader.plane_shape)
+            done = time.perf_counter()
+            fetch.append((fetched - start) * 1e3)
+            decompress.append((inflated - fetched) * 1e3)
+            unshuffle.append((done - inflated) * 1e3)
+    return statistics.median(fetch), statistics.median(decompress), statistics.median(unshuffle)
+
+
 def hdf5_filter_latency(path: Path, view: str, reads: int, seed: int = 0) -> tuple[float, float]:
     """Same reads through h5py's ``dataset[k]`` (HDF5's own filter pipeline, chunk cache off), for comparison."""
     import h5py
@@ -243,6 +270,7 @@ def main() -> None:
         image_raw = sum(e["raw_bytes"] for e in info["entries"])
         image_stored = sum(e["stored_bytes"] for e in info["entries"])
         median_ms, p95_ms = slice_latency(path, "view0", args.reads)
+        fetch_ms, inflate_ms, unshuffle_ms = slice_split(path, "view0", args.reads)
         rows.append({
             "setting": name, "MB voxels": f"{raw_mb:.0f}", "build s": f"{total:.2f}",
             "staging s": f"{staging_s:.2f}", "finalize s": f"{finalize_s:.2f}",
@@ -252,6 +280,7 @@ def main() -> None:
             "image stored/raw": f"{image_stored / image_raw:.3f}",
             "file/raw": f"{info['file_bytes'] / (raw_mb * 1e6):.3f}",
             "slice median ms": f"{median_ms:.2f}", "slice p95 ms": f"{p95_ms:.2f}",
+            "split read/inflate/unshuffle ms": f"{fetch_ms:.2f} / {inflate_ms:.2f} / {unshuffle_ms:.2f}",
         })
         if name != "gzip-1+shuffle":
             path.unlink()

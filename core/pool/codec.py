@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
@@ -117,6 +118,79 @@ def inflate(blob: bytes, nbytes: int) -> bytes | np.ndarray:
     return zlib.decompress(blob, bufsize=nbytes)
 
 
+def _raw_deflate(data: bytes | np.ndarray | memoryview, level: int) -> bytes:
+    """Raw deflate blocks (no zlib header or checksum), the last one final."""
+    codecs = _libdeflate()
+    if codecs is not None:
+        return bytes(codecs.deflate_encode(data, level=level, raw=True))
+    packer = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return packer.compress(memoryview(data)) + packer.flush()
+
+
+def _adler32(data: np.ndarray) -> int:
+    codecs = _libdeflate()
+    if codecs is not None:
+        return int(codecs.deflate_adler32(data))
+    return zlib.adler32(memoryview(data))
+
+
+# A byte plane is stored, not deflated, when deflate level 1 keeps more than this fraction of
+# a sample of it: the low mantissa bytes of MR noise (deflate saves 0-4 % on them at ~85 MB/s).
+_STORE_ABOVE = 0.9
+_SAMPLE_PIECES = 4
+_SAMPLE_BYTES = 2048  # per piece: 8 KiB sampled per plane, spread over the slice
+_STORED_MAX = 65535  # bytes in one stored deflate block
+_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, "fastest" level hint
+
+
+def _plane_compresses(plane: np.ndarray) -> bool:
+    """Whether deflate saves enough on a sample of one byte plane to be worth its time."""
+    n = plane.shape[0]
+    if n <= _SAMPLE_PIECES * _SAMPLE_BYTES:
+        sample = plane
+    else:
+        step = n // _SAMPLE_PIECES
+        lead = (step - _SAMPLE_BYTES) // 2
+        sample = np.concatenate([plane[i * step + lead:i * step + lead + _SAMPLE_BYTES]
+                                 for i in range(_SAMPLE_PIECES)])
+    return len(_raw_deflate(sample, 1)) <= _STORE_ABOVE * sample.shape[0]
+
+
+def _stored_blocks(data: memoryview, *, final: bool) -> list[bytes | memoryview]:
+    """``data`` as stored (uncompressed) deflate blocks starting on a byte boundary."""
+    parts: list[bytes | memoryview] = []
+    for start in range(0, len(data), _STORED_MAX):
+        piece = data[start:start + _STORED_MAX]
+        last = final and start + _STORED_MAX >= len(data)
+        parts.append(struct.pack("<BHH", 1 if last else 0, len(piece), len(piece) ^ 0xFFFF))
+        parts.append(piece)
+    return parts
+
+
+def deflate_planes(planes: np.ndarray, level: int) -> bytes:
+    """zlib stream of byte-shuffled data ``planes`` ``[itemsize, n]`` (uint8, C order).
+
+    The leading planes that deflate cannot shrink (sampled, see :func:`_plane_compresses`)
+    go into stored blocks; the rest is deflated at ``level``. Still one standard zlib stream
+    with its Adler-32: any inflater (HDF5's deflate filter, HDFView) decodes it, and inflating
+    stored blocks is a memory copy. For MR float32 slices it is ~5x faster to write and ~2.5x
+    faster to read than deflating everything, for ~1 % more bytes (planes 0-2 are noise).
+    """
+    stored = 0
+    while stored < planes.shape[0] and not _plane_compresses(planes[stored]):
+        stored += 1
+    if stored == 0:
+        return deflate(planes, level)
+    flat = memoryview(planes.reshape(-1))
+    split = stored * planes.shape[1]
+    parts: list[bytes | memoryview] = [_ZLIB_HEADER]
+    parts += _stored_blocks(flat[:split], final=split == len(flat))
+    if split < len(flat):
+        parts.append(_raw_deflate(flat[split:], level))
+    parts.append(struct.pack(">I", _adler32(planes)))
+    return b"".join(parts)
+
+
 def shuffle_bytes(plane: np.ndarray) -> np.ndarray:
     """HDF5 byte shuffle of a C-contiguous array: byte 0 of every element, then byte 1, ..."""
     size = plane.dtype.itemsize
@@ -143,8 +217,9 @@ def unshuffle_bytes(data: bytes | np.ndarray, dtype: np.dtype, shape: tuple[int,
 
 
 def _encode_slice(plane: np.ndarray, compression: Compression) -> bytes:
-    data = shuffle_bytes(plane) if compression.shuffle else np.ascontiguousarray(plane).reshape(-1).view(np.uint8)
-    return deflate(data, compression.level)
+    if compression.shuffle and plane.dtype.itemsize > 1:
+        return deflate_planes(shuffle_bytes(plane), compression.level)
+    return deflate(np.ascontiguousarray(plane).reshape(-1).view(np.uint8), compression.level)
 
 
 def _batches(n: int, size: int) -> Iterator[range]:
@@ -195,6 +270,8 @@ class SliceReader:
         self.plane_shape = self.shape[1:]
         self.plane_nbytes = int(np.prod(self.plane_shape)) * self.dtype.itemsize
         self._mode = self._fast_mode(dataset)
+        self._fd = self._file_descriptor(dataset) if self._mode is not None else None
+        self._where: dict[int, tuple[int, int, int]] = {}  # slice -> (byte offset, size, filter mask)
 
     @staticmethod
     def _fast_mode(dataset: h5py.Dataset) -> str | None:
@@ -212,9 +289,40 @@ class SliceReader:
             return "shuffle+deflate"
         return None
 
+    @staticmethod
+    def _file_descriptor(dataset: h5py.Dataset) -> int | None:
+        """The OS file descriptor HDF5 reads ``dataset``'s file through, when chunk addresses
+        are plain byte offsets in it (POSIX driver, no user block); else None."""
+        try:
+            file_id = dataset.file.id
+            if dataset.file.driver != "sec2" or file_id.get_create_plist().get_userblock() != 0:
+                return None
+            return int(file_id.get_vfd_handle())
+        except (AttributeError, ValueError, RuntimeError, OSError):
+            return None
+
     def raw_chunk(self, k: int) -> tuple[int, bytes]:
-        """``(filter_mask, stored bytes)`` of slice ``k``'s chunk (no decoding)."""
-        return self.dataset.id.read_direct_chunk((k, 0, 0))
+        """``(filter_mask, stored bytes)`` of slice ``k``'s chunk (no decoding).
+
+        With a file descriptor the chunk's byte offset and size are looked up once per slice
+        and the bytes read with ``os.pread`` (no HDF5 call per read, and safe from several
+        threads); else through ``read_direct_chunk``.
+        """
+        if self._fd is None:
+            return self.dataset.id.read_direct_chunk((k, 0, 0))
+        where = self._where.get(k)
+        if where is None:
+            info = self.dataset.id.get_chunk_info_by_coord((k, 0, 0))
+            if info.byte_offset is None:  # never written: HDF5 returns the fill value
+                return self.dataset.id.read_direct_chunk((k, 0, 0))
+            where = self._where[k] = (int(info.byte_offset), int(info.size), int(info.filter_mask))
+        offset, size, mask = where
+        if not self.dataset.id.valid:  # the file was closed: the descriptor may be reused
+            raise ValueError(f"dataset {self.dataset.name} is closed")
+        blob = os.pread(self._fd, size, offset)
+        if len(blob) != size:
+            raise OSError(f"chunk of slice {k} is cut short ({len(blob)} of {size} bytes): the file is truncated")
+        return mask, blob
 
     def decode(self, k: int, filter_mask: int, blob: bytes) -> np.ndarray:
         """Slice ``k`` from its stored chunk bytes."""
