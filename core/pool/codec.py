@@ -18,13 +18,14 @@ decode instead of returning wrong voxels.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import os
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator, TypeVar
 
 import h5py
 import numpy as np
@@ -32,6 +33,7 @@ import numpy as np
 from ..errors import ConfigError
 
 CODECS = ("gzip", "lzf", "none")
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,9 +224,28 @@ def _encode_slice(plane: np.ndarray, compression: Compression) -> bytes:
     return deflate(np.ascontiguousarray(plane).reshape(-1).view(np.uint8), compression.level)
 
 
-def _batches(n: int, size: int) -> Iterator[range]:
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
+def _in_order(work: Callable[[int], T], n: int, workers: int) -> Iterator[T]:
+    """``work(0), ..., work(n - 1)`` in order, computed in ``workers`` threads.
+
+    A sliding window of ``4 * workers`` tasks keeps every thread busy while the caller
+    consumes results (a fixed batch would idle the threads at each batch end) and bounds
+    how many results wait in memory.
+    """
+    if workers == 1 or n == 1:
+        yield from (work(k) for k in range(n))
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        window: collections.deque[Future[T]] = collections.deque()
+        submitted = 0
+        try:
+            for _ in range(n):
+                while submitted < n and len(window) < 4 * workers:
+                    window.append(pool.submit(work, submitted))
+                    submitted += 1
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
 
 
 def write_volume(group: h5py.Group, name: str, array: np.ndarray, compression: Compression = DEFAULT_COMPRESSION,
@@ -238,17 +259,9 @@ def write_volume(group: h5py.Group, name: str, array: np.ndarray, compression: C
     dataset = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=(1, y, x),
                                    **compression.dataset_kwargs())
     if compression.codec == "gzip":
-        workers = threads or default_threads()
-        encode: Callable[[int], bytes] = lambda k: _encode_slice(array[k], compression)  # noqa: E731
-        if workers == 1 or z == 1:
-            for k in range(z):
-                dataset.id.write_direct_chunk((k, 0, 0), encode(k))
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                # Bounded batches keep at most a few compressed slices in memory at once.
-                for batch in _batches(z, 4 * workers):
-                    for k, blob in zip(batch, pool.map(encode, batch)):
-                        dataset.id.write_direct_chunk((k, 0, 0), blob)
+        blobs = _in_order(lambda k: _encode_slice(array[k], compression), z, threads or default_threads())
+        for k, blob in enumerate(blobs):
+            dataset.id.write_direct_chunk((k, 0, 0), blob)
     else:
         dataset[...] = array
     for key, value in (attrs or {}).items():
@@ -345,19 +358,13 @@ class SliceReader:
         return self.decode(k, mask, blob)
 
     def read_all(self, threads: int | None = None) -> np.ndarray:
-        """The whole volume ``[z, y, x]``, slices decoded in ``threads`` threads."""
+        """The whole volume ``[z, y, x]``, slices read and decoded in ``threads`` threads."""
         if self._mode is None:
             return self.dataset[...]
         out = np.empty(self.shape, dtype=self.dtype)
-        workers = threads or default_threads()
-        if workers == 1 or self.shape[0] == 1:
-            for k in range(self.shape[0]):
-                out[k] = self.read(k)
-            return out
-        with ThreadPoolExecutor(workers) as pool:
-            # h5py serialises its own calls, so raw chunks are fetched here and decoded in threads.
-            for batch in _batches(self.shape[0], 4 * workers):
-                raws = [self.raw_chunk(k) for k in batch]
-                for k, plane in zip(batch, pool.map(lambda kr: self.decode(kr[0], *kr[1]), zip(batch, raws))):
-                    out[k] = plane
+        # Safe in threads: h5py runs its calls one at a time under its own lock, os.pread
+        # and the decoders need none (and release the GIL).
+        planes = _in_order(lambda k: self.decode(k, *self.raw_chunk(k)), self.shape[0], threads or default_threads())
+        for k, plane in enumerate(planes):
+            out[k] = plane
         return out
