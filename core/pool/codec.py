@@ -5,15 +5,24 @@ uses HDF5's built-in filters (shuffle, deflate; h5py's lzf only on request), so 
 decodes it. For the default (shuffle + deflate) vstk does the filter work itself, which is the
 same bytes-on-disk format:
 
-* writing: each slice is byte-shuffled with numpy and deflated in a thread pool (libdeflate
-  through ``imagecodecs`` when it is installed, as it is with nnU-Net; else zlib), then
-  stored with ``write_direct_chunk``. HDF5's own filter pipeline runs single-threaded and
-  with zlib only, 1.6x slower per core here (36 vs 57 MB/s at level 1 on MR-like float32).
-* reading a slice: ``read_direct_chunk`` fetches the one compressed chunk, which is inflated
-  and un-shuffled here (libdeflate inflates about 2.5x faster than the zlib inside HDF5).
+* writing: each slice is byte-shuffled with numpy (byte 0 of every voxel, then byte 1, ...:
+  HDF5's shuffle filter) and turned into one zlib stream (HDF5's deflate filter) in a thread
+  pool, then stored with ``write_direct_chunk``. Leading byte planes that deflate cannot
+  shrink (for MR float32: the three low bytes, mostly noise) go into stored deflate blocks and
+  only the rest is deflated (libdeflate through ``imagecodecs`` when it is installed, as it is
+  with nnU-Net; else zlib); see :func:`deflate_planes`. Measured on MR-like 512 x 512 float32
+  slices: 2.9 ms per slice instead of ~11 ms (deflating everything), for 1 % more bytes.
+  HDF5's own filter pipeline would run single-threaded and with zlib only.
+* reading a slice: the chunk's byte offset and size are looked up once (HDF5 chunk index),
+  its bytes read with ``os.pread`` on the file descriptor HDF5 already holds, inflated
+  (stored blocks are a memory copy) and un-shuffled here. Measured split of a 512 x 512
+  float32 slice read: fetch 0.12 ms, inflate 0.31 ms, un-shuffle 0.41 ms (1.1 ms median
+  in ``Pool.read_slice``; 1.8 ms through HDF5's filters).
 
-The zlib stream of each chunk ends with an Adler-32 checksum, so a damaged chunk fails to
-decode instead of returning wrong voxels.
+Chunks written otherwise (by older vstk versions, which deflated the whole slice, or by any
+other HDF5 writer with these filters) read through the same path. The zlib stream of each
+chunk ends with an Adler-32 checksum, so a damaged chunk fails to decode instead of
+returning wrong voxels.
 """
 
 from __future__ import annotations
@@ -44,7 +53,9 @@ class Compression:
         codec: ``"gzip"`` (HDF5 deflate: every HDF5 tool reads it), ``"lzf"`` (h5py-only
             filter: HDFView and h5dump cannot decode it) or ``"none"``.
         level: deflate level 0-9 (``gzip`` only); 1 is the fastest that compresses.
-        shuffle: apply HDF5's byte-shuffle filter first (float32 noise compresses ~10 % better).
+        shuffle: apply HDF5's byte-shuffle filter first (float32 noise compresses ~10 % better);
+            with gzip, byte planes deflate cannot shrink are then stored and ``level``
+            applies to the others (:func:`deflate_planes`).
     """
 
     codec: str = "gzip"
