@@ -151,7 +151,7 @@ def _adler32(data: np.ndarray) -> int:
 # a sample of it: the low mantissa bytes of MR noise (deflate saves 0-4 % on them at ~85 MB/s).
 _STORE_ABOVE = 0.9
 _SAMPLE_PIECES = 4
-_SAMPLE_BYTES = 2048  # per piece: 8 KiB sampled per plane, spread over the slice
+_SAMPLE_BYTES = 1024  # per piece: 4 KiB sampled per plane, spread over the slice (0.16 ms for 4 planes)
 _STORED_MAX = 65535  # bytes in one stored deflate block
 _ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, "fastest" level hint
 
