@@ -2,7 +2,8 @@
 
     python benchmarks/translator_speed.py --profile cpu --steps 8 \
         [--official-cut PATH/contrastive-unpaired-translation] \
-        [--official-qsattn PATH/query-selected-attention] [--rounds 2] [--json out.json]
+        [--official-qsattn PATH/query-selected-attention] [--rounds 2] [--json out.json] \
+        [--device cuda]
 
 Each measurement runs in its own process (2 torch threads, grayscale, batch 1, the
 profile's slice size and network widths), timing ``--steps`` steps after 2 warm-up steps;
@@ -10,6 +11,8 @@ ours and official alternate (A B A B ...) so drift of the shared machine hits bo
 The official code is not part of vstk: point the options at your own checkouts
 (CycleGAN's step is taken from the CUT repository's ``cycle_gan_model.py``). Official runs
 are timed as shipped (no denormal flushing) and with ``torch.set_flush_denormal(True)``.
+With ``--device cuda`` every step ends with ``torch.cuda.synchronize()`` before the clock is
+read, and the official code runs with ``--gpu_ids 0`` (denormal flushing does not apply).
 """
 
 from __future__ import annotations
@@ -33,38 +36,48 @@ def _batch(size: int, seed: int):
     return (x * 2 - 1).clamp(-1, 1)
 
 
-def _time_steps(step, steps: int) -> list[float]:
-    for _ in range(2):
+def _time_steps(step, steps: int, device: str = "cpu") -> list[float]:
+    import torch
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(3 if device.startswith("cuda") else 2):
         step()
     times = []
     for _ in range(steps):
+        sync()
         start = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - start)
     return times
 
 
-def worker_ours(translator: str, profile: str, steps: int) -> list[float]:
+def worker_ours(translator: str, profile: str, steps: int, device: str) -> list[float]:
     import torch
 
     from vstk.plugins import load_plugins
     from vstk.translation.trainer import configure_cpu
 
     torch.set_num_threads(2)
-    configure_cpu()
+    if device == "cpu":
+        configure_cpu()
     cls = load_plugins().get("translator", translator)
     config = cls.profile(profile)
-    model = cls(config, device="cpu").build_model()
-    a, b = _batch(config.size, 0), _batch(config.size, 1)
+    model = cls(config, device=device).build_model()
+    a, b = _batch(config.size, 0).to(device), _batch(config.size, 1).to(device)
     model.setup(a, b, config.schedule(1))
-    return _time_steps(lambda: model.train_step(a, b), steps)
+    return _time_steps(lambda: model.train_step(a, b), steps, device)
 
 
-def _official_args(translator: str, profile: str) -> list[str]:
+def _official_args(translator: str, profile: str, device: str) -> list[str]:
     from vstk.plugins import load_plugins
 
     config = load_plugins().get("translator", translator).profile(profile)
-    args = ["--dataroot", "unused", "--name", "bench", "--gpu_ids", "-1", "--input_nc", "1", "--output_nc", "1",
+    gpu_ids = "0" if device.startswith("cuda") else "-1"
+    args = ["--dataroot", "unused", "--name", "bench", "--gpu_ids", gpu_ids, "--input_nc", "1", "--output_nc", "1",
             "--ngf", str(config.ngf), "--ndf", str(config.ndf), "--netG", f"resnet_{config.n_blocks}blocks",
             "--crop_size", str(config.size), "--load_size", str(config.size), "--batch_size", "1",
             "--checkpoints_dir", tempfile.mkdtemp(prefix="official_bench_")]
@@ -77,7 +90,7 @@ def _official_args(translator: str, profile: str) -> list[str]:
     return args
 
 
-def worker_official(translator: str, profile: str, steps: int, root: str, flush: bool) -> list[float]:
+def worker_official(translator: str, profile: str, steps: int, root: str, flush: bool, device: str) -> list[float]:
     import torch
 
     torch.set_num_threads(2)
@@ -86,7 +99,7 @@ def worker_official(translator: str, profile: str, steps: int, root: str, flush:
     if not torch.cuda.is_available():
         # The official QS-Attn PatchSampleF calls mlp.cuda() unconditionally: keep it on the CPU.
         torch.nn.Module.cuda = lambda self, device=None: self
-    args = _official_args(translator, profile)
+    args = _official_args(translator, profile, device)
     sys.path.insert(0, root)
     os.chdir(root)
     from models import create_model  # noqa: E402  (the official package)
@@ -104,7 +117,9 @@ def worker_official(translator: str, profile: str, steps: int, root: str, flush:
             sys.stdout = stdout
     data = {"A": _batch(opt.crop_size, 0), "B": _batch(opt.crop_size, 1), "A_paths": ["a"], "B_paths": ["b"]}
     model.set_input(data)
-    if translator == "qsattn":
+    if translator == "qsattn" and device.startswith("cuda"):
+        model.data_dependent_initialize()
+    elif translator == "qsattn":
         # The official data_dependent_initialize divides by len(gpu_ids), 0 on CPU: do its steps here.
         model.forward()
         model.backward_D()
@@ -122,12 +137,12 @@ def worker_official(translator: str, profile: str, steps: int, root: str, flush:
         model.set_input(data)
         model.optimize_parameters()
 
-    return _time_steps(step, steps)
+    return _time_steps(step, steps, device)
 
 
-def run_worker(kind: str, translator: str, profile: str, steps: int, root: str | None) -> float:
+def run_worker(kind: str, translator: str, profile: str, steps: int, root: str | None, device: str) -> float:
     cmd = [sys.executable, __file__, "--worker", kind, "--translator", translator, "--profile", profile,
-           "--steps", str(steps)] + (["--root", root] if root else [])
+           "--steps", str(steps), "--device", device] + (["--root", root] if root else [])
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} {translator} failed:\n{out.stderr[-3000:]}")
@@ -143,6 +158,7 @@ def main() -> None:
     parser.add_argument("--official-cut", default=None, help="checkout of the official CUT repository")
     parser.add_argument("--official-qsattn", default=None, help="checkout of the official QS-Attn repository")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the official code then runs on GPU 0)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--translator", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
@@ -150,22 +166,25 @@ def main() -> None:
 
     if args.worker:
         if args.worker == "ours":
-            times = worker_ours(args.translator, args.profile, args.steps)
+            times = worker_ours(args.translator, args.profile, args.steps, args.device)
         else:
             times = worker_official(args.translator, args.profile, args.steps, args.root,
-                                    flush=args.worker == "official+flush")
+                                    flush=args.worker == "official+flush", device=args.device)
         print(json.dumps({"median_s": statistics.median(times), "times": times}))
         return
 
-    roots = {"cyclegan": args.official_cut, "qsattn": args.official_qsattn}
+    roots = {name: os.path.abspath(root) for name, root in
+             (("cyclegan", args.official_cut), ("qsattn", args.official_qsattn)) if root}
     rows = []
     for translator in args.translators.split(","):
-        kinds = ["ours"] + (["official", "official+flush"] if roots.get(translator) else [])
+        official = ["official"] if args.device.startswith("cuda") else ["official", "official+flush"]
+        kinds = ["ours"] + (official if roots.get(translator) else [])
         samples: dict[str, list[float]] = {k: [] for k in kinds}
         for _ in range(args.rounds):
             for kind in kinds:
-                samples[kind].append(run_worker(kind, translator, args.profile, args.steps, roots.get(translator)))
-        row = {"translator": translator, "profile": args.profile}
+                samples[kind].append(run_worker(kind, translator, args.profile, args.steps, roots.get(translator),
+                                                args.device))
+        row = {"translator": translator, "profile": args.profile, "device": args.device}
         for kind in kinds:
             row[f"{kind}_s_per_step"] = statistics.median(samples[kind])
         for kind in kinds[1:]:

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One prepared run on a CUDA machine: checks that vstk trains on the GPU and measures the
+# `paper` profile. Every section has its own time cap and goes on after a failure; all output
+# goes to $OUT/device.log.
+#
+#   OUT=DIR bash benchmarks/device_check.sh [WHEELS_DIR] [OFFICIAL_DIR]
+#
+# WHEELS_DIR (optional): wheels of nnU-Net and the other packages the machine lacks, installed
+# into /tmp/site first. OFFICIAL_DIR (optional): checkouts of the official CUT (cut/) and
+# QS-Attn (qsattn/) repositories for the speed comparison; not part of vstk.
+#
+# Sections: 1. translator step time at the paper profile (256 px, ResNet-9, ngf 64), ours
+# against the official code on the same GPU; 2. stock nnU-Net 3d_fullres (the paper profile,
+# torch.compile as nnU-Net does it) trained on labelled phantom hrT2 for 4 x 40 iterations:
+# seconds per iteration and the whole train/predict path on CUDA; 3. `vstk run` on CUDA with
+# the cpu profile's networks but 4.4x the translator steps and 3.3x the segmenter iterations
+# (does a larger budget fix what the 15-minute cpu profile cannot?).
+set -u
+OUT=${OUT:-/tmp/vstk_device_out}
+WHEELS=${1:-}
+OFFICIAL=${2:-}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/device.log") 2>&1
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+section() { echo "=== $1 (t = $(( $(date +%s) - start )) s)"; }
+
+section install
+if [ -n "$WHEELS" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site \
+    . examples/vstk-cut examples/vstk-nicegan
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi -L
+python3 -c "import torch, nnunetv2; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+python3 -m vstk plugins
+
+section phantom
+python3 -m vstk phantom /tmp/vstk_phantom --target-labels --no-png | tail -2
+
+section "translator speed, paper profile"
+official=()
+[ -n "$OFFICIAL" ] && official=(--official-cut "$OFFICIAL/cut" --official-qsattn "$OFFICIAL/qsattn")
+timeout 140 python3 benchmarks/translator_speed.py --profile paper --device cuda --steps 20 --rounds 1 \
+    --translators cyclegan,qsattn,cut,nicegan "${official[@]}" --json "$OUT/translator_speed.json"
+
+section "nnU-Net paper profile (3d_fullres) on labelled hrT2"
+timeout 150 python3 benchmarks/segmenter_ceiling.py --phantom /tmp/vstk_phantom --out /tmp/vstk_ceiling \
+    --profile paper --device cuda --set num_epochs=4 --set iterations_per_epoch=40 --json "$OUT/nnunet_paper.json"
+
+section "vstk run on CUDA, cpu-profile networks, larger budget"
+timeout 280 python3 -m vstk run --translators cyclegan,qsattn --profile cpu --device cuda --out /tmp/vstk_run \
+    --set steps=2000 --set decay_steps=2000 --set checkpoint_every=1000 --set sample_every=1000 \
+    --set nnunet.device=cuda --set nnunet.num_epochs=40 --set nnunet.self_training_epochs=20 \
+    --set nnunet.n_proc_da=8 --set nnunet.n_proc_preprocessing=8
+section "collect"
+(cd /tmp/vstk_run 2>/dev/null && tar czf "$OUT/run.tar.gz" evaluation.json report.md run.json vstk.log figures \
+    translators/*/losses.csv 2>/dev/null)
+section done
