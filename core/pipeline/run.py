@@ -28,7 +28,7 @@ from ..progress import progress_bar
 from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule
 from ..volume import write_nifti
 from . import stages
-from .components import configure, split_settings
+from .components import configure, route_device, split_settings
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
     labeler_cls = host.get("pseudo-labeler", options.pseudo_labeler)
     components = {**translator_classes, options.segmenter: segmenter_cls, options.pseudo_labeler: labeler_cls}
     routed = split_settings(dict(options.settings), components)
+    route_device(routed, components, options.device)
 
     data, test, test_labels = options.data, options.test, options.test_labels
     if data is None:

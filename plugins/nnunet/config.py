@@ -127,6 +127,11 @@ class NnUNetConfig:
             raise ConfigError(f"tile_step_size={self.tile_step_size} must be in (0, 1]")
         if self.initial_lr <= 0:
             raise ConfigError(f"initial_lr={self.initial_lr} must be positive")
+        if self.device == "cuda:0":
+            object.__setattr__(self, "device", "cuda")
+        if self.device is not None and self.device.startswith("cuda:"):
+            raise ConfigError(f"device={self.device!r}: nnU-Net always trains on the first visible GPU",
+                              fix=f"run with CUDA_VISIBLE_DEVICES={self.device[5:]} and device=cuda")
         if self.device is not None and self.device not in DEVICES:
             raise ConfigError(f"device={self.device!r} is not supported",
                               fix="use cpu, cuda or mps (pick a GPU with CUDA_VISIBLE_DEVICES)")
