@@ -44,7 +44,7 @@ def main() -> None:
                         help="translator work folder to reuse, e.g. a vstk run's OUT/translators [OUT/work]")
     args = parser.parse_args()
 
-    from vstk.crossmoda import discover, read_image
+    from vstk.crossmoda import discover, read_image, read_label
     from vstk.evaluation.metrics import psnr, ssim
     from vstk.translation.cli import translator_from_options
     from vstk.translation.data import head_mask, robust_normalisation
@@ -54,6 +54,7 @@ def main() -> None:
     targets = [read_image(c.hrT2) for c in folder.target]
     paired = discover(args.phantom / "paired")
     pairs = [(c.case_id, read_image(c.ceT1), read_image(c.hrT2)) for c in paired.source]
+    labels = {c.case_id: read_label(c.label).array for c in paired.source if c.label is not None}
 
     translated: dict[str, dict[str, np.ndarray]] = {"histmatch": {}}
     timing = {}
@@ -82,7 +83,7 @@ def main() -> None:
     rows = []
     per_case = {}
     for method, volumes in translated.items():
-        scores = {"psnr": [], "ssim": []}
+        scores = {"psnr": [], "ssim": [], "vs_bias": [], "cochlea_bias": []}
         for case, ce, t2 in pairs:
             truth = robust_normalisation(t2).forward(t2.array)
             mask = head_mask(t2.array) & coverage.get(case, np.ones(t2.shape, bool))
@@ -91,13 +92,22 @@ def main() -> None:
             scores["psnr"].append(psnr(pred, truth, 2.0, mask))
             scores["ssim"].append(ssim(pred, truth, 2.0, mask))
             per_case.setdefault(case, {})[method] = {"psnr": scores["psnr"][-1], "ssim": scores["ssim"][-1]}
+            for value, key in ((1, "vs_bias"), (2, "cochlea_bias")):
+                inside = (labels[case] == value) & mask if case in labels else None
+                if inside is not None and inside.any():
+                    scores[key].append(float(pred[inside].mean() - truth[inside].mean()))
+                    per_case[case][method][key] = scores[key][-1]
         rows.append({"method": method, "psnr_mean": float(np.mean(scores["psnr"])),
                      "psnr_std": float(np.std(scores["psnr"])), "ssim_mean": float(np.mean(scores["ssim"])),
-                     "ssim_std": float(np.std(scores["ssim"])), **timing.get(method, {})})
-    table = ["| method | PSNR (dB) | SSIM | train s | translate s/volume |", "|---|---|---|---|---|"]
+                     "ssim_std": float(np.std(scores["ssim"])), **timing.get(method, {}),
+                     **{key: float(np.mean(scores[key])) for key in ("vs_bias", "cochlea_bias") if scores[key]}})
+    table = ["| method | PSNR (dB) | SSIM | VS intensity bias | cochlea intensity bias | train s | translate s/volume |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(f"| {r['method']} | {r['psnr_mean']:.2f} +- {r['psnr_std']:.2f} | {r['ssim_mean']:.3f} +- "
-                     f"{r['ssim_std']:.3f} | {r.get('train_s', '-')} | {r.get('translate_s_per_volume', '-')} |")
+                     f"{r['ssim_std']:.3f} | {r.get('vs_bias', float('nan')):+.2f} | "
+                     f"{r.get('cochlea_bias', float('nan')):+.2f} | {r.get('train_s', '-')} | "
+                     f"{r.get('translate_s_per_volume', '-')} |")
     text = "\n".join(table)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
