@@ -234,16 +234,14 @@ class GradientAverager:
         self._handles = []
 
 
-def average_values(values: Mapping[str, float], world_size: int, device: torch.device) -> dict[str, float]:
-    """The mean of each value over the ranks (losses for the log); ``device`` is this rank's
-    (NCCL reduces CUDA tensors only)."""
-    import torch
+def average_tensor(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The mean of ``values`` over the ranks (the logged losses of one step, on this rank's
+    device: NCCL reduces CUDA tensors only); asynchronous on CUDA, the host does not wait."""
     import torch.distributed as dist
 
-    names = list(values)
-    buffer = torch.tensor([float(values[n]) for n in names], dtype=torch.float64, device=device)
-    dist.all_reduce(buffer)
-    return {n: float(v) / world_size for n, v in zip(names, buffer.tolist())}
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / world_size
 
 
 def check_same_step(step: int, path: Any, device: torch.device) -> None:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 LATEST = "latest.pt"
 FINAL = "translator.pt"
 LOSS_LOG = "losses.csv"
+#: Steps whose losses stay on the device before one copy writes them to losses.csv.
+LOSS_FLUSH_EVERY = 25
 
 
 class TrainableModel(Protocol):
@@ -48,8 +50,10 @@ class TrainableModel(Protocol):
     def setup(self, real_a: Tensor, real_b: Tensor, schedule: TrainSchedule) -> None:
         """Create optimisers (and data-dependent layers) from a first batch; called once."""
 
-    def train_step(self, real_a: Tensor, real_b: Tensor) -> dict[str, float]:
-        """One optimisation step on unpaired batches ``[B, 1, N, N]``; returns the losses."""
+    def train_step(self, real_a: Tensor, real_b: Tensor) -> dict[str, Tensor | float]:
+        """One optimisation step on unpaired batches ``[B, 1, N, N]``; returns the losses,
+        preferably as detached 0-dim tensors: ``.item()`` would make the host wait for the GPU
+        every step, while the loop copies the logged losses in blocks."""
 
     def translate(self, real_a: Tensor) -> Tensor:
         """ceT1 -> hrT2 for a batch, in inference mode."""
@@ -180,6 +184,54 @@ def _rank_rng(seed: int, rank: int) -> np.random.Generator:
     return np.random.default_rng(seed if rank == 0 else [seed, rank])
 
 
+class _LossLog:
+    """``losses.csv`` (rank 0) written in blocks: each step's losses stay on the device as one
+    small tensor (mean over the ranks under torch.distributed) until :meth:`flush` copies the
+    block to the host at once, so the host never waits for the GPU inside the block."""
+
+    def __init__(self, path: Path | None, step: int, device: torch.device, context: D.DistContext) -> None:
+        self.device, self.context = device, context
+        self.handle = None
+        self.header_written = True
+        if path is not None:
+            _truncate_log(path, step)
+            self.header_written = path.exists() and path.stat().st_size > 0
+            self.handle = open(path, "a", newline="", buffering=1)  # line-buffered: the log is live
+        self.writer = csv.writer(self.handle) if self.handle is not None else None
+        self.pending: list[tuple[int, float, Tensor]] = []
+        self.names: list[str] = []
+        self.last: dict[str, float] = {}
+
+    def add(self, step: int, lr: float, losses: dict[str, Tensor | float]) -> None:
+        self.names = list(losses)
+        row = torch.stack([value.detach().reshape(()).float().to(self.device) if isinstance(value, Tensor)
+                           else torch.tensor(float(value), device=self.device) for value in losses.values()])
+        if self.context.active:
+            row = D.average_tensor(row, self.context.world_size)
+        self.pending.append((step, lr, row))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([row for _, _, row in self.pending]).cpu().tolist()
+        if self.writer is not None:
+            if not self.header_written:
+                self.writer.writerow(["step", "lr", *self.names])
+                self.header_written = True
+            for (step, lr, _), row in zip(self.pending, values):
+                self.writer.writerow([step, f"{lr:.6g}", *(f"{v:.6g}" for v in row)])
+            self.handle.flush()
+        self.last = dict(zip(self.names, values[-1]))
+        self.pending.clear()
+
+    def message(self) -> str:
+        return " ".join(f"{k} {v:.3f}" for k, v in list(self.last.items())[:4])
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
 def _train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: Path, schedule: TrainSchedule,
            device: torch.device, meta: dict[str, Any], progress: ProgressFn | None, stop_after: int | None,
            context: D.DistContext) -> Path:
@@ -235,13 +287,7 @@ def _train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: P
         sync_buffers = D.norm_buffers(model.networks())
     total = schedule.total_steps
     end = total if stop_after is None else min(total, stop_after)
-    log_path = workdir / LOSS_LOG
-    writer_handle = None
-    if context.is_main:
-        _truncate_log(log_path, step)
-        writer_handle = open(log_path, "a", newline="", buffering=1)  # line-buffered: the log is live
-    writer = csv.writer(writer_handle) if writer_handle is not None else None
-    header_written = log_path.exists() and log_path.stat().st_size > 0
+    loss_log = _LossLog(workdir / LOSS_LOG if context.is_main else None, step, device, context)
 
     def rank_state() -> dict[str, Any]:
         return {"extra": model.extra_state(), "numpy_rng": json.dumps(rng.bit_generator.state),
@@ -270,28 +316,22 @@ def _train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: P
             losses = model.train_step(real_a, real_b)
             for sched in schedulers.values():
                 sched.step()
+            lr = next(iter(model.optimizers().values())).param_groups[0]["lr"]
             if sync_buffers:
                 D.broadcast_tensors(sync_buffers)
-            if context.active:
-                losses = D.average_values(losses, context.world_size, device)
             step += 1
-            if writer is not None:
-                if not header_written:
-                    writer.writerow(["step", "lr", *losses.keys()])
-                    header_written = True
-                lr = next(iter(model.optimizers().values())).param_groups[0]["lr"]
-                writer.writerow([step, f"{lr:.6g}", *(f"{v:.6g}" for v in losses.values())])
+            loss_log.add(step, lr, losses)
+            if step % LOSS_FLUSH_EVERY == 0 or step % schedule.checkpoint_every == 0 or step == total:
+                loss_log.flush()
             if step % schedule.checkpoint_every == 0 or step == total:
-                if writer_handle is not None:
-                    writer_handle.flush()
                 checkpoint()
             if context.is_main and (schedule.sample_every and step % schedule.sample_every == 0 or step == total):
                 _write_samples(model, source, target, workdir, step, device)
             if progress is not None and context.is_main:
-                progress(step, total, " ".join(f"{k} {v:.3f}" for k, v in list(losses.items())[:4]))
+                progress(step, total, loss_log.message())
     finally:
-        if writer_handle is not None:
-            writer_handle.close()
+        loss_log.flush()
+        loss_log.close()
         if averager is not None:
             averager.remove()
     seconds = time.perf_counter() - started

@@ -88,9 +88,9 @@ class CycleGANModel(ModelBase):
         loss_d_b = 0.5 * (self.gan_loss(n["D_B"](real_a), True) + self.gan_loss(n["D_B"](pooled_a), False))
         loss_d_b.backward()
         self._optimizers["D"].step()
-        return {"D_A": loss_d_a.item(), "G_A": loss_g_a.item(), "cycle_A": loss_cycle_a.item(),
-                "idt_A": loss_idt_a.item(), "D_B": loss_d_b.item(), "G_B": loss_g_b.item(),
-                "cycle_B": loss_cycle_b.item(), "idt_B": loss_idt_b.item()}
+        return {"D_A": loss_d_a.detach(), "G_A": loss_g_a.detach(), "cycle_A": loss_cycle_a.detach(),
+                "idt_A": loss_idt_a.detach(), "D_B": loss_d_b.detach(), "G_B": loss_g_b.detach(),
+                "cycle_B": loss_cycle_b.detach(), "idt_B": loss_idt_b.detach()}
 
     def extra_state(self) -> dict[str, Any]:
         return {"pool_fake_b": self.pool_fake_b.state_dict(), "pool_fake_a": self.pool_fake_a.state_dict()}

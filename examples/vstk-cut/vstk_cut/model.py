@@ -109,5 +109,5 @@ class CUTModel(ModelBase):
         (loss_gan + loss_nce_total).backward()
         self._optimizers["G"].step()
         self._optimizers["F"].step()
-        return {"D_real": loss_d_real.item(), "D_fake": loss_d_fake.item(), "G_GAN": loss_gan.item(),
-                "NCE": loss_nce.item(), "NCE_Y": loss_nce_y.item(), "flipped": float(flipped)}
+        return {"D_real": loss_d_real.detach(), "D_fake": loss_d_fake.detach(), "G_GAN": loss_gan.detach(),
+                "NCE": loss_nce.detach(), "NCE_Y": loss_nce_y.detach(), "flipped": float(flipped)}

@@ -123,5 +123,5 @@ class NiceGANModel(ModelBase):
         (loss_g_a + loss_g_b).backward()
         self._optimizers["G"].step()
         _set_requires_grad([n["dis_A"], n["dis_B"]], True)
-        return {"D_A": loss_d_a.item(), "D_B": loss_d_b.item(), "G_adv_A": adv_a.item(), "G_adv_B": adv_b.item(),
-                "cycle_A": cyc_a.item(), "cycle_B": cyc_b.item(), "recon_A": rec_a.item(), "recon_B": rec_b.item()}
+        return {"D_A": loss_d_a.detach(), "D_B": loss_d_b.detach(), "G_adv_A": adv_a.detach(), "G_adv_B": adv_b.detach(),
+                "cycle_A": cyc_a.detach(), "cycle_B": cyc_b.detach(), "recon_A": rec_a.detach(), "recon_B": rec_b.detach()}
