@@ -107,3 +107,22 @@ def test_reads_without_a_file_descriptor_go_through_read_direct_chunk(tmp_path, 
         assert reader._fd is None
         np.testing.assert_array_equal(reader.read(2), volume[2])
         np.testing.assert_array_equal(reader.read_all(threads=2), volume)
+
+
+def test_empty_slices_share_one_zero_stream_and_read_back(tmp_path, encoder):
+    labels = np.zeros((4, 40, 48), np.uint8)
+    labels[2, 10:20, 5:9] = 1
+    images = np.zeros((3, 40, 48), np.float32)
+    images[1] = -0.0  # not zero bytes: the sign bit is set, it must be stored as it is
+    path = tmp_path / "v.h5"
+    with h5py.File(path, "w") as f:
+        write_volume(f, "label", labels, Compression())
+        write_volume(f, "image", images, Compression())
+    with h5py.File(path, "r") as f:
+        chunks = [f["label"].id.read_direct_chunk((k, 0, 0))[1] for k in range(4)]
+        assert chunks[0] == chunks[1] == chunks[3] != chunks[2]
+        assert zlib.decompress(chunks[0]) == bytes(40 * 48)
+        np.testing.assert_array_equal(f["label"][...], labels)
+        stored = f["image"][...]
+        np.testing.assert_array_equal(stored.view(np.uint32), images.view(np.uint32))
+        np.testing.assert_array_equal(SliceReader(f["image"]).read(1).view(np.uint32), images[1].view(np.uint32))
