@@ -474,8 +474,9 @@ def run_method(plan: BenchPlan, method: Method, test_images: Callable[[], dict[s
 def _methods_in_processes(options: BenchOptions, methods: Sequence[Method]) -> None:
     """Run rows side by side, ``options.jobs`` worker processes ("spawn") at a time.
 
-    nnU-Net runs one job per process; on a CPU the cpu profile trains with one thread, so two
-    rows in two processes use two cores. Workers write the same stage markers as a serial run.
+    nnU-Net runs one job per process; each process gets cores / jobs torch threads (the cpu
+    profile's nnU-Net uses torch's default), so two rows on two cores use one thread each.
+    Workers write the same stage markers as a serial run.
     """
     import concurrent.futures
     import multiprocessing
@@ -515,6 +516,12 @@ def _method_worker(options: BenchOptions, name: str, log_file: Path | None) -> N
         handler.setLevel(logging.INFO)
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+    import torch
+
+    from .parallel import cpu_count
+
+    # the rows share the cores: a segmenter that uses torch's default threads gets its share
+    torch.set_num_threads(max(1, cpu_count() // options.jobs))
     options = dataclasses.replace(options, progress=False)
     plan = plan_bench(options, _host())
     method = next(m for m in plan.methods if m.name == name)

