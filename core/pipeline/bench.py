@@ -32,6 +32,7 @@ from ..crossmoda import discover, load_case, read_image
 from ..errors import ConfigError, InputError
 from ..plugins import PluginHost
 from ..progress import progress_bar
+from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
 from ..protocols import TrainingCase
 from ..volume import Volume, read_nifti, write_nifti
 from . import stages
@@ -88,6 +89,8 @@ class BenchOptions:
     device: str | None = None
     phantom_cases: int = 10
     phantom_seed: int = 0
+    ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
+    ear_size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
     jobs: int = 1
     progress: bool | None = None
 
@@ -236,7 +239,8 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
     run_options = RunOptions(out=options.out, translators=options.translators, data=data, test=test,
                              test_labels=test_labels, profile=options.profile, rounds=options.rounds,
                              segmenter=options.segmenter, pseudo_labeler=options.pseudo_labeler,
-                             settings=options.settings, device=options.device, progress=options.progress)
+                             settings=options.settings, device=options.device, progress=options.progress,
+                             ear_offset_mm=options.ear_offset_mm, ear_size_mm=options.ear_size_mm)
     run_plan = plan_run(run_options, host)
     assert run_plan.test is not None
 

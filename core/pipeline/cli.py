@@ -23,6 +23,37 @@ config_option = click.option("--config", "config_file", type=click.Path(dir_okay
 device_option = click.option("--device", default=None, help="cpu or cuda[:N] [cuda if available].")
 
 
+def _mm_triple(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3:
+        example = "44,40,34" if param.name == "ear_size" else "27,-6,2"
+        raise click.BadParameter(f"{value!r} is not three numbers in mm (x,y,z), e.g. {example}")
+    if param.name == "ear_size" and min(numbers) <= 0:
+        raise click.BadParameter(f"{value!r}: every size must be positive, e.g. 44,40,34")
+    return numbers  # type: ignore[return-value]
+
+
+def ear_options(command):
+    """``--ear-offset`` / ``--ear-size``: the boxes around the inner ears (vstk.roi.EarRule)."""
+    command = click.option("--ear-size", callback=_mm_triple, default=None, metavar="X,Y,Z",
+                           help="Size of each ear box in mm [44,40,34].")(command)
+    return click.option("--ear-offset", callback=_mm_triple, default=None, metavar="X,Y,Z",
+                        help="Centre of the right-hand ear box in mm from the field-of-view centre, along the "
+                             "image axes; the other ear is mirrored in x [27,-6,2, fitted to the phantom: "
+                             "set it for your site's protocol].")(command)
+
+
+def _ear_kwargs(ear_offset, ear_size) -> dict[str, Any]:
+    from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
+
+    return {"ear_offset_mm": ear_offset or DEFAULT_OFFSET_MM, "ear_size_mm": ear_size or DEFAULT_SIZE_MM}
+
+
 def collect_settings(settings: tuple[str, ...], config_file: Path | None) -> tuple[tuple[str, str], ...]:
     """``--config`` then ``--set`` (later wins) as ``(("name.key" | "key", value), ...)``."""
     from ..config import load_config_file, parse_overrides
@@ -182,12 +213,13 @@ def add_view_command(pool: Path, translators: str, data: Path, work: Path, profi
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--phantom-cases", type=click.IntRange(1, 500), default=10, show_default=True,
               help="Labelled cases of the phantom used without --data.")
+@ear_options
 @set_option
 @config_option
 @device_option
 def run_command(translators: str, data: Path | None, test: Path | None, test_labels: Path | None,
                 profile: str | None, rounds: int, segmenter: str, pseudo_labeler: str, out: Path,
-                phantom_cases: int, settings, config_file, device: str | None) -> None:
+                phantom_cases: int, ear_offset, ear_size, settings, config_file, device: str | None) -> None:
     """Translate, pool, train the segmenter, self-train, segment the test set, evaluate.
 
     Rerunning the same command resumes: finished stages are skipped and an interrupted one
@@ -202,7 +234,7 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
                              test_labels=test_labels, profile=_resolve_profile(profile, device), rounds=rounds,
                              segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                              settings=collect_settings(settings, config_file), device=device,
-                             phantom_cases=phantom_cases)
+                             phantom_cases=phantom_cases, **_ear_kwargs(ear_offset, ear_size))
         summary = run(options, _host())
     if "evaluate" in summary:
         for model, scores in summary["evaluate"].items():
@@ -234,15 +266,16 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
 @click.option("--phantom-cases", type=click.IntRange(2, 500), default=10, show_default=True,
               help="Labelled cases of the phantom used without --data.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Rows whose segmenters train side by side, one process each (the cpu profile's nnU-Net "
-                   "uses one thread: --jobs 2 on two cores).")
+              help="Rows whose segmenters train side by side, one process each, with cores / jobs "
+                   "threads each.")
+@ear_options
 @set_option
 @config_option
 @device_option
 def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, test: Path | None,
                   test_labels: Path | None, target_labels: Path | None, paired: Path | None, profile: str | None,
                   rounds: int, segmenter: str, pseudo_labeler: str, out: Path, phantom_cases: int, jobs: int,
-                  settings, config_file, device: str | None) -> None:
+                  ear_offset, ear_size, settings, config_file, device: str | None) -> None:
     """Benchmark translators alone and combined under one segmentation protocol.
 
     Rows: none (segmenter on raw ceT1: the floor), each translator, each --combos
@@ -261,7 +294,7 @@ def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, 
                            paired=paired, profile=_resolve_profile(profile, device), rounds=rounds,
                            segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                            settings=collect_settings(settings, config_file), device=device,
-                           phantom_cases=phantom_cases, jobs=jobs)
+                           phantom_cases=phantom_cases, jobs=jobs, **_ear_kwargs(ear_offset, ear_size))
     with log_to_file(out / "vstk.log"):
         data_out = bench(options, _host())
     for name, method in data_out["methods"].items():

@@ -35,16 +35,22 @@ def split_settings(settings: Mapping[str, str], components: Mapping[str, type]) 
     return routed
 
 
-def route_device(routed: dict[str, dict[str, str]], components: Mapping[str, type], device: str | None) -> None:
-    """Give ``--device`` to every component whose config has a ``device`` setting (the segmenter)
-    unless ``--set`` already chose one for it: ``vstk run --device cuda`` means the whole run."""
-    if device is None:
+def route_default(routed: dict[str, dict[str, str]], components: Mapping[str, type], key: str,
+                  value: str | None) -> None:
+    """Give a run-wide option (``--device``, ``--ear-offset``) to every component whose config
+    has ``key``, unless ``--set`` already chose a value for it."""
+    if value is None:
         return
     for name, cls in components.items():
         config_class = getattr(cls, "config_class", None)
         if (config_class is not None and dataclasses.is_dataclass(config_class)
-                and "device" in {f.name for f in dataclasses.fields(config_class)}):
-            routed[name].setdefault("device", device)
+                and key in {f.name for f in dataclasses.fields(config_class)}):
+            routed[name].setdefault(key, value)
+
+
+def route_device(routed: dict[str, dict[str, str]], components: Mapping[str, type], device: str | None) -> None:
+    """``vstk run --device cuda`` means the whole run: the segmenter's ``device`` too."""
+    route_default(routed, components, "device", device)
 
 
 def configure(cls: type, profile: str, overrides: Mapping[str, Any]) -> Any:

@@ -28,7 +28,7 @@ from ..progress import progress_bar
 from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule
 from ..volume import write_nifti
 from . import stages
-from .components import configure, route_device, split_settings
+from .components import configure, route_default, route_device, split_settings
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
     components = {**translator_classes, options.segmenter: segmenter_cls, options.pseudo_labeler: labeler_cls}
     routed = split_settings(dict(options.settings), components)
     route_device(routed, components, options.device)
+    if tuple(options.ear_offset_mm) != DEFAULT_OFFSET_MM:  # the translators' ear frames follow the boxes
+        route_default(routed, components, "ear_offset_mm", ",".join(str(v) for v in options.ear_offset_mm))
 
     data, test, test_labels = options.data, options.test, options.test_labels
     if data is None:
