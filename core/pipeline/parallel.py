@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from ..errors import VstkError
 from ..protocols import ProgressFn
+from ..resources import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,7 @@ class TranslatorJob:
 
 def cpu_count() -> int:
     """Cores this process may use (the affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _watch_parent(parent: int) -> None:

@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 
 from ..errors import ConfigError
+from ..resources import usable_cores
 
 CODECS = ("gzip", "lzf", "none")
 T = TypeVar("T")
@@ -90,11 +91,7 @@ DEFAULT_COMPRESSION = Compression("gzip", 1, True)
 
 def default_threads() -> int:
     """Threads for chunk (de)compression: the CPUs this process may use, at most 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
+    return min(8, usable_cores())
 
 
 @functools.lru_cache(maxsize=1)

@@ -47,6 +47,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from ..errors import ConfigError
+from ..resources import usable_cores
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it
     import torch
@@ -307,5 +308,5 @@ def launch(nproc: int, module_args: Sequence[str]) -> int:
     log.info("launching %d processes: %s", nproc, " ".join(command))
     # Each rank gets its share of the CPU threads unless the user chose a number.
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))
     return subprocess.run(command, env=env, check=False).returncode
