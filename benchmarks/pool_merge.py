@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -11,18 +11,17 @@ of several ranks (torchrun) the same loop trains data-parallel; see
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..protocols import ProgressFn
 from . import distributed as D
 from .checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint

@@ -8,7 +8,6 @@ gradients are the same.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import Tensor, nn
