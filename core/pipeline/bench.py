@@ -522,10 +522,10 @@ def _method_worker(options: BenchOptions, name: str, log_file: Path | None) -> N
         root.setLevel(logging.INFO)
     import torch
 
-    from .parallel import cpu_count
+    from ..resources import usable_cores
 
     # the rows share the cores: a segmenter that uses torch's default threads gets its share
-    torch.set_num_threads(max(1, cpu_count() // options.jobs))
+    torch.set_num_threads(max(1, usable_cores() // options.jobs))
     options = dataclasses.replace(options, progress=False)
     plan = plan_bench(options, _host())
     method = next(m for m in plan.methods if m.name == name)

@@ -48,11 +48,6 @@ def route_default(routed: dict[str, dict[str, str]], components: Mapping[str, ty
             routed[name].setdefault(key, value)
 
 
-def route_device(routed: dict[str, dict[str, str]], components: Mapping[str, type], device: str | None) -> None:
-    """``vstk run --device cuda`` means the whole run: the segmenter's ``device`` too."""
-    route_default(routed, components, "device", device)
-
-
 def configure(cls: type, profile: str, overrides: Mapping[str, Any]) -> Any:
     """The config of plugin class ``cls``: its profile (or defaults) with ``overrides``."""
     profiles = getattr(cls, "profiles", None)

@@ -54,11 +54,6 @@ class TranslatorJob:
         return 0  # counted in epochs over the slice set: unknown until the slices are cut
 
 
-def cpu_count() -> int:
-    """Cores this process may use (the affinity mask where the OS has one)."""
-    return usable_cores()
-
-
 def _watch_parent(parent: int) -> None:
     while True:
         if os.getppid() != parent:
@@ -110,7 +105,7 @@ def train_in_parallel(jobs: Sequence[TranslatorJob], *, workers: int | None = No
     Raises :class:`TranslatorTrainingError` naming the translator when a worker fails; the
     other workers are stopped (their checkpoints stay, so a rerun resumes them).
     """
-    cores = cpu_count()
+    cores = usable_cores()
     workers = max(1, min(workers or 2 * cores, len(jobs)))
     threads = max(1, cores // workers)
     context = multiprocessing.get_context("spawn")

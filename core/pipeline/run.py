@@ -28,7 +28,7 @@ from ..progress import progress_bar
 from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule
 from ..volume import write_nifti
 from . import stages
-from .components import configure, route_default, route_device, split_settings
+from .components import configure, route_default, split_settings
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,9 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
     labeler_cls = host.get("pseudo-labeler", options.pseudo_labeler)
     components = {**translator_classes, options.segmenter: segmenter_cls, options.pseudo_labeler: labeler_cls}
     routed = split_settings(dict(options.settings), components)
-    route_device(routed, components, options.device)
-    if tuple(options.ear_offset_mm) != DEFAULT_OFFSET_MM:  # the translators' ear frames follow the boxes
-        route_default(routed, components, "ear_offset_mm", ",".join(str(v) for v in options.ear_offset_mm))
+    route_default(routed, components, "device", options.device)  # --device cuda: the segmenter too
+    # the translators' ear frames follow the run's ear boxes
+    route_default(routed, components, "ear_offset_mm", ",".join(str(v) for v in options.ear_offset_mm))
 
     data, test, test_labels = options.data, options.test, options.test_labels
     if data is None:
@@ -241,12 +241,13 @@ def _train_translators_side_by_side(plan: Plan, show: bool | None) -> set[str]:
     (see :mod:`vstk.pipeline.parallel`); on a GPU, or for one translator, they train in turn
     in this process (the loop in :func:`run`). Returns the names trained here."""
     from ..translation.base import pick_device
-    from .parallel import TranslatorJob, cpu_count, train_in_parallel
+    from ..resources import usable_cores
+    from .parallel import TranslatorJob, train_in_parallel
 
     todo = [name for name in plan.translators
             if stages.stage_done(plan.state, f"translator-{name}") is None
             and not (plan.out / "translators" / name / "translator.pt").exists()]
-    if len(todo) < 2 or cpu_count() < 2 or pick_device(plan.options.device) != "cpu":
+    if len(todo) < 2 or usable_cores() < 2 or pick_device(plan.options.device) != "cpu":
         return set()
     sources = tuple(c.ceT1 for c in plan.train.source)
     targets = tuple(c.hrT2 for c in plan.train.target)

@@ -210,16 +210,18 @@ class _LossLog:
         self.pending.append((step, lr, row))
 
     def flush(self) -> None:
+        if self.writer is None:  # ranks other than 0 log nothing: no host copy
+            self.pending.clear()
+            return
         if not self.pending:
             return
         values = torch.stack([row for _, _, row in self.pending]).cpu().tolist()
-        if self.writer is not None:
-            if not self.header_written:
-                self.writer.writerow(["step", "lr", *self.names])
-                self.header_written = True
-            for (step, lr, _), row in zip(self.pending, values):
-                self.writer.writerow([step, f"{lr:.6g}", *(f"{v:.6g}" for v in row)])
-            self.handle.flush()
+        if not self.header_written:
+            self.writer.writerow(["step", "lr", *self.names])
+            self.header_written = True
+        for (step, lr, _), row in zip(self.pending, values):
+            self.writer.writerow([step, f"{lr:.6g}", *(f"{v:.6g}" for v in row)])
+        self.handle.flush()
         self.last = dict(zip(self.names, values[-1]))
         self.pending.clear()
 

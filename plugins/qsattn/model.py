@@ -8,7 +8,6 @@ gradients are the same.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from vstk.errors import ConfigError
-from vstk.pipeline.components import configure, route_default, route_device, split_settings
+from vstk.pipeline.components import configure, route_default, split_settings
 from vstk.plugins import load_plugins
 from vstk_nnunet.config import CPU
 
@@ -21,20 +21,20 @@ def components():
 
 def test_run_device_goes_to_the_segmenter_config(components):
     routed = split_settings({}, components)
-    route_device(routed, components, "cpu")
+    route_default(routed, components, "device", "cpu")
     assert routed == {"cyclegan": {}, "nnunet": {"device": "cpu"}, "all": {}}
     assert configure(components["nnunet"], "paper", routed["nnunet"]).device == "cpu"
 
 
 def test_an_explicit_segmenter_device_wins_over_run_device(components):
     routed = split_settings({"nnunet.device": "cpu"}, components)
-    route_device(routed, components, "cuda")
+    route_default(routed, components, "device", "cuda")
     assert routed["nnunet"] == {"device": "cpu"}
 
 
 def test_no_run_device_leaves_the_profile_device(components):
     routed = split_settings({}, components)
-    route_device(routed, components, None)
+    route_default(routed, components, "device", None)
     assert configure(components["nnunet"], "cpu", routed["nnunet"]).device == "cpu"
 
 
