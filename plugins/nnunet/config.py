@@ -42,6 +42,9 @@ class NnUNetConfig:
         save_every: epochs between ``checkpoint_latest.pth`` writes (what a killed run resumes from).
         initial_lr: SGD learning rate at epoch 0 (poly decay to 0 over ``num_epochs``).
         oversample_foreground: fraction of each batch centred on a foreground voxel, in [0, 1].
+        structure_intensity: probability, per labelled structure and training patch, of the
+            label-guided structure intensity augmentation (the structure gets a random mean
+            intensity and inner contrast; see ``vstk_nnunet.augmentation``); 0 = stock nnU-Net.
         warm_start: round r > 0 starts from round r-1's final weights instead of from scratch.
         seed: seeds python, numpy and torch at the start (and at every resume) of a round.
 
@@ -77,6 +80,7 @@ class NnUNetConfig:
     save_every: int = 50
     initial_lr: float = 1e-2
     oversample_foreground: float = 0.33
+    structure_intensity: float = 0.0
     features_base: int | None = None
     features_max: int | None = None
     batch_size: int | None = None
@@ -123,6 +127,9 @@ class NnUNetConfig:
                                   fix="e.g. patch_size=24x64x64 (3d_fullres) or patch_size=64x64 (2d)")
         if not 0.0 <= self.oversample_foreground <= 1.0:
             raise ConfigError(f"oversample_foreground={self.oversample_foreground} must be in [0, 1]")
+        if not 0.0 <= self.structure_intensity <= 1.0:
+            raise ConfigError(f"structure_intensity={self.structure_intensity} must be in [0, 1]",
+                              fix="e.g. structure_intensity=0.5, or 0 for stock nnU-Net augmentation")
         if not 0.0 < self.tile_step_size <= 1.0:
             raise ConfigError(f"tile_step_size={self.tile_step_size} must be in (0, 1]")
         if self.initial_lr <= 0:

@@ -95,13 +95,15 @@ class TrainerSettings:
     save_every: int
     initial_lr: float
     oversample_foreground: float
+    structure_intensity: float = 0.0
 
 
 class nnUNetTrainerVstk(nnUNetTrainer):
     """nnU-Net's trainer with vstk's loop lengths, safe and atomic checkpoints, and progress.
 
     Differences from ``nnUNetTrainer``: epochs, iterations, learning rate, foreground
-    oversampling and the checkpoint interval come from :meth:`apply_settings`; checkpoints are
+    oversampling, the checkpoint interval and the optional structure intensity augmentation
+    come from :meth:`apply_settings`; checkpoints are
     written to a temporary file and renamed (a kill never leaves a truncated one) and loaded
     with ``weights_only=True``; ``progress.png`` is drawn only when a checkpoint is written;
     each finished epoch is logged and reported to ``self.progress``.
@@ -112,6 +114,7 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         # same parameters as nnUNetTrainer: it records them by name for its checkpoints
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.progress: ProgressFn | None = None
+        self.structure_intensity = 0.0
         draw = self.logger.plot_progress_png
 
         def draw_at_checkpoints(output_folder: str) -> None:  # plotting costs ~1 s per epoch on a CPU
@@ -131,6 +134,17 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.save_every = settings.save_every
         self.initial_lr = settings.initial_lr
         self.oversample_foreground_percent = settings.oversample_foreground
+        self.structure_intensity = settings.structure_intensity
+
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, **kwargs):
+        """nnU-Net's training transforms, plus the label-guided structure intensity
+        augmentation when ``structure_intensity`` > 0 (see :mod:`vstk_nnunet.augmentation`)."""
+        from .augmentation import with_structure_intensity
+
+        transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
+                                                     mirror_axes, do_dummy_2d_data_aug, **kwargs)
+        return with_structure_intensity(transforms, self.label_manager.foreground_labels, self.structure_intensity)
 
     def save_checkpoint(self, filename: str) -> None:
         partial = f"{filename}.partial"

@@ -1,0 +1,105 @@
+"""Label-guided structure intensity augmentation for nnU-Net's training pipeline.
+
+Translators at small budgets get the target structures' intensity wrong: on the phantom the
+translated VS keeps ceT1's bright enhancement (real hrT2 shows it grey) and the cochlea stays
+as dark as the bone around it (real hrT2 shows it bright); see
+``benchmarks/translation_quality.py``. A segmenter trained on such views learns "VS = bright
+blob" and never learns the cochlea. CrossMoDA 2022 entries met the same gap with label-guided
+appearance changes of the translated images: random reduction of the tumour signal (Zhuang et
+al., 2022) and local contrast alteration of the tumour (generative blending augmentation,
+Sallé et al., 2023). This transform is the plain version of that idea for every labelled
+structure: with probability ``probability`` per structure and patch, the structure (its mask
+softened by one voxel) is given a random mean intensity between the patch's 1st and 99th
+percentile and its inner contrast is scaled by a random factor, so the segmenter has to find
+it by shape and context rather than by the translated brightness.
+
+Imports torch and batchgeneratorsv2: import only inside
+:func:`vstk_nnunet.environment.nnunet_environment`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from torch.nn import functional as F
+
+
+class StructureIntensityTransform(BasicTransform):
+    """Give labelled structures a random intensity and inner contrast (see the module docstring).
+
+    Works on one sample: ``image`` ``(C, *spatial)`` float, ``segmentation`` ``(1, *spatial)``
+    with 2 or 3 spatial axes, before nnU-Net's label cleanup (``-1`` padding is ignored).
+    Draws its random numbers from numpy's global generator, as nnU-Net's other transforms do,
+    so a seeded training run is repeatable.
+
+    Args:
+        labels: the label values to alter (e.g. 1 VS, 2 cochlea), each independently.
+        probability: chance that a given structure present in the patch is altered.
+        contrast: range of the factor on the structure's deviations from its own mean.
+        quantiles: patch intensity quantiles that bound the new mean.
+    """
+
+    def __init__(self, labels: Sequence[int], probability: float, contrast: tuple[float, float] = (0.5, 1.5),
+                 quantiles: tuple[float, float] = (0.01, 0.99)) -> None:
+        super().__init__()
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {probability}")
+        self.labels = tuple(int(v) for v in labels)
+        self.probability = float(probability)
+        self.contrast = (float(contrast[0]), float(contrast[1]))
+        self.quantiles = (float(quantiles[0]), float(quantiles[1]))
+
+    def apply(self, data_dict: dict, **params) -> dict:
+        image, segmentation = data_dict.get("image"), data_dict.get("segmentation")
+        if image is None or segmentation is None or self.probability == 0.0:
+            return data_dict
+        for label in self.labels:
+            if np.random.uniform() >= self.probability:
+                continue
+            mask = segmentation[0] == label
+            if not bool(mask.any()):
+                continue
+            weight = _soften(mask)
+            for channel in range(image.shape[0]):
+                image[channel] = self._recolour(image[channel], mask, weight)
+        return data_dict
+
+    def _recolour(self, values: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        sample = values.reshape(-1).float()
+        if sample.numel() > 1 << 20:  # quantile of a large 3D patch: a strided sample is enough
+            sample = sample[:: sample.numel() // (1 << 20) + 1]
+        low, high = torch.quantile(sample, torch.tensor(self.quantiles, dtype=sample.dtype)).tolist()
+        target = np.random.uniform(low, high)
+        scale = np.random.uniform(*self.contrast)
+        mean = values[mask].mean()
+        recoloured = target + scale * (values - mean)
+        return values + weight.to(values.dtype) * (recoloured - values)
+
+
+def _soften(mask: torch.Tensor) -> torch.Tensor:
+    """The mask as float weights, averaged over each voxel's 3^d neighbourhood (soft edges)."""
+    weight = mask.float()[None, None]
+    pool = F.avg_pool2d if mask.ndim == 2 else F.avg_pool3d
+    return pool(weight, kernel_size=3, stride=1, padding=1, count_include_pad=False)[0, 0]
+
+
+def with_structure_intensity(transforms, labels: Sequence[int], probability: float):
+    """Insert :class:`StructureIntensityTransform` into nnU-Net's composed training transforms,
+    right after the spatial transform (so the mask matches the patch) and before the intensity
+    transforms (noise, blur, brightness, contrast, gamma still act on top of it).
+    """
+    if probability <= 0.0:
+        return transforms
+    steps = transforms.transforms
+    names = [type(t).__name__ for t in steps]
+    if "SpatialTransform" not in names:
+        raise RuntimeError(f"nnU-Net's training transforms have no SpatialTransform ({names}): "
+                           "this nnU-Net version is not supported by structure_intensity")
+    at = names.index("SpatialTransform") + 1
+    if at < len(names) and names[at] == "Convert2DTo3DTransform":
+        at += 1
+    steps.insert(at, StructureIntensityTransform(labels, probability))
+    return transforms

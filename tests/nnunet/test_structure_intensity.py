@@ -1,0 +1,97 @@
+"""The label-guided structure intensity augmentation inside nnU-Net's real training transforms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from vstk.errors import ConfigError
+from vstk_nnunet import NnUNetConfig
+from vstk_nnunet.augmentation import StructureIntensityTransform, with_structure_intensity
+
+
+def _sample(shape=(48, 48), seed=0):
+    """A noisy patch with a bright disc (label 1) and a small dark square (label 2)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(0.0, 0.3, shape).astype(np.float32)
+    seg = np.zeros(shape, np.int16)
+    yy, xx = np.indices(shape[-2:])
+    disc = (yy - 20) ** 2 + (xx - 20) ** 2 <= 36
+    seg[..., disc] = 1
+    image[..., disc] += 3.0
+    seg[..., 35:39, 35:39] = 2
+    image[..., 35:39, 35:39] -= 1.0
+    seg[..., 0, :] = -1  # nnU-Net's padding outside the image
+    return {"image": torch.from_numpy(image)[None], "segmentation": torch.from_numpy(seg)[None]}
+
+
+def _ring(seg: np.ndarray, label: int) -> np.ndarray:
+    """Voxels within one voxel of the structure (its softened edge), the structure included."""
+    mask = seg == label
+    return ndimage.binary_dilation(mask, structure=np.ones((3,) * mask.ndim, bool))
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (6, 48, 48)])
+def test_altered_structures_get_a_new_mean_inside_the_patch_range_and_nothing_else_changes(shape):
+    np.random.seed(3)
+    before = _sample(shape)
+    original = before["image"].clone()
+    seg = before["segmentation"][0].numpy()
+    after = StructureIntensityTransform(labels=(1, 2), probability=1.0)(**{k: v.clone() for k, v in before.items()})
+    image = after["image"][0].numpy()
+    near = _ring(seg, 1) | _ring(seg, 2)
+    np.testing.assert_array_equal(image[~near], original[0].numpy()[~near])
+    low, high = np.quantile(original[0].numpy(), [0.01, 0.99])
+    for label in (1, 2):
+        old_mean, new_mean = original[0].numpy()[seg == label].mean(), image[seg == label].mean()
+        assert new_mean != pytest.approx(old_mean, abs=1e-3)
+        assert low - 0.05 <= new_mean <= high + 0.05
+    torch.testing.assert_close(after["segmentation"], before["segmentation"])  # labels untouched
+
+
+def test_probability_zero_changes_nothing_and_a_seeded_run_repeats():
+    sample = _sample()
+    untouched = StructureIntensityTransform((1, 2), 0.0)(**{k: v.clone() for k, v in sample.items()})
+    torch.testing.assert_close(untouched["image"], sample["image"])
+    outputs = []
+    for _ in range(2):
+        np.random.seed(11)
+        outputs.append(StructureIntensityTransform((1, 2), 0.5)(**{k: v.clone() for k, v in sample.items()})["image"])
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
+def test_half_the_patches_are_altered_at_probability_one_half():
+    np.random.seed(0)
+    sample = _sample()
+    transform = StructureIntensityTransform((1,), 0.5)
+    changed = sum(not torch.equal(transform(**{k: v.clone() for k, v in sample.items()})["image"], sample["image"])
+                  for _ in range(200))
+    assert 70 <= changed <= 130
+
+
+def test_it_runs_inside_nnunets_own_training_pipeline_after_the_spatial_transform():
+    patch = (40, 40)
+    stock = nnUNetTrainer.get_training_transforms(patch, (0.0, 0.0), None, (0, 1), False,
+                                                  foreground_labels=(1, 2))
+    composed = with_structure_intensity(stock, (1, 2), 1.0)
+    names = [type(t).__name__ for t in composed.transforms]
+    assert names[names.index("SpatialTransform") + 1] == "StructureIntensityTransform"
+    sample = _sample((48, 48))
+    np.random.seed(0)
+    out = composed(**sample)
+    assert out["image"].shape == (1, *patch) and torch.isfinite(out["image"]).all()
+    assert set(np.unique(out["segmentation"].numpy())) <= {0, 1, 2}
+    unchanged = nnUNetTrainer.get_training_transforms(patch, (0.0, 0.0), None, (0, 1), False,
+                                                      foreground_labels=(1, 2))
+    assert with_structure_intensity(unchanged, (1, 2), 0.0) is unchanged
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_a_probability_outside_zero_one_is_refused(value):
+    with pytest.raises(ConfigError, match="structure_intensity"):
+        NnUNetConfig(structure_intensity=value)
+    with pytest.raises(ValueError, match="probability"):
+        StructureIntensityTransform((1,), value)
