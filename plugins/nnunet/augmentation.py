@@ -56,27 +56,39 @@ class StructureIntensityTransform(BasicTransform):
         image, segmentation = data_dict.get("image"), data_dict.get("segmentation")
         if image is None or segmentation is None or self.probability == 0.0:
             return data_dict
+        bounds: list[tuple[float, float]] | None = None  # per channel, computed once when needed
         for label in self.labels:
             if np.random.uniform() >= self.probability:
                 continue
             mask = segmentation[0] == label
             if not bool(mask.any()):
                 continue
-            weight = _soften(mask)
-            for channel in range(image.shape[0]):
-                image[channel] = self._recolour(image[channel], mask, weight)
+            if bounds is None:
+                bounds = [self._range(image[c]) for c in range(image.shape[0])]
+            box = _bounding_box(mask)
+            inner, weight = mask[box], _soften(mask[box])
+            for channel, (low, high) in enumerate(bounds):
+                region = image[channel][box]
+                recoloured = np.random.uniform(low, high) + np.random.uniform(*self.contrast) * (
+                    region - region[inner].mean())
+                image[channel][box] = region + weight.to(region.dtype) * (recoloured - region)
         return data_dict
 
-    def _recolour(self, values: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _range(self, values: torch.Tensor) -> tuple[float, float]:
         sample = values.reshape(-1).float()
-        if sample.numel() > 1 << 20:  # quantile of a large 3D patch: a strided sample is enough
+        if sample.numel() > 1 << 20:  # quantiles of a large 3D patch: a strided sample is enough
             sample = sample[:: sample.numel() // (1 << 20) + 1]
         low, high = torch.quantile(sample, torch.tensor(self.quantiles, dtype=sample.dtype)).tolist()
-        target = np.random.uniform(low, high)
-        scale = np.random.uniform(*self.contrast)
-        mean = values[mask].mean()
-        recoloured = target + scale * (values - mean)
-        return values + weight.to(values.dtype) * (recoloured - values)
+        return low, high
+
+
+def _bounding_box(mask: torch.Tensor) -> tuple[slice, ...]:
+    """The mask's bounding box grown by two voxels, clipped to the patch: the softened edge
+    reaches one voxel out, and a second one keeps the averaging at that edge as on the whole
+    patch."""
+    where = torch.nonzero(mask)
+    low, high = where.min(dim=0).values.tolist(), where.max(dim=0).values.tolist()
+    return tuple(slice(max(a - 2, 0), min(b + 3, n)) for a, b, n in zip(low, high, mask.shape))
 
 
 def _soften(mask: torch.Tensor) -> torch.Tensor:

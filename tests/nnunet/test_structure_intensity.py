@@ -95,3 +95,18 @@ def test_a_probability_outside_zero_one_is_refused(value):
         NnUNetConfig(structure_intensity=value)
     with pytest.raises(ValueError, match="probability"):
         StructureIntensityTransform((1,), value)
+
+
+def test_the_result_is_the_soft_blend_of_the_recoloured_structure_computed_on_the_whole_patch():
+    sample = _sample((6, 40, 40))
+    image, seg = sample["image"][0].clone(), sample["segmentation"][0]
+    np.random.seed(5)
+    out = StructureIntensityTransform((1,), 1.0)(**{k: v.clone() for k, v in sample.items()})["image"][0]
+    np.random.seed(5)
+    np.random.uniform()  # the draw that decides whether the structure is altered
+    low, high = torch.quantile(image.reshape(-1), torch.tensor([0.01, 0.99])).tolist()
+    target, scale = np.random.uniform(low, high), np.random.uniform(0.5, 1.5)
+    mask = seg == 1
+    weight = torch.nn.functional.avg_pool3d(mask.float()[None, None], 3, 1, 1, count_include_pad=False)[0, 0]
+    expected = image + weight * (target + scale * (image - image[mask].mean()) - image)
+    torch.testing.assert_close(out, expected)
