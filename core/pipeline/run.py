@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -226,6 +227,7 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
         summary[f"segment-r{round_index}"] = _timed(plan, f"segment-r{round_index}", segment(round_index))
 
     if plan.test is not None:
+        _forget_predictions_of_other_rounds(plan)
         summary["predict"] = _timed(plan, "predict", lambda: predict_test(plan, show))
         if any(c.label for c in plan.test.target):
             from .report import evaluate_run, write_report
@@ -273,6 +275,21 @@ def prediction_rounds(plan: Plan) -> dict[int, Path]:
 def prediction_dirs(plan: Plan) -> dict[str, Path]:
     """:func:`prediction_rounds` keyed by the model names of the report (``"round 1"``)."""
     return {f"round {r}": folder for r, folder in prediction_rounds(plan).items()}
+
+
+def _forget_predictions_of_other_rounds(plan: Plan) -> None:
+    """A rerun with another ``--rounds`` predicts and scores the test images again (with the
+    new final round); folders of the old predictions that the new run does not write go."""
+    done = stages.stage_done(plan.state, "predict")
+    wanted = {str(k): str(v) for k, v in prediction_rounds(plan).items()}
+    if done is None or done.get("folders") == wanted:
+        return
+    log.info("the run now ends at round %d (the test predictions were of rounds %s): predicting again",
+             plan.options.rounds, ", ".join(sorted(done.get("folders", {}))) or "unknown")
+    for name in ("predict", "evaluate"):
+        (plan.state / f"{name}.json").unlink(missing_ok=True)
+    for folder in set(done.get("folders", {}).values()) - set(wanted.values()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:

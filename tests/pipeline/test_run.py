@@ -61,6 +61,12 @@ def test_run_end_to_end_then_resume_skips_finished_stages(phantom, tmp_path):
     assert log.count("already done") >= 7  # translators, pool, two rounds, predict, evaluate
     assert time.perf_counter() - started < 120
 
+    fewer = subprocess.run(vstk_run(phantom, out, "--rounds", "0"), capture_output=True, text=True, timeout=600)
+    assert fewer.returncode == 0, fewer.stderr[-3000:]
+    assert "predicting again" in (out / "vstk.log").read_text()
+    assert set(json.loads((out / "evaluation.json").read_text())["models"]) == {"round 0"}
+    assert not (out / "predictions_round0").exists() and (out / "predictions").is_dir()
+
 
 @pytest.mark.slow
 def test_run_killed_during_segmenter_training_resumes(phantom, tmp_path):
