@@ -179,12 +179,13 @@ def parse_combos(values: str | Iterable[str]) -> tuple[tuple[str, ...], ...]:
 def _phantom(options: BenchOptions) -> Path:
     """The benchmark's own phantom (with training hrT2 labels for the supervised row)."""
     from ..phantom import MANIFEST, PhantomConfig, generate_phantom
+    from ..resources import usable_cores
 
     root = options.out / "phantom"
     if not (root / MANIFEST).exists():
         log.info("generating phantom data in %s", root)
         generate_phantom(root, PhantomConfig(cases=options.phantom_cases, seed=options.phantom_seed,
-                                             target_labels=True))
+                                             target_labels=True), workers=usable_cores())
     return root
 
 

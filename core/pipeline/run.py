@@ -93,11 +93,13 @@ class Plan:
 
 def _phantom(options: RunOptions) -> Path:
     from ..phantom import PhantomConfig, generate_phantom
+    from ..resources import usable_cores
 
     root = options.out / "phantom"
     if not (root / "phantom.json").exists():
         log.info("generating phantom data in %s", root)
-        generate_phantom(root, PhantomConfig(cases=options.phantom_cases, seed=options.phantom_seed))
+        generate_phantom(root, PhantomConfig(cases=options.phantom_cases, seed=options.phantom_seed),
+                         workers=usable_cores())
     return root
 
 

@@ -36,8 +36,10 @@ class CycleGANConfig(TranslatorConfig):
 
 PAPER = CycleGANConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay_epochs=200,
                        ngf=64, n_blocks=9, checkpoint_every=5000, sample_every=5000)
-#: 96 x 96 slices at 0.55 mm around each ear, narrow networks, 450 + 450 steps: about 0.37 s a
-#: step on one core, 5-6 minutes with both translators side by side on 2 cores. Measured on
+#: 96 x 96 slices at 0.55 mm around each ear, narrow networks, 400 + 400 steps: about 0.4 s a
+#: step on one core, 5-6 minutes with both translators side by side on 2 cores (450 + 450
+#: until the segmenter's structure intensity augmentation and a slower day left `vstk run`
+#: at 16 minutes; the measurements below are of 900 steps). Measured on
 #: the phantom (benchmarks/translation_quality.py, CycleGAN, equal time): 96 px x 900 steps
 #: 11.3 dB PSNR / SSIM 0.29, 128 px at 0.41 mm x 600 steps 8.2 dB / 0.19 (histogram
 #: matching 8.2 dB / 0.08); 128 px x 1200 steps (twice the time) 13.0 dB / 0.32.
@@ -52,7 +54,7 @@ PAPER = CycleGANConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, dec
 #:   learnt its views, pseudo Dice 0.87, and found nothing on real hrT2).
 #: identity 0.5, 1800 steps (twice the time): 13.98 dB / 0.344, VS -0.08, two views round 0
 #:   VS Dice 0.087: after translation, Dice is not predicted by fidelity on this phantom.
-CPU = CycleGANConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=450, decay_steps=450, ngf=16,
+CPU = CycleGANConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=400, decay_steps=400, ngf=16,
                      n_blocks=6, ndf=32, checkpoint_every=150, sample_every=300, batch_size=1)
 
 
