@@ -139,7 +139,9 @@ def test_json_matches_markdown(bench_out):
         assert row[1:3] == [pm(scores["psnr"], 2), pm(scores["ssim"], 3)]
         assert -1.0 <= scores["ssim"]["mean"] <= 1.0 and len(scores["cases"]) == 2
     for row in fidelity[1:]:
-        assert float(row[3]) == pytest.approx(data["translators"][row[0]]["train_seconds"], abs=0.051)
+        seconds = data["translators"][row[0]]["train_seconds"]
+        # printed with 2, 1 or 0 decimals below 1 s, below 10 s and from 10 s on (a loaded machine)
+        assert float(row[3]) == pytest.approx(seconds, abs=0.51 if seconds >= 10 else 0.051)
     times = markdown_table(text, "## Time")
     assert [r[0] for r in times] == ROWS
     translators = data["translators"]
