@@ -103,10 +103,10 @@ class nnUNetTrainerVstk(nnUNetTrainer):
 
     Differences from ``nnUNetTrainer``: epochs, iterations, learning rate, foreground
     oversampling, the checkpoint interval and the optional structure intensity augmentation
-    come from :meth:`apply_settings`; checkpoints are
-    written to a temporary file and renamed (a kill never leaves a truncated one) and loaded
-    with ``weights_only=True``; ``progress.png`` is drawn only when a checkpoint is written;
-    each finished epoch is logged and reported to ``self.progress``.
+    come from :meth:`apply_settings`; checkpoints are written to a temporary file and renamed
+    (a kill never leaves a truncated one) and loaded with ``weights_only=True``;
+    ``progress.png`` is drawn only when a checkpoint is written; each finished epoch is logged
+    and reported to ``self.progress``.
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int | str, dataset_json: dict,
@@ -144,6 +144,9 @@ class nnUNetTrainerVstk(nnUNetTrainer):
 
         transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
                                                      mirror_axes, do_dummy_2d_data_aug, **kwargs)
+        if self.structure_intensity > 0:
+            log.info("structure intensity augmentation on: labels %s, probability %g",
+                     [int(v) for v in self.label_manager.foreground_labels], self.structure_intensity)
         return with_structure_intensity(transforms, self.label_manager.foreground_labels, self.structure_intensity)
 
     def save_checkpoint(self, filename: str) -> None:

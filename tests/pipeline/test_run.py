@@ -53,6 +53,7 @@ def test_run_end_to_end_then_resume_skips_finished_stages(phantom, tmp_path):
     for name in ("dice_boxplot", "translated_views", "test_contours"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
     assert "stage pool done" in (out / "vstk.log").read_text()
+    assert "structure intensity augmentation on: labels [1, 2], probability 1" in (out / "vstk.log").read_text()
 
     started = time.perf_counter()
     again = subprocess.run(vstk_run(phantom, out), capture_output=True, text=True, timeout=600)
