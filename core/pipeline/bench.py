@@ -32,8 +32,9 @@ from ..crossmoda import discover, load_case, read_image
 from ..errors import ConfigError, InputError
 from ..plugins import PluginHost
 from ..progress import progress_bar
-from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
 from ..protocols import TrainingCase
+from ..resources import usable_cores
+from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
 from ..volume import Volume, read_nifti, write_nifti
 from . import stages
 from .components import split_settings
@@ -179,7 +180,6 @@ def parse_combos(values: str | Iterable[str]) -> tuple[tuple[str, ...], ...]:
 def _phantom(options: BenchOptions) -> Path:
     """The benchmark's own phantom (with training hrT2 labels for the supervised row)."""
     from ..phantom import MANIFEST, PhantomConfig, generate_phantom
-    from ..resources import usable_cores
 
     root = options.out / "phantom"
     if not (root / MANIFEST).exists():
@@ -522,8 +522,6 @@ def _method_worker(options: BenchOptions, name: str, log_file: Path | None) -> N
         root.addHandler(handler)
         root.setLevel(logging.INFO)
     import torch
-
-    from ..resources import usable_cores
 
     # the rows share the cores: a segmenter that uses torch's default threads gets its share
     torch.set_num_threads(max(1, usable_cores() // options.jobs))

@@ -26,6 +26,7 @@ from ..crossmoda import DataFolder, discover, load_case, read_image
 from ..errors import ConfigError, InputError
 from ..plugins import PluginHost
 from ..progress import progress_bar
+from ..resources import usable_cores
 from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule
 from ..volume import write_nifti
 from . import stages
@@ -93,7 +94,6 @@ class Plan:
 
 def _phantom(options: RunOptions) -> Path:
     from ..phantom import PhantomConfig, generate_phantom
-    from ..resources import usable_cores
 
     root = options.out / "phantom"
     if not (root / "phantom.json").exists():
@@ -245,7 +245,6 @@ def _train_translators_side_by_side(plan: Plan, show: bool | None) -> set[str]:
     (see :mod:`vstk.pipeline.parallel`); on a GPU, or for one translator, they train in turn
     in this process (the loop in :func:`run`). Returns the names trained here."""
     from ..translation.base import pick_device
-    from ..resources import usable_cores
     from .parallel import TranslatorJob, train_in_parallel
 
     todo = [name for name in plan.translators

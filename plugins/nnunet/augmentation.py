@@ -5,9 +5,9 @@ translated VS keeps ceT1's bright enhancement (real hrT2 shows it grey) and the 
 as dark as the bone around it (real hrT2 shows it bright); see
 ``benchmarks/translation_quality.py``. A segmenter trained on such views learns "VS = bright
 blob" and never learns the cochlea. CrossMoDA 2022 entries met the same gap with label-guided
-appearance changes of the translated images: random reduction of the tumour signal (Zhuang et
-al., 2022) and local contrast alteration of the tumour (generative blending augmentation,
-Sallé et al., 2023). This transform is the plain version of that idea for every labelled
+appearance changes of the translated images: random reduction of the tumour signal
+(arXiv:2211.14986) and local contrast alteration of the tumour (generative blending
+augmentation, Sallé et al., arXiv:2304.01705). This transform is the plain version of that idea for every labelled
 structure: with probability ``probability`` per structure and patch, the structure (its mask
 softened by one voxel) is given a random mean intensity between the patch's 1st and 99th
 percentile and its inner contrast is scaled by a random factor, so the segmenter has to find
@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from torch.nn import functional as F
-
 
 _QUANTILE_SAMPLE = 4096  # voxels the patch quantiles are taken from (a 96 x 112 patch has 10752)
 
