@@ -12,6 +12,7 @@ from vstk.errors import ConfigError
 
 CONFIGURATIONS = ("3d_fullres", "2d")
 DEVICES = ("cpu", "cuda", "mps")
+CPU_PRECISIONS = ("fp32", "bf16", "auto")
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 
 
@@ -47,6 +48,11 @@ class NnUNetConfig:
             intensity and inner contrast; see ``vstk_nnunet.augmentation``); 0 = stock nnU-Net.
         warm_start: round r > 0 starts from round r-1's final weights instead of from scratch.
         seed: seeds python, numpy and torch at the start (and at every resume) of a round.
+        cpu_precision: arithmetic of training on a CPU: ``"fp32"`` (stock nnU-Net, which
+            turns autocast on for CUDA only), ``"bf16"`` (bfloat16 autocast for convolutions,
+            network and batches in channels-last layout; losses, weights and the optimiser stay
+            float32) or ``"auto"`` (bf16 where the CPU has bfloat16 matrix units, Intel AMX,
+            else fp32). Prediction always runs in float32. CUDA training is unaffected.
 
     Inference:
         mirroring: test-time mirroring (averages up to 8 flips; about 7x slower on CPU).
@@ -94,6 +100,7 @@ class NnUNetConfig:
     n_proc_preprocessing: int | None = None
     n_proc_da: int | None = None
     seed: int = 0
+    cpu_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.configuration not in CONFIGURATIONS:
@@ -130,6 +137,9 @@ class NnUNetConfig:
         if not 0.0 <= self.structure_intensity <= 1.0:
             raise ConfigError(f"structure_intensity={self.structure_intensity} must be in [0, 1]",
                               fix="e.g. structure_intensity=0.5, or 0 for stock nnU-Net augmentation")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ConfigError(f"cpu_precision={self.cpu_precision!r} is not supported",
+                              fix=f"use one of {', '.join(CPU_PRECISIONS)}")
         if not 0.0 < self.tile_step_size <= 1.0:
             raise ConfigError(f"tile_step_size={self.tile_step_size} must be in (0, 1]")
         if self.initial_lr <= 0:
@@ -162,11 +172,17 @@ class NnUNetConfig:
 #: every round trained from scratch.
 PAPER = NnUNetConfig()
 
-#: A narrow 2D U-Net (features 16..128) for the ear boxes on 2 CPU cores: 600 iterations of
-#: batch 12 in round 0, 250 more per warm-started self-training round, all cores (torch's
-#: default threads), fitting `vstk run`'s 15-minute budget, with the label-guided structure
-#: intensity augmentation (beyond the paper, whose nnU-Net is stock: ``paper`` keeps it off). nnU-Net itself plans batch 47 for
-#: the 2d ear crops: 3.7 s/iteration on one thread, against 0.8 s with batch 12.
+#: A narrow 2D U-Net (features 16..128) for the ear boxes on 2 CPU cores: 1000 iterations of
+#: batch 12 in round 0, 400 more per warm-started self-training round, all cores (torch's
+#: default threads), bfloat16 where the CPU has AMX, fitting `vstk run`'s 15-minute budget,
+#: with the label-guided structure intensity augmentation (beyond the paper, whose nnU-Net is
+#: stock: ``paper`` keeps it off). nnU-Net itself plans batch 47 for the 2d ear crops:
+#: 3.7 s/iteration on one thread, against 0.8 s with batch 12.
+#: bfloat16 (benchmarks/nnunet_precision_speed.py on a vstk run's round-0 pool, 2 threads, a
+#:   Sapphire Rapids CPU with AMX, whole training steps with loading and augmentation): float32
+#:   0.344 s/iteration, bfloat16 0.203 (ratio 1.67); the budget was 600 + 250 iterations in
+#:   float32. Without AMX, ``auto`` trains in float32 (1000 + 400 iterations then take about
+#:   1.6 times the time).
 #: Measured with benchmarks/segmenter_ceiling.py (nnU-Net trained on the LABELLED phantom hrT2
 #: ear crops, scored on the 5 test hrT2 as `vstk run` scores):
 #:   learning rate 0.03: nnU-Net's 0.01 is tuned for 250,000 iterations; after 300 iterations
@@ -195,8 +211,8 @@ PAPER = NnUNetConfig()
 #: cochlea 0.00 after 150; 3d f4-32 learnt nothing in 150.
 CPU = NnUNetConfig(
     configuration="2d",
-    num_epochs=24,
-    self_training_epochs=10,
+    num_epochs=40,
+    self_training_epochs=16,
     iterations_per_epoch=25,
     val_iterations_per_epoch=2,
     save_every=4,
@@ -212,6 +228,7 @@ CPU = NnUNetConfig(
     warm_start=True,
     n_proc_preprocessing=1,
     n_proc_da=0,
+    cpu_precision="auto",
 )
 
 PROFILES: dict[str, NnUNetConfig] = {"paper": PAPER, "cpu": CPU}

@@ -116,6 +116,27 @@ def resolve_device(config: NnUNetConfig, *, for_training: bool = True):  # -> to
     return torch.device(name)
 
 
+def cpu_has_bf16_matrix_units() -> bool:
+    """True when this CPU multiplies bfloat16 matrices natively (Intel AMX tiles).
+
+    Without them torch emulates bfloat16 convolutions, slower than float32.
+    """
+    import torch
+
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
+def trains_in_bf16(config: NnUNetConfig, device) -> bool:
+    """Whether training on ``device`` uses bfloat16 autocast (``config.cpu_precision``)."""
+    if device.type != "cpu" or config.cpu_precision == "fp32":
+        return False
+    return config.cpu_precision == "bf16" or cpu_has_bf16_matrix_units()
+
+
 @contextlib.contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
     """Use ``count`` torch intra-op threads while the block runs (None: leave torch's setting)."""

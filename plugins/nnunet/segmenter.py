@@ -26,6 +26,7 @@ from .environment import (
     refuse_in_worker_bootstrap,
     resolve_device,
     torch_threads,
+    trains_in_bf16,
 )
 from .errors import NotTrainedError
 from .layout import FINAL_CHECKPOINT, RESUME_CHECKPOINTS, RoundLayout, read_json, remove_round, round_layout
@@ -160,7 +161,7 @@ class NnUNetSegmenter:
             preprocessed=str(layout.preprocessed), configuration=name,
             settings=TrainerSettings(epochs, config.iterations_per_epoch, config.val_iterations_per_epoch,
                                      config.save_every, config.initial_lr, config.oversample_foreground,
-                                     config.structure_intensity),
+                                     config.structure_intensity, trains_in_bf16(config, device)),
             seed=config.seed + 1000 * layout.round_index,
             resume_from=None if resume is None else str(resume),
             warm_start_from=None if resume is not None or warm_start is None else str(warm_start))

@@ -96,14 +96,30 @@ class TrainerSettings:
     initial_lr: float
     oversample_foreground: float
     structure_intensity: float = 0.0
+    cpu_bf16: bool = False
+
+
+class _Float32Outputs(nn.Module):
+    """Runs a loss on float32 copies of the network's outputs (one tensor or a list)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, output, target):
+        if isinstance(output, (list, tuple)):
+            output = [o.float() for o in output]
+        else:
+            output = output.float()
+        return self.loss(output, target)
 
 
 class nnUNetTrainerVstk(nnUNetTrainer):
     """nnU-Net's trainer with vstk's loop lengths, safe and atomic checkpoints, and progress.
 
     Differences from ``nnUNetTrainer``: epochs, iterations, learning rate, foreground
-    oversampling, the checkpoint interval and the optional structure intensity augmentation
-    come from :meth:`apply_settings`; checkpoints are written to a temporary file and renamed
+    oversampling, the checkpoint interval, the optional structure intensity augmentation and
+    bfloat16 training on a CPU come from :meth:`apply_settings`; checkpoints are written to a temporary file and renamed
     (a kill never leaves a truncated one) and loaded with ``weights_only=True``;
     ``progress.png`` is drawn only when a checkpoint is written; each finished epoch is logged
     and reported to ``self.progress``.
@@ -115,6 +131,7 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.progress: ProgressFn | None = None
         self.structure_intensity = 0.0
+        self.cpu_bf16 = False
         draw = self.logger.plot_progress_png
 
         def draw_at_checkpoints(output_folder: str) -> None:  # plotting costs ~1 s per epoch on a CPU
@@ -135,6 +152,36 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.initial_lr = settings.initial_lr
         self.oversample_foreground_percent = settings.oversample_foreground
         self.structure_intensity = settings.structure_intensity
+        self.cpu_bf16 = settings.cpu_bf16 and self.device.type == "cpu"
+
+    def initialize(self) -> None:
+        """nnU-Net's initialisation; with ``cpu_bf16`` the network moves to channels-last
+        layout (oneDNN's fast path for bfloat16 convolutions) and the loss to float32 inputs."""
+        already = self.was_initialized
+        super().initialize()
+        if already or not self.cpu_bf16:
+            return
+        self.network.to(memory_format=self._memory_format())
+        self.loss = _Float32Outputs(self.loss)
+        log.info("training in bfloat16 on the CPU (autocast, channels-last; weights and losses float32)")
+
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last_3d if len(self.configuration_manager.patch_size) == 3 else torch.channels_last
+
+    def _bf16_batch(self, batch: dict) -> dict:
+        return dict(batch, data=batch["data"].contiguous(memory_format=self._memory_format()))
+
+    def train_step(self, batch: dict) -> dict:
+        if not self.cpu_bf16:
+            return super().train_step(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return super().train_step(self._bf16_batch(batch))
+
+    def validation_step(self, batch: dict) -> dict:
+        if not self.cpu_bf16:
+            return super().validation_step(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return super().validation_step(self._bf16_batch(batch))
 
     def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, **kwargs):

@@ -282,6 +282,80 @@ def test_self_training_round_1_warm_starts_in_its_own_folders(round0, held_out):
     assert np.mean(vs) > 0.5
 
 
+# -- bfloat16 training on a CPU ---------------------------------------------------------------
+def test_cpu_precision_is_validated_and_resolved_per_device():
+    from vstk_nnunet.environment import cpu_has_bf16_matrix_units, trains_in_bf16
+
+    with pytest.raises(ConfigError, match="cpu_precision='fp16'") as info:
+        NnUNetConfig(cpu_precision="fp16")
+    assert "fp32, bf16, auto" in str(info.value)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not trains_in_bf16(NnUNetConfig(), cpu)  # stock nnU-Net: float32 on a CPU
+    assert trains_in_bf16(NnUNetConfig(cpu_precision="bf16"), cpu)
+    assert trains_in_bf16(NnUNetConfig(cpu_precision="auto"), cpu) == cpu_has_bf16_matrix_units()
+    assert not trains_in_bf16(NnUNetConfig(cpu_precision="bf16"), cuda)  # CUDA keeps nnU-Net's fp16 autocast
+    assert NnUNetSegmenter.profile("cpu").cpu_precision == "auto" and NnUNetSegmenter.profile("paper").cpu_precision == "fp32"
+
+
+def _trainer_on(workdir: Path, bf16: bool):
+    """vstk's trainer on round 0's preprocessed data (as training builds it), initialised."""
+    from vstk_nnunet.environment import nnunet_environment
+    from vstk_nnunet.layout import FOLD, read_json
+    from vstk_nnunet.trainer import TrainerSettings, nnUNetTrainerVstk
+
+    preprocessed = workdir / "nnUNet_preprocessed" / "Dataset501_VSTK_round0"
+    plans = read_json(preprocessed / "nnUNetPlans.json")
+    plans["continue_training"] = False  # nnU-Net 2.8's trainer pops this key
+    name = next(n for n in plans["configurations"] if n.startswith("2d_"))
+    scratch = workdir.parent / f"trainer-bf16-{bf16}"  # its own results folder, round 0's data
+    scratch.mkdir(exist_ok=True)
+    if not (scratch / "nnUNet_preprocessed").exists():
+        (scratch / "nnUNet_preprocessed").symlink_to(workdir / "nnUNet_preprocessed")
+    with nnunet_environment(scratch, n_proc=1, n_proc_da=0):
+        trainer = nnUNetTrainerVstk(plans, name, FOLD, read_json(preprocessed / "dataset.json"), torch.device("cpu"))
+        trainer.apply_settings(TrainerSettings(1, 1, 1, 1, 0.03, 0.66, 0.0, cpu_bf16=bf16))
+        trainer.initialize()
+    return trainer
+
+
+@pytest.mark.slow
+def test_a_bf16_training_step_matches_float32_and_keeps_float32_weights(round0):
+    from vstk_nnunet.trainer import load_checkpoint_file, load_network_weights
+
+    weights = load_checkpoint_file(round0["segmenter"].final_checkpoint(0))
+    trainers = {bf16: _trainer_on(round0["workdir"], bf16) for bf16 in (False, True)}
+    for trainer in trainers.values():
+        load_network_weights(trainer.network, weights, "round 0")
+    first_conv = next(m for m in trainers[True].network.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.dtype == torch.float32 for p in trainers[True].network.parameters())
+
+    cases = training_cases(TRAIN_SEEDS[:1])
+    image = torch.from_numpy(cases[0].image.array[12:13][None].astype(np.float32))  # [1 case, 1 channel, y, x]
+    image = (image - image.mean()) / image.std()
+    label = torch.from_numpy(cases[0].label.array[12:13][None].astype(np.float32))
+    batch = {"data": image.repeat(2, 1, 1, 1), "target": None}
+    losses, changes, conv_dtypes = {}, {}, {}
+    for bf16, trainer in trainers.items():
+        # deep supervision targets at the network's output scales, nearest neighbour
+        with torch.no_grad():
+            outputs = trainer.network(batch["data"])
+        targets = [torch.nn.functional.interpolate(label.repeat(2, 1, 1, 1), size=o.shape[2:], mode="nearest")
+                   for o in outputs]
+        before = [p.detach().clone() for p in trainer.network.parameters()]
+        conv = next(m for m in trainer.network.modules() if isinstance(m, torch.nn.Conv2d))
+        hook = conv.register_forward_hook(lambda module, args, out, bf16=bf16: conv_dtypes.update({bf16: out.dtype}))
+        losses[bf16] = float(trainer.train_step(dict(batch, target=targets))["loss"])
+        hook.remove()
+        changes[bf16] = torch.cat([(p.detach() - b).flatten() for p, b in zip(trainer.network.parameters(), before)])
+    print(f"one step from round 0's weights: loss float32 {losses[False]:.6f}, bf16 {losses[True]:.6f}, update cosine "
+          f"{torch.nn.functional.cosine_similarity(changes[True], changes[False], dim=0):.4f}")
+    assert conv_dtypes == {False: torch.float32, True: torch.bfloat16}
+    assert np.isfinite(losses[True]) and abs(losses[True] - losses[False]) < 0.05 * abs(losses[False]) + 0.01
+    cosine = torch.nn.functional.cosine_similarity(changes[True], changes[False], dim=0)
+    assert cosine > 0.9, f"the bf16 update points elsewhere than the float32 one (cosine {cosine:.3f})"
+
+
 # -- resume and lock -------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_killed_training_resumes_from_its_latest_checkpoint_and_holds_the_lock(tmp_path):
