@@ -19,7 +19,7 @@ Imports torch and batchgeneratorsv2: import only inside
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,10 +42,13 @@ class StructureIntensityTransform(BasicTransform):
         probability: chance that a given structure present in the patch is altered.
         contrast: range of the factor on the structure's deviations from its own mean.
         quantiles: patch intensity quantiles that bound the new mean.
+        upper_quantiles: a lower upper bound for some labels, e.g. ``{1: 0.75}`` keeps the VS
+            below the brightest quarter of the patch (fluid on hrT2), as the tumour is there.
     """
 
     def __init__(self, labels: Sequence[int], probability: float, contrast: tuple[float, float] = (0.5, 1.5),
-                 quantiles: tuple[float, float] = (0.01, 0.99)) -> None:
+                 quantiles: tuple[float, float] = (0.01, 0.99),
+                 upper_quantiles: Mapping[int, float] | None = None) -> None:
         super().__init__()
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"probability must be in [0, 1], got {probability}")
@@ -53,12 +56,19 @@ class StructureIntensityTransform(BasicTransform):
         self.probability = float(probability)
         self.contrast = (float(contrast[0]), float(contrast[1]))
         self.quantiles = (float(quantiles[0]), float(quantiles[1]))
+        self.upper = {int(k): float(v) for k, v in (upper_quantiles or {}).items()}
+        for label, upper in self.upper.items():
+            if not self.quantiles[0] < upper <= self.quantiles[1]:
+                raise ValueError(f"upper quantile {upper} of label {label} must be in "
+                                 f"({self.quantiles[0]}, {self.quantiles[1]}]")
+        # every quantile any label needs, taken in one pass over the patch
+        self._levels = sorted({*self.quantiles, *self.upper.values()})
 
     def apply(self, data_dict: dict, **params) -> dict:
         image, segmentation = data_dict.get("image"), data_dict.get("segmentation")
         if image is None or segmentation is None or self.probability == 0.0:
             return data_dict
-        bounds: list[tuple[float, float]] | None = None  # per channel, computed once when needed
+        levels: list[dict[float, float]] | None = None  # per channel, computed once when needed
         for label in self.labels:
             if np.random.uniform() >= self.probability:
                 continue
@@ -66,22 +76,24 @@ class StructureIntensityTransform(BasicTransform):
             box = _bounding_box(mask)
             if box is None:
                 continue
-            if bounds is None:
-                bounds = [self._range(image[c]) for c in range(image.shape[0])]
+            if levels is None:
+                levels = [self._levels_of(image[c]) for c in range(image.shape[0])]
             inner, weight = mask[box], _soften(mask[box])
-            for channel, (low, high) in enumerate(bounds):
+            upper = self.upper.get(label, self.quantiles[1])
+            for channel, level in enumerate(levels):
+                low, high = level[self.quantiles[0]], level[upper]
                 region = image[channel][box]
                 recoloured = np.random.uniform(low, high) + np.random.uniform(*self.contrast) * (
                     region - region[inner].mean())
                 image[channel][box] = region + weight.to(region.dtype) * (recoloured - region)
         return data_dict
 
-    def _range(self, values: torch.Tensor) -> tuple[float, float]:
+    def _levels_of(self, values: torch.Tensor) -> dict[float, float]:
         sample = values.reshape(-1).float()
         if sample.numel() > _QUANTILE_SAMPLE:  # the bounds of a random draw: a strided sample will do
             sample = sample[:: sample.numel() // _QUANTILE_SAMPLE + 1]
-        low, high = torch.quantile(sample, torch.tensor(self.quantiles, dtype=sample.dtype)).tolist()
-        return low, high
+        found = torch.quantile(sample, torch.tensor(self._levels, dtype=sample.dtype)).tolist()
+        return dict(zip(self._levels, found))
 
 
 def _bounding_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
@@ -102,7 +114,8 @@ def _soften(mask: torch.Tensor) -> torch.Tensor:
     return pool(weight, kernel_size=3, stride=1, padding=1, count_include_pad=False)[0, 0]
 
 
-def with_structure_intensity(transforms, labels: Sequence[int], probability: float):
+def with_structure_intensity(transforms, labels: Sequence[int], probability: float,
+                             upper_quantiles: Mapping[int, float] | None = None):
     """Insert :class:`StructureIntensityTransform` into nnU-Net's composed training transforms,
     right after the spatial transform (so the mask matches the patch) and before the intensity
     transforms (noise, blur, brightness, contrast, gamma still act on top of it).
@@ -117,5 +130,5 @@ def with_structure_intensity(transforms, labels: Sequence[int], probability: flo
     at = names.index("SpatialTransform") + 1
     if at < len(names) and names[at] == "Convert2DTo3DTransform":
         at += 1
-    steps.insert(at, StructureIntensityTransform(labels, probability))
+    steps.insert(at, StructureIntensityTransform(labels, probability, upper_quantiles=upper_quantiles))
     return transforms

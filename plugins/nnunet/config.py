@@ -46,6 +46,10 @@ class NnUNetConfig:
         structure_intensity: probability, per labelled structure and training patch, of the
             label-guided structure intensity augmentation (the structure gets a random mean
             intensity and inner contrast; see ``vstk_nnunet.augmentation``); 0 = stock nnU-Net.
+        structure_intensity_vs_max: upper bound of the VS's new mean intensity in that
+            augmentation, as a quantile of the patch (the others use 0.99). Below 0.99 it keeps
+            the tumour out of the brightest part of the patch, where fluid (CSF, the internal
+            auditory canal) lies on hrT2, while the translated views keep ceT1's bright tumour.
         warm_start: round r > 0 starts from round r-1's final weights instead of from scratch.
         seed: seeds python, numpy and torch at the start (and at every resume) of a round.
         cpu_precision: arithmetic of training on a CPU: ``"fp32"`` (stock nnU-Net, which
@@ -87,6 +91,7 @@ class NnUNetConfig:
     initial_lr: float = 1e-2
     oversample_foreground: float = 0.33
     structure_intensity: float = 0.0
+    structure_intensity_vs_max: float = 0.99
     features_base: int | None = None
     features_max: int | None = None
     batch_size: int | None = None
@@ -140,6 +145,9 @@ class NnUNetConfig:
         if self.cpu_precision not in CPU_PRECISIONS:
             raise ConfigError(f"cpu_precision={self.cpu_precision!r} is not supported",
                               fix=f"use one of {', '.join(CPU_PRECISIONS)}")
+        if not 0.01 < self.structure_intensity_vs_max <= 0.99:
+            raise ConfigError(f"structure_intensity_vs_max={self.structure_intensity_vs_max} must be in (0.01, 0.99]",
+                              fix="e.g. structure_intensity_vs_max=0.75, or 0.99 for the full patch range")
         if not 0.0 < self.tile_step_size <= 1.0:
             raise ConfigError(f"tile_step_size={self.tile_step_size} must be in (0, 1]")
         if self.initial_lr <= 0:

@@ -161,7 +161,8 @@ class NnUNetSegmenter:
             preprocessed=str(layout.preprocessed), configuration=name,
             settings=TrainerSettings(epochs, config.iterations_per_epoch, config.val_iterations_per_epoch,
                                      config.save_every, config.initial_lr, config.oversample_foreground,
-                                     config.structure_intensity, trains_in_bf16(config, device)),
+                                     config.structure_intensity, trains_in_bf16(config, device),
+                                     config.structure_intensity_vs_max),
             seed=config.seed + 1000 * layout.round_index,
             resume_from=None if resume is None else str(resume),
             warm_start_from=None if resume is not None or warm_start is None else str(warm_start))

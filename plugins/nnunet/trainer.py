@@ -25,6 +25,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from vstk.errors import CheckpointError
+from vstk.labels import VS as VS_LABEL
 from vstk.protocols import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class TrainerSettings:
     oversample_foreground: float
     structure_intensity: float = 0.0
     cpu_bf16: bool = False
+    structure_intensity_vs_max: float = 0.99
 
 
 class _Float32Outputs(nn.Module):
@@ -131,6 +133,7 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.progress: ProgressFn | None = None
         self.structure_intensity = 0.0
+        self.structure_intensity_vs_max = 0.99
         self.cpu_bf16 = False
         draw = self.logger.plot_progress_png
 
@@ -152,14 +155,14 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.initial_lr = settings.initial_lr
         self.oversample_foreground_percent = settings.oversample_foreground
         self.structure_intensity = settings.structure_intensity
+        self.structure_intensity_vs_max = settings.structure_intensity_vs_max
         self.cpu_bf16 = settings.cpu_bf16 and self.device.type == "cpu"
 
     def initialize(self) -> None:
         """nnU-Net's initialisation; with ``cpu_bf16`` the network moves to channels-last
         layout (oneDNN's fast path for bfloat16 convolutions) and the loss to float32 inputs."""
-        already = self.was_initialized
-        super().initialize()
-        if already or not self.cpu_bf16:
+        super().initialize()  # raises when called twice
+        if not self.cpu_bf16:
             return
         self.network.to(memory_format=self._memory_format())
         self.loss = _Float32Outputs(self.loss)
@@ -191,10 +194,13 @@ class nnUNetTrainerVstk(nnUNetTrainer):
 
         transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
                                                      mirror_axes, do_dummy_2d_data_aug, **kwargs)
+        upper = {VS_LABEL: self.structure_intensity_vs_max} if self.structure_intensity_vs_max < 0.99 else None
         if self.structure_intensity > 0:
-            log.info("structure intensity augmentation on: labels %s, probability %g",
-                     [int(v) for v in self.label_manager.foreground_labels], self.structure_intensity)
-        return with_structure_intensity(transforms, self.label_manager.foreground_labels, self.structure_intensity)
+            log.info("structure intensity augmentation on: labels %s, probability %g%s",
+                     [int(v) for v in self.label_manager.foreground_labels], self.structure_intensity,
+                     "" if upper is None else f", VS mean below the patch's {self.structure_intensity_vs_max:g} quantile")
+        return with_structure_intensity(transforms, self.label_manager.foreground_labels, self.structure_intensity,
+                                        upper)
 
     def save_checkpoint(self, filename: str) -> None:
         partial = f"{filename}.partial"

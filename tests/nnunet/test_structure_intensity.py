@@ -111,3 +111,26 @@ def test_the_result_is_the_soft_blend_of_the_recoloured_structure_computed_on_th
     weight = torch.nn.functional.avg_pool3d(mask.float()[None, None], 3, 1, 1, count_include_pad=False)[0, 0]
     expected = image + weight * (target + scale * (image - image[mask].mean()) - image)
     torch.testing.assert_close(out, expected)
+
+
+def test_a_label_with_a_lower_upper_quantile_stays_below_it_and_the_others_keep_the_full_range():
+    sample = _sample((48, 48))
+    original = sample["image"][0].numpy()
+    seg = sample["segmentation"][0].numpy()
+    low, cap, high = np.quantile(original, [0.01, 0.5, 0.99])
+    transform = StructureIntensityTransform((1, 2), 1.0, upper_quantiles={1: 0.5})
+    np.random.seed(0)
+    # inside the softened edge (weight 1) a structure's mean is its drawn mean, up to noise
+    inner = {label: ndimage.binary_erosion(seg == label, structure=np.ones((3, 3), bool)) for label in (1, 2)}
+    vs_means, cochlea_means = [], []
+    for _ in range(200):
+        image = transform(**{k: v.clone() for k, v in sample.items()})["image"][0].numpy()
+        vs_means.append(image[inner[1]].mean())
+        cochlea_means.append(image[inner[2]].mean())
+    # the VS's new means spread over [1st percentile, median]; the cochlea's up to the 99th
+    assert low - 0.1 <= min(vs_means) and max(vs_means) <= cap + 0.1
+    assert max(vs_means) > cap - 0.3 * (cap - low) and max(cochlea_means) > cap + 0.5 * (high - cap)
+    with pytest.raises(ValueError, match="upper quantile 0.005 of label 1"):
+        StructureIntensityTransform((1,), 1.0, upper_quantiles={1: 0.005})
+    with pytest.raises(ConfigError, match="structure_intensity_vs_max=1.5"):
+        NnUNetConfig(structure_intensity_vs_max=1.5)
