@@ -121,10 +121,10 @@ class nnUNetTrainerVstk(nnUNetTrainer):
 
     Differences from ``nnUNetTrainer``: epochs, iterations, learning rate, foreground
     oversampling, the checkpoint interval, the optional structure intensity augmentation and
-    bfloat16 training on a CPU come from :meth:`apply_settings`; checkpoints are written to a temporary file and renamed
-    (a kill never leaves a truncated one) and loaded with ``weights_only=True``;
-    ``progress.png`` is drawn only when a checkpoint is written; each finished epoch is logged
-    and reported to ``self.progress``.
+    bfloat16 training on a CPU come from :meth:`apply_settings`; checkpoints are written to a
+    temporary file and renamed (a kill never leaves a truncated one) and loaded with
+    ``weights_only=True``; ``progress.png`` is drawn only when a checkpoint is written; each
+    finished epoch is logged and reported to ``self.progress``.
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int | str, dataset_json: dict,
@@ -194,11 +194,12 @@ class nnUNetTrainerVstk(nnUNetTrainer):
 
         transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
                                                      mirror_axes, do_dummy_2d_data_aug, **kwargs)
-        upper = {VS_LABEL: self.structure_intensity_vs_max} if self.structure_intensity_vs_max < 0.99 else None
+        vs_max = self.structure_intensity_vs_max
+        upper = {VS_LABEL: vs_max} if vs_max < 0.99 else None
         if self.structure_intensity > 0:
             log.info("structure intensity augmentation on: labels %s, probability %g%s",
                      [int(v) for v in self.label_manager.foreground_labels], self.structure_intensity,
-                     "" if upper is None else f", VS mean below the patch's {self.structure_intensity_vs_max:g} quantile")
+                     "" if upper is None else f", VS mean below the patch's {vs_max:g} quantile")
         return with_structure_intensity(transforms, self.label_manager.foreground_labels, self.structure_intensity,
                                         upper)
 

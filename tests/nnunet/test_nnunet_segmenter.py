@@ -294,7 +294,8 @@ def test_cpu_precision_is_validated_and_resolved_per_device():
     assert trains_in_bf16(NnUNetConfig(cpu_precision="bf16"), cpu)
     assert trains_in_bf16(NnUNetConfig(cpu_precision="auto"), cpu) == cpu_has_bf16_matrix_units()
     assert not trains_in_bf16(NnUNetConfig(cpu_precision="bf16"), cuda)  # CUDA keeps nnU-Net's fp16 autocast
-    assert NnUNetSegmenter.profile("cpu").cpu_precision == "auto" and NnUNetSegmenter.profile("paper").cpu_precision == "fp32"
+    assert NnUNetSegmenter.profile("cpu").cpu_precision == "auto"
+    assert NnUNetSegmenter.profile("paper").cpu_precision == "fp32"
 
 
 def _trainer_on(workdir: Path, bf16: bool):
