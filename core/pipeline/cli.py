@@ -213,13 +213,17 @@ def add_view_command(pool: Path, translators: str, data: Path, work: Path, profi
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--phantom-cases", type=click.IntRange(1, 500), default=10, show_default=True,
               help="Labelled cases of the phantom used without --data.")
+@click.option("--keep-largest-vs", is_flag=True, default=False,
+              help="Post-process the test predictions: keep only the largest connected VS component "
+                   "(one tumour per patient); off by default, as in the paper.")
 @ear_options
 @set_option
 @config_option
 @device_option
 def run_command(translators: str, data: Path | None, test: Path | None, test_labels: Path | None,
                 profile: str | None, rounds: int, segmenter: str, pseudo_labeler: str, out: Path,
-                phantom_cases: int, ear_offset, ear_size, settings, config_file, device: str | None) -> None:
+                phantom_cases: int, keep_largest_vs: bool, ear_offset, ear_size, settings, config_file,
+                device: str | None) -> None:
     """Translate, pool, train the segmenter, self-train, segment the test set, evaluate.
 
     Rerunning the same command resumes: finished stages are skipped and an interrupted one
@@ -234,7 +238,8 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
                              test_labels=test_labels, profile=_resolve_profile(profile, device), rounds=rounds,
                              segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                              settings=collect_settings(settings, config_file), device=device,
-                             phantom_cases=phantom_cases, **_ear_kwargs(ear_offset, ear_size))
+                             phantom_cases=phantom_cases, keep_largest_vs=keep_largest_vs,
+                             **_ear_kwargs(ear_offset, ear_size))
         summary = run(options, _host())
     if "evaluate" in summary:
         for model, scores in summary["evaluate"].items():

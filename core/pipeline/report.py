@@ -68,7 +68,8 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
         f"Profile `{plan.options.profile}`, segmenter `{plan.options.segmenter}`, pseudo-labeler "
         f"`{plan.options.pseudo_labeler}`, {plan.options.rounds} self-training round(s); "
         f"{len(plan.train.source)} labelled ceT1, {len(plan.train.target)} unlabelled hrT2, "
-        f"{len(plan.test.target)} test hrT2.",
+        f"{len(plan.test.target)} test hrT2"
+        f"{'; test predictions keep only their largest VS component' if plan.options.keep_largest_vs else ''}.",
         "",
         "## Test set (mean +- std over cases)",
         "",

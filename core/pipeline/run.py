@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from ..crossmoda import DataFolder, discover, load_case, read_image
 from ..errors import ConfigError, InputError
+from ..labels import VS
 from ..plugins import PluginHost
 from ..progress import progress_bar
 from ..resources import usable_cores
@@ -54,6 +55,7 @@ class RunOptions:
     phantom_seed: int = 0
     ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
     ear_size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
+    keep_largest_vs: bool = False
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -229,7 +231,7 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
         summary[f"segment-r{round_index}"] = _timed(plan, f"segment-r{round_index}", segment(round_index))
 
     if plan.test is not None:
-        _forget_predictions_of_other_rounds(plan)
+        _forget_outdated_predictions(plan)
         summary["predict"] = _timed(plan, "predict", lambda: predict_test(plan, show))
         if any(c.label for c in plan.test.target):
             from .report import evaluate_run, write_report
@@ -278,19 +280,43 @@ def prediction_dirs(plan: Plan) -> dict[str, Path]:
     return {f"round {r}": folder for r, folder in prediction_rounds(plan).items()}
 
 
-def _forget_predictions_of_other_rounds(plan: Plan) -> None:
-    """A rerun with another ``--rounds`` predicts and scores the test images again (with the
-    new final round); folders of the old predictions that the new run does not write go."""
+def _forget_outdated_predictions(plan: Plan) -> None:
+    """A rerun with another ``--rounds`` or ``--keep-largest-vs`` predicts and scores the test
+    images again; folders of the old predictions that the new run does not write go.
+
+    The predict record names its folders relative to OUT (older records: absolute paths);
+    folders outside this OUT, e.g. of the run this OUT was copied from, are never removed.
+    """
     done = stages.stage_done(plan.state, "predict")
-    wanted = {str(k): str(v) for k, v in prediction_rounds(plan).items()}
-    if done is None or done.get("folders") == wanted:
+    if done is None:
         return
-    log.info("the run now ends at round %d (the test predictions were of rounds %s): predicting again",
-             plan.options.rounds, ", ".join(sorted(done.get("folders", {}))) or "unknown")
+    wanted = _folder_names(plan)
+    recorded = {k: _name_in_out(plan, v) for k, v in done.get("folders", {}).items()}
+    if recorded != wanted:
+        log.info("the run now ends at round %d (the test predictions were of rounds %s): predicting again",
+                 plan.options.rounds, ", ".join(sorted(recorded)) or "unknown")
+    elif bool(done.get("keep_largest_vs", False)) != plan.options.keep_largest_vs:
+        log.info("--keep-largest-vs is now %s: predicting again", "on" if plan.options.keep_largest_vs else "off")
+    else:
+        return
     for name in ("predict", "evaluate"):
         (plan.state / f"{name}.json").unlink(missing_ok=True)
-    for folder in set(done.get("folders", {}).values()) - set(wanted.values()):
-        shutil.rmtree(folder, ignore_errors=True)
+    for name in set(recorded.values()) - set(wanted.values()):
+        if not Path(name).is_absolute():
+            shutil.rmtree(plan.out / name, ignore_errors=True)
+
+
+def _folder_names(plan: Plan) -> dict[str, str]:
+    """The test prediction folders of this run by round, as names inside OUT."""
+    return {str(k): v.name for k, v in prediction_rounds(plan).items()}
+
+
+def _name_in_out(plan: Plan, recorded: str) -> str:
+    """A recorded folder as a name inside OUT, or unchanged when it lies elsewhere."""
+    path = Path(recorded)
+    if not path.is_absolute():
+        return recorded
+    return path.name if path.parent.resolve() == plan.out.resolve() else recorded
 
 
 def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
@@ -302,8 +328,11 @@ def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
                                               progress=bar)
         for prediction in predictions:
             stem = prediction.case_id[:-len("_hrT2")] if prediction.case_id.endswith("_hrT2") else prediction.case_id
-            write_nifti(prediction.label, folder / f"{stem}_Label.nii.gz")
-    return {"cases": len(images), "folders": {str(k): str(v) for k, v in rounds.items()}}
+            label = prediction.label
+            if plan.options.keep_largest_vs:
+                label = label.with_array(stages.keep_largest_component(label.array, VS))
+            write_nifti(label, folder / f"{stem}_Label.nii.gz")
+    return {"cases": len(images), "folders": _folder_names(plan), "keep_largest_vs": plan.options.keep_largest_vs}
 
 
 def parse_translators(value: str | Sequence[str]) -> tuple[str, ...]:
