@@ -215,7 +215,7 @@ def add_view_command(pool: Path, translators: str, data: Path, work: Path, profi
               help="Labelled cases of the phantom used without --data.")
 @click.option("--keep-largest-vs", is_flag=True, default=False,
               help="Post-process the test predictions: keep only the largest connected VS component "
-                   "(one tumour per patient); off by default, as in the paper.")
+                   "(one tumour per patient); off by default: stock nnU-Net predictions.")
 @ear_options
 @set_option
 @config_option
