@@ -292,9 +292,12 @@ def _forget_outdated_predictions(plan: Plan) -> None:
         return
     wanted = _folder_names(plan)
     recorded = {k: _name_in_out(plan, v) for k, v in done.get("folders", {}).items()}
-    if recorded != wanted:
+    if recorded.keys() != wanted.keys():
         log.info("the run now ends at round %d (the test predictions were of rounds %s): predicting again",
                  plan.options.rounds, ", ".join(sorted(recorded)) or "unknown")
+    elif recorded != wanted:
+        log.info("the test predictions on record were written to other folders (%s; a copied run?): "
+                 "predicting again", ", ".join(sorted(recorded.values())))
     elif bool(done.get("keep_largest_vs", False)) != plan.options.keep_largest_vs:
         log.info("--keep-largest-vs is now %s: predicting again", "on" if plan.options.keep_largest_vs else "off")
     else:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from vstk.pipeline import stages
 from vstk.pipeline.run import _forget_outdated_predictions
@@ -67,10 +69,13 @@ def test_fewer_rounds_remove_the_round0_folder_of_this_run(tmp_path):
     assert not (out / "predictions_round0").exists() and (out / "predictions").is_dir()
 
 
-def test_a_copied_run_never_removes_the_original_runs_folders(tmp_path):
+@pytest.mark.parametrize("rounds", [0, 1])
+def test_a_copied_run_never_removes_the_original_runs_folders(tmp_path, caplog, rounds):
     original = tmp_path / "original"
     copy = tmp_path / "copy"
     _predicted(copy, {"1": str(original / "predictions"), "0": str(original / "predictions_round0")})
-    _forget_outdated_predictions(_plan(copy, rounds=0))
+    with caplog.at_level(logging.INFO, logger="vstk.pipeline.run"):
+        _forget_outdated_predictions(_plan(copy, rounds=rounds))
     assert stages.stage_done(copy / "state", "predict") is None  # the record was of another folder
+    assert ("other folders" in caplog.text) == (rounds == 1)
     assert (original / "predictions").is_dir() and (original / "predictions_round0").is_dir()
