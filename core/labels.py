@@ -52,3 +52,22 @@ def to_vstk_labels(array: np.ndarray, *, scheme: str = "crossmoda2022",
     for src, dst in mapping.items():
         lut[src] = dst
     return lut[array.astype(np.int64)]
+
+
+def keep_largest_components(label: np.ndarray, keep: dict[int, int]) -> np.ndarray:
+    """Keep the ``keep[value]`` largest 26-connected components of each label value."""
+    from scipy import ndimage
+
+    out = label.copy()
+    structure = np.ones((3, 3, 3), dtype=bool)
+    for value, count in keep.items():
+        mask = label == value
+        if count <= 0 or not mask.any():
+            continue
+        components, n = ndimage.label(mask, structure=structure)
+        if n <= count:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        kept = np.argsort(sizes)[::-1][:count] + 1
+        out[mask & ~np.isin(components, kept)] = 0
+    return out

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from ..crossmoda import DataFolder, discover, load_case, read_image
 from ..errors import ConfigError, InputError
-from ..labels import VS
+from ..labels import VS, keep_largest_components
 from ..plugins import PluginHost
 from ..progress import progress_bar
 from ..resources import usable_cores
@@ -333,7 +333,7 @@ def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
             stem = prediction.case_id[:-len("_hrT2")] if prediction.case_id.endswith("_hrT2") else prediction.case_id
             label = prediction.label
             if plan.options.keep_largest_vs:
-                label = label.with_array(stages.keep_largest_component(label.array, VS))
+                label = label.with_array(keep_largest_components(label.array, {VS: 1}))
             write_nifti(label, folder / f"{stem}_Label.nii.gz")
     return {"cases": len(images), "folders": _folder_names(plan), "keep_largest_vs": plan.options.keep_largest_vs}
 

@@ -160,21 +160,6 @@ def predict_full(segmenter: Any, images: Mapping[str, Volume], rule: EarRule, *,
     return out
 
 
-def keep_largest_component(label: np.ndarray, value: int) -> np.ndarray:
-    """``label`` with every voxel of ``value`` outside its largest connected component (26
-    neighbours in 3D) set to background; other labels and a label without ``value`` unchanged."""
-    from scipy import ndimage
-
-    mask = label == value
-    components, count = ndimage.label(mask, structure=np.ones((3,) * label.ndim, bool))
-    if count <= 1:
-        return label
-    sizes = np.bincount(components.ravel())[1:]
-    out = label.copy()
-    out[mask & (components != 1 + int(np.argmax(sizes)))] = 0
-    return out
-
-
 def store_pseudo_labels(pool_path: Path, round_index: int, pseudo: Sequence[Any]) -> None:
     """Add a self-training round's pseudo labels (with confidence) to the pool."""
     from ..pool import Pool, PoolBuilder

@@ -6,10 +6,8 @@ import dataclasses
 import logging
 from typing import Sequence
 
-import numpy as np
-
 import vstk
-from vstk.labels import COCHLEA, VS
+from vstk.labels import COCHLEA, VS, keep_largest_components
 from vstk.protocols import Prediction, PseudoLabel
 
 log = logging.getLogger(__name__)
@@ -27,25 +25,6 @@ def foreground_confidence(prediction: Prediction) -> float:
     if prediction.probabilities is None:
         return 1.0
     return float(prediction.probabilities.max(axis=0)[foreground].mean())
-
-
-def keep_largest_components(label: np.ndarray, keep: dict[int, int]) -> np.ndarray:
-    """Keep the ``keep[value]`` largest 26-connected components of each label value."""
-    from scipy import ndimage
-
-    out = label.copy()
-    structure = np.ones((3, 3, 3), dtype=bool)
-    for value, count in keep.items():
-        mask = label == value
-        if count <= 0 or not mask.any():
-            continue
-        components, n = ndimage.label(mask, structure=structure)
-        if n <= count:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        kept = np.argsort(sizes)[::-1][:count] + 1
-        out[mask & ~np.isin(components, kept)] = 0
-    return out
 
 
 @dataclasses.dataclass(frozen=True)

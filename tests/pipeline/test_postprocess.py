@@ -9,22 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vstk.labels import VS, keep_largest_components
 from vstk.pipeline import stages
 from vstk.pipeline.run import _forget_outdated_predictions
 
 
-def test_keep_largest_component_removes_the_smaller_vs_parts_and_nothing_else():
+def test_keeping_the_largest_vs_component_removes_the_smaller_vs_parts_and_nothing_else():
     label = np.zeros((6, 12, 12), np.uint8)
     label[1:4, 1:5, 1:5] = 1  # the tumour: 48 voxels
     label[4, 5, 5] = 1  # touches it only at a corner: 26-connected, kept
     label[2, 9:11, 9:11] = 1  # a separate 4-voxel false positive
     label[0, 10, 1] = 2  # a cochlea voxel
-    out = stages.keep_largest_component(label, 1)
+    out = keep_largest_components(label, {VS: 1})
     assert (out == 1).sum() == 49 and out[2, 9, 9] == 0 and out[4, 5, 5] == 1
     np.testing.assert_array_equal(out == 2, label == 2)
     assert label[2, 9, 9] == 1  # the input is not changed
-    single = np.zeros((3, 4, 4), np.uint8)
-    assert stages.keep_largest_component(single, 1) is single  # no VS: returned as it is
+    no_vs = np.zeros((3, 4, 4), np.uint8)
+    no_vs[1, 1, 1] = 2
+    np.testing.assert_array_equal(keep_largest_components(no_vs, {VS: 1}), no_vs)  # no VS: unchanged
 
 
 def _plan(out: Path, rounds: int = 1, keep_largest_vs: bool = False):
