@@ -171,20 +171,19 @@ class nnUNetTrainerVstk(nnUNetTrainer):
     def _memory_format(self) -> torch.memory_format:
         return torch.channels_last_3d if len(self.configuration_manager.patch_size) == 3 else torch.channels_last
 
-    def _bf16_batch(self, batch: dict) -> dict:
-        return dict(batch, data=batch["data"].contiguous(memory_format=self._memory_format()))
+    def _in_precision(self, step, batch: dict) -> dict:
+        """Run nnU-Net's ``step`` on ``batch``; with ``cpu_bf16`` under bfloat16 autocast on a
+        channels-last copy of the batch."""
+        if not self.cpu_bf16:
+            return step(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return step(dict(batch, data=batch["data"].contiguous(memory_format=self._memory_format())))
 
     def train_step(self, batch: dict) -> dict:
-        if not self.cpu_bf16:
-            return super().train_step(batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return super().train_step(self._bf16_batch(batch))
+        return self._in_precision(super().train_step, batch)
 
     def validation_step(self, batch: dict) -> dict:
-        if not self.cpu_bf16:
-            return super().validation_step(batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return super().validation_step(self._bf16_batch(batch))
+        return self._in_precision(super().validation_step, batch)
 
     def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, **kwargs):
