@@ -116,3 +116,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def to_json_dict(config: Any) -> dict[str, Any]:
     """A JSON-able dict of a config dataclass (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def result_settings(config: Any) -> dict[str, Any]:
+    """The settings of a config dataclass that decide what its component produces: every field
+    except those its class names in ``execution_fields`` (where and how fast it runs: device,
+    threads, worker processes, how often it checkpoints). ``vstk run`` records them with each
+    finished stage and refuses a rerun that would change them. A component without a
+    dataclass config has no settings to compare."""
+    if not dataclasses.is_dataclass(config):
+        return {}
+    skip = set(getattr(type(config), "execution_fields", ()))
+    return {key: value for key, value in to_json_dict(config).items() if key not in skip}
+

@@ -242,9 +242,10 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
                              **_ear_kwargs(ear_offset, ear_size))
         summary = run(options, _host())
     if "evaluate" in summary:
-        for model, scores in summary["evaluate"].items():
-            if isinstance(scores, dict):
-                click.echo(f"{model}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        record = summary["evaluate"]  # records of older versions keep the scores at the top
+        models = record.get("scores", {k: v for k, v in record.items() if isinstance(v, dict)})
+        for model, scores in models.items():
+            click.echo(f"{model}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     click.echo(f"report: {out / 'report.md'}" if (out / "report.md").exists() else f"done: {out}")
 
 

@@ -42,8 +42,8 @@ def evaluate_run(plan) -> dict[str, Any]:
             tests[f"{a} vs {b}: {metric}"] = paired_t_test(va, vb)
     data = {"models": results, "paired_t_tests": tests, "label_dir": str(labels)}
     (plan.out / "evaluation.json").write_text(json.dumps(data, indent=2))
-    return {name: {m: r["summary"][m]["mean"] for m in ("VS_dice", "cochlea_dice", "mean_dice")}
-            for name, r in results.items()}
+    return {"scores": {name: {m: r["summary"][m]["mean"] for m in ("VS_dice", "cochlea_dice", "mean_dice")}
+                       for name, r in results.items()}}
 
 
 def _label_dir(plan) -> Path:

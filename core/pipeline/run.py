@@ -16,12 +16,15 @@ Stages (``OUT/state/{stage}.json`` marks a finished one; a rerun skips it):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..config import result_settings
 from ..crossmoda import DataFolder, discover, load_case, read_image
 from ..errors import ConfigError, InputError
 from ..labels import VS, keep_largest_components
@@ -98,10 +101,17 @@ def _phantom(options: RunOptions) -> Path:
     from ..phantom import PhantomConfig, generate_phantom
 
     root = options.out / "phantom"
-    if not (root / "phantom.json").exists():
+    record = root / "phantom.json"
+    if not record.exists():
         log.info("generating phantom data in %s", root)
         generate_phantom(root, PhantomConfig(cases=options.phantom_cases, seed=options.phantom_seed),
                          workers=usable_cores())
+        return root
+    made = json.loads(record.read_text()).get("config", {})
+    if (made.get("cases"), made.get("seed")) != (options.phantom_cases, options.phantom_seed):
+        raise ConfigError(f"the phantom in {root} has {made.get('cases')} cases of seed {made.get('seed')}, "
+                          f"not {options.phantom_cases} of seed {options.phantom_seed}",
+                          fix=f"give this phantom a new --out, or run with --phantom-cases {made.get('cases')}")
     return root
 
 
@@ -151,15 +161,83 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
     return Plan(options, train, test_folder, translators, segmenter, labeler, rule)
 
 
-def _timed(plan: Plan, name: str, work, *, announce_skip: bool = True) -> dict[str, Any]:
+def _case_ids(cases) -> str:
+    """A short, stable name of a list of cases: their number and a digest of their ids."""
+    ids = sorted(c.case_id for c in cases)
+    return f"{len(ids)} cases, ids sha256 {hashlib.sha256(chr(10).join(ids).encode()).hexdigest()[:16]}"
+
+
+def _file_digest(paths) -> str:
+    """SHA-256 of the files' names and bytes (the test labels: small, and corrected in place)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stage_inputs(plan: Plan) -> dict[str, dict[str, Any]]:
+    """What each training stage computes its result from, as flat ``{key: value}`` records:
+    the training cases, the plugins and their result settings (not where or how fast they run:
+    see :func:`vstk.config.result_settings`), the ear boxes. Recorded with each stage; a rerun
+    whose inputs differ from a record is refused before anything trains (:func:`check_inputs`)."""
+    options = plan.options
+    data = {"data.ceT1": _case_ids(plan.train.source), "data.hrT2": _case_ids(plan.train.target)}
+
+    def settings(name: str, component: Any) -> dict[str, Any]:
+        return {f"{name}.{key}": value for key, value in result_settings(getattr(component, "config", None)).items()}
+
+    inputs = {f"translator-{name}": {**data, "translator": name, **settings(name, translator)}
+              for name, translator in plan.translators.items()}
+    inputs["pool"] = {**data, "views": sorted(plan.translators)}
+    segment = {**inputs["pool"], "segmenter": options.segmenter, **settings(options.segmenter, plan.segmenter),
+               "ear_offset_mm": list(options.ear_offset_mm), "ear_size_mm": list(options.ear_size_mm)}
+    inputs["segment-r0"] = segment
+    for round_index in range(1, options.rounds + 1):
+        inputs[f"segment-r{round_index}"] = {**segment, "pseudo_labeler": options.pseudo_labeler,
+                                             **settings(options.pseudo_labeler, plan.pseudo_labeler)}
+    return inputs
+
+
+def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:
+    """Refuse to resume an OUT whose finished (or started) stages were computed from other
+    inputs: skipping them would report results of settings the command no longer names."""
+    problems = []
+    for name, wanted in inputs.items():  # in pipeline order
+        record = stages.recorded_inputs(plan.state, name)
+        changed = [] if record is None else stages.changed_inputs(record[0], wanted)
+        if changed:
+            problems.append((name, record[1], changed))
+    if problems:
+        name, path, changed = problems[0]
+        what = "started" if path.name.endswith(".started.json") else "finished"
+        later = f" (and in {', '.join(p[0] for p in problems[1:])})" if problems[1:] else ""
+        raise ConfigError(f"{plan.out} holds a run of other settings: stage {name} was {what} with "
+                          f"{'; '.join(changed)} (recorded -> now){later}",
+                          fix=f"give these settings a new --out, or rerun with the recorded ones (in {path})")
+
+
+def _timed(plan: Plan, name: str, work, *, announce_skip: bool = True, inputs: dict[str, Any] | None = None,
+           redo_if_changed: bool = False) -> dict[str, Any]:
+    """Run stage ``name`` unless it is done; ``inputs`` are recorded with it. A finished stage
+    whose recorded inputs differ is run again with ``redo_if_changed`` (the cheap test stages);
+    the training stages are refused earlier instead (:func:`check_inputs`)."""
     done = stages.stage_done(plan.state, name)
+    if done is not None and redo_if_changed and inputs is not None and "inputs" in done:
+        changed = stages.changed_inputs(done["inputs"], inputs)
+        if changed:
+            log.info("stage %s again: %s (recorded -> now)", name, "; ".join(changed))
+            done = None
     if done is not None:
         if announce_skip:
             log.info("stage %s already done (%.0f s), skipped", name, done.get("seconds", 0))
         return done
+    if inputs is not None:
+        stages.mark_started(plan.state, name, inputs)
     started = time.perf_counter()
     info = work() or {}
     info["seconds"] = round(time.perf_counter() - started, 1)
+    if inputs is not None:
+        info["inputs"] = inputs
     stages.mark_done(plan.state, name, info)
     log.info("stage %s done in %.0f s", name, info["seconds"])
     return info
@@ -169,6 +247,8 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
     """Run (or resume) the whole job; returns the stage summaries."""
     options.out.mkdir(parents=True, exist_ok=True)
     plan = plan_run(options, host)
+    inputs = stage_inputs(plan)
+    check_inputs(plan, inputs)
     summary: dict[str, Any] = {}
     show = options.progress
 
@@ -180,7 +260,7 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
             sources = [read_image(c.ceT1) for c in plan.train.source]
             targets = [read_image(c.hrT2) for c in plan.train.target]
 
-    trained_side_by_side = _train_translators_side_by_side(plan, show)
+    trained_side_by_side = _train_translators_side_by_side(plan, show, inputs)
     checkpoints = {}
     for name, translator in plan.translators.items():
         workdir = plan.out / "translators" / name
@@ -192,6 +272,7 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
             return {"checkpoint": str(path)}
 
         summary[f"translator-{name}"] = _timed(plan, f"translator-{name}", train_one,
+                                               inputs=inputs[f"translator-{name}"],
                                                announce_skip=name not in trained_side_by_side)
         checkpoints[name] = workdir / "translator.pt"
         if plan.translators[name].generator is None:
@@ -204,7 +285,7 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
                               progress=bar)
         return {"pool": str(plan.pool)}
 
-    summary["pool"] = _timed(plan, "pool", pool_stage)
+    summary["pool"] = _timed(plan, "pool", pool_stage, inputs=inputs["pool"])
 
     def segment(round_index: int):
         def work():
@@ -228,21 +309,27 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
         return work
 
     for round_index in range(options.rounds + 1):
-        summary[f"segment-r{round_index}"] = _timed(plan, f"segment-r{round_index}", segment(round_index))
+        summary[f"segment-r{round_index}"] = _timed(plan, f"segment-r{round_index}", segment(round_index),
+                                                    inputs=inputs[f"segment-r{round_index}"])
 
     if plan.test is not None:
         _forget_outdated_predictions(plan)
-        summary["predict"] = _timed(plan, "predict", lambda: predict_test(plan, show))
-        if any(c.label for c in plan.test.target):
+        tested = {"test.hrT2": _case_ids(plan.test.target)}
+        summary["predict"] = _timed(plan, "predict", lambda: predict_test(plan, show), inputs=tested,
+                                    redo_if_changed=True)
+        labelled = [c for c in plan.test.target if c.label]
+        if labelled:
             from .report import evaluate_run, write_report
 
-            summary["evaluate"] = _timed(plan, "evaluate", lambda: evaluate_run(plan))
+            scored = {**tested, "test.labels": _file_digest(c.label for c in labelled)}
+            summary["evaluate"] = _timed(plan, "evaluate", lambda: evaluate_run(plan), inputs=scored,
+                                         redo_if_changed=True)
             write_report(plan, summary)
     stages.write_json_atomic(plan.out / "run.json", {"options": stages.dataclass_dict(options), "stages": summary})
     return summary
 
 
-def _train_translators_side_by_side(plan: Plan, show: bool | None) -> set[str]:
+def _train_translators_side_by_side(plan: Plan, show: bool | None, inputs: dict[str, dict[str, Any]]) -> set[str]:
     """On a multi-core CPU, train every unfinished translator at once, one process each
     (see :mod:`vstk.pipeline.parallel`); on a GPU, or for one translator, they train in turn
     in this process (the loop in :func:`run`). Returns the names trained here."""
@@ -258,11 +345,14 @@ def _train_translators_side_by_side(plan: Plan, show: bool | None) -> set[str]:
     targets = tuple(c.hrT2 for c in plan.train.target)
     jobs = [TranslatorJob(name, type(plan.translators[name]), plan.translators[name].config, plan.options.device,
                           sources, targets, plan.out / "translators" / name) for name in todo]
+    for name in todo:
+        stages.mark_started(plan.state, f"translator-{name}", inputs[f"translator-{name}"])
     with progress_bar(0, "train " + "+".join(todo), enabled=show) as bar:
         results = train_in_parallel(jobs, progress=bar)
     for name, (path, seconds) in results.items():
         stages.mark_done(plan.state, f"translator-{name}",
-                         {"checkpoint": str(path), "seconds": round(seconds, 1), "processes": len(jobs)})
+                         {"checkpoint": str(path), "seconds": round(seconds, 1), "processes": len(jobs),
+                          "inputs": inputs[f"translator-{name}"]})
         log.info("stage translator-%s done in %.0f s (side by side)", name, seconds)
     return set(results)
 
@@ -325,6 +415,8 @@ def _name_in_out(plan: Plan, recorded: str) -> str:
 def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
     images = {c.case_id: read_image(c.hrT2) for c in plan.test.target}
     rounds = prediction_rounds(plan)
+    for folder in rounds.values():  # no prediction of an earlier test set or run stays behind
+        shutil.rmtree(folder, ignore_errors=True)
     for round_index, folder in rounds.items():
         with progress_bar(len(images) * 2, f"predict test (round {round_index})", enabled=show) as bar:
             predictions = stages.predict_full(plan.segmenter, images, plan.ear_rule, round_index=round_index,

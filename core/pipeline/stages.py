@@ -10,8 +10,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..config import to_json_dict
+from ..config import result_settings, to_json_dict
 from ..crossmoda import CaseFiles, load_case, read_image
+from ..errors import ConfigError
 from ..plugins import PluginHost
 from ..protocols import Prediction, ProgressFn, TrainingCase
 from ..roi import Box, EarRule, crop, ear_boxes, paste
@@ -23,10 +24,20 @@ log = logging.getLogger(__name__)
 
 def train_translator(translator: Any, sources: Sequence[Volume], targets: Sequence[Volume], workdir: Path,
                      progress: ProgressFn | None = None) -> Path:
-    """Train (or resume, or just load) one translator; returns its final checkpoint."""
+    """Train (or resume, or just load) one translator; returns its final checkpoint.
+
+    A final checkpoint already in ``workdir`` (e.g. trained by ``vstk translate train``) is
+    used only when it was trained with this translator's result settings."""
     final = workdir / "translator.pt"
     if final.exists():
-        translator.load(final)
+        wanted = result_settings(translator.config)
+        translator.load(final)  # takes the settings the checkpoint was trained with
+        trained = result_settings(translator.config)
+        changed = changed_inputs({k: v for k, v in trained.items() if k in wanted}, wanted)
+        if changed:
+            raise ConfigError(f"it was trained with other settings: {'; '.join(changed)} (checkpoint -> now)",
+                              path=final, fix="name the settings it was trained with, or move it away to train "
+                                              "anew")
         return final
     return translator.train(sources, targets, workdir, progress=progress)
 
@@ -184,8 +195,34 @@ def stage_done(state_dir: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def mark_started(state_dir: Path, name: str, inputs: Mapping[str, Any]) -> None:
+    """Record what a stage is about to be computed from (``{name}.started.json``), so a rerun
+    after a kill can tell whether the half-done work on disk is of the same settings."""
+    write_json_atomic(state_dir / f"{name}.started.json", {"inputs": dict(inputs)})
+
+
 def mark_done(state_dir: Path, name: str, info: dict[str, Any]) -> None:
     write_json_atomic(state_dir / f"{name}.json", info)
+    (state_dir / f"{name}.started.json").unlink(missing_ok=True)
+
+
+def recorded_inputs(state_dir: Path, name: str) -> tuple[dict[str, Any], Path] | None:
+    """The inputs a stage was computed (or started) from, and the record that says so; None
+    when there is no record, or an older one that kept no inputs."""
+    for path in (state_dir / f"{name}.json", state_dir / f"{name}.started.json"):
+        if path.exists():
+            inputs = json.loads(path.read_text()).get("inputs")
+            if inputs is not None:
+                return inputs, path
+    return None
+
+
+def changed_inputs(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """``key: recorded -> wanted`` for every input that differs (both flat, JSON-like)."""
+    wanted = json.loads(json.dumps(dict(wanted), default=str))
+    missing = "(not set)"
+    return [f"{key}: {json.dumps(recorded.get(key, missing))} -> {json.dumps(wanted.get(key, missing))}"
+            for key in sorted(set(recorded) | set(wanted)) if recorded.get(key, missing) != wanted.get(key, missing)]
 
 
 def dataclass_dict(value: Any) -> dict[str, Any]:

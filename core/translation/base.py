@@ -74,6 +74,9 @@ class TranslatorConfig:
     init_gain: float = 0.02
     translate_batch: int = 8
 
+    #: settings that do not change the trained translator (see vstk.config.result_settings)
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "sample_every", "translate_batch"})
+
     def __post_init__(self) -> None:
         if self.size % 4:
             raise ConfigError(f"size={self.size} must be a multiple of 4 (two 2x down/upsamplings)",

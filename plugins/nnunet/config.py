@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import ClassVar
 
 from vstk.errors import ConfigError
 
@@ -106,6 +107,10 @@ class NnUNetConfig:
     n_proc_da: int | None = None
     seed: int = 0
     cpu_precision: str = "fp32"
+
+    #: settings that do not change the trained model (see vstk.config.result_settings)
+    execution_fields: ClassVar[frozenset[str]] = frozenset(
+        {"device", "num_gpus", "num_threads", "n_proc_preprocessing", "n_proc_da", "save_every"})
 
     def __post_init__(self) -> None:
         if self.configuration not in CONFIGURATIONS:

@@ -64,6 +64,14 @@ def test_run_end_to_end_then_resume_skips_finished_stages(phantom, tmp_path):
     assert log.count("already done") >= 7  # translators, pool, two rounds, predict, evaluate
     assert time.perf_counter() - started < 120
 
+    records = {path.name: path.read_bytes() for path in (out / "state").iterdir()}
+    changed = subprocess.run(vstk_run(phantom, out, "--set", "cyclegan.steps=4"), capture_output=True, text=True,
+                             timeout=600)
+    assert changed.returncode == 2
+    assert "stage translator-cyclegan was finished with cyclegan.steps: 3 -> 4" in changed.stderr
+    assert "(and in" not in changed.stderr and "new --out" in changed.stderr
+    assert {path.name: path.read_bytes() for path in (out / "state").iterdir()} == records  # nothing redone
+
     fewer = subprocess.run(vstk_run(phantom, out, "--rounds", "0"), capture_output=True, text=True, timeout=600)
     assert fewer.returncode == 0, fewer.stderr[-3000:]
     assert "predicting again" in (out / "vstk.log").read_text()

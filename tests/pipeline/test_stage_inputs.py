@@ -1,0 +1,162 @@
+"""`vstk run` records what each stage was computed from and refuses to resume an OUT with other
+settings (a skipped stage would otherwise report the old settings' results as the new ones)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vstk.config import result_settings
+from vstk.errors import ConfigError
+from vstk.phantom import PhantomConfig, generate_phantom
+from vstk.pipeline import stages
+from vstk.pipeline.run import RunOptions, _phantom, _timed, check_inputs, plan_run, stage_inputs
+from vstk.plugins import load_plugins
+from vstk_cyclegan import CPU as CYCLEGAN_CPU
+from vstk_nnunet.config import CPU as NNUNET_CPU
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    generate_phantom(root, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3, seed=5))
+    return root
+
+
+@pytest.fixture(scope="module")
+def host():
+    return load_plugins()
+
+
+def plan(phantom: Path, out: Path, host, *settings: tuple[str, str], **options):
+    return plan_run(RunOptions(out=out, translators=("cyclegan", "qsattn"), data=phantom / "train",
+                               settings=tuple(settings), **options), host)
+
+
+def finish(plan_, names):
+    inputs = stage_inputs(plan_)
+    for name in names:
+        _timed(plan_, name, lambda: {"note": "computed"}, inputs=inputs[name])
+    return inputs
+
+
+def test_result_settings_leave_out_where_and_how_fast():
+    translator = result_settings(CYCLEGAN_CPU)
+    assert translator["steps"] == CYCLEGAN_CPU.steps and translator["ngf"] == CYCLEGAN_CPU.ngf
+    assert not {"checkpoint_every", "sample_every", "translate_batch"} & set(translator)
+    segmenter = result_settings(NNUNET_CPU)
+    assert segmenter["seed"] == 0 and segmenter["num_epochs"] == NNUNET_CPU.num_epochs
+    assert not {"device", "num_threads", "n_proc_da", "n_proc_preprocessing", "save_every"} & set(segmenter)
+    assert result_settings(None) == {} and result_settings({"a": 1}) == {}
+
+
+def test_stage_inputs_name_data_plugins_and_settings(phantom, tmp_path, host):
+    inputs = stage_inputs(plan(phantom, tmp_path / "out", host, rounds=2))
+    assert list(inputs) == ["translator-cyclegan", "translator-qsattn", "pool", "segment-r0", "segment-r1",
+                            "segment-r2"]
+    assert inputs["translator-cyclegan"]["cyclegan.steps"] == CYCLEGAN_CPU.steps
+    assert "qsattn.steps" not in inputs["translator-cyclegan"]
+    assert inputs["pool"]["views"] == ["cyclegan", "qsattn"]
+    assert inputs["pool"]["data.ceT1"].startswith("2 cases, ids sha256 ")
+    assert inputs["segment-r0"]["nnunet.seed"] == 0 and "pseudo_labeler" not in inputs["segment-r0"]
+    assert inputs["segment-r1"]["pseudo_labeler"] == "all" and inputs["segment-r2"] == inputs["segment-r1"]
+    json.dumps(inputs)  # recorded as JSON
+
+
+def test_same_or_execution_only_settings_resume(phantom, tmp_path, host):
+    out = tmp_path / "out"
+    finish(plan(phantom, out, host, ("steps", "3")), ["translator-cyclegan", "translator-qsattn", "pool", "segment-r0"])
+    record = json.loads((out / "state" / "translator-cyclegan.json").read_text())
+    assert record["note"] == "computed" and record["inputs"]["cyclegan.steps"] == 3
+    again = plan(phantom, out, host, ("steps", "3"), ("nnunet.num_threads", "1"), ("nnunet.n_proc_da", "2"),
+                 ("checkpoint_every", "7"), device="cpu")
+    check_inputs(again, stage_inputs(again))  # nothing that changes a result: resumes
+
+
+def test_changed_translator_setting_is_refused_with_both_values(phantom, tmp_path, host):
+    out = tmp_path / "out"
+    finish(plan(phantom, out, host, ("steps", "3")), ["translator-cyclegan", "translator-qsattn", "pool"])
+    changed = plan(phantom, out, host, ("steps", "3"), ("cyclegan.steps", "4"))
+    with pytest.raises(ConfigError) as error:
+        check_inputs(changed, stage_inputs(changed))
+    message = str(error.value)
+    assert "stage translator-cyclegan was finished with cyclegan.steps: 3 -> 4" in message
+    assert "translator-qsattn" not in message and "new --out" in message
+    assert str(out / "state" / "translator-cyclegan.json") in message
+
+
+def test_changed_segmenter_seed_names_the_first_stage_and_the_later_ones(phantom, tmp_path, host):
+    out = tmp_path / "out"
+    finish(plan(phantom, out, host), ["segment-r0", "segment-r1"])
+    with pytest.raises(ConfigError, match=r"stage segment-r0 was finished with nnunet.seed: 0 -> 1 "
+                                          r"\(recorded -> now\) \(and in segment-r1\)"):
+        reseeded = plan(phantom, out, host, ("nnunet.seed", "1"))
+        check_inputs(reseeded, stage_inputs(reseeded))
+    other_labeler = plan(phantom, out, host, pseudo_labeler="confidence")
+    with pytest.raises(ConfigError, match='stage segment-r1 was finished with .*pseudo_labeler: "all" -> "confidence"'):
+        check_inputs(other_labeler, stage_inputs(other_labeler))
+    fewer_views = plan_run(RunOptions(out=out, translators=("qsattn",), data=phantom / "train"), host)
+    with pytest.raises(ConfigError, match=r'views: \["cyclegan", "qsattn"\] -> \["qsattn"\]'):
+        check_inputs(fewer_views, stage_inputs(fewer_views))
+
+
+def test_an_interrupted_stage_is_checked_by_its_started_record(phantom, tmp_path, host):
+    out = tmp_path / "out"
+    first = plan(phantom, out, host, ("steps", "3"))
+    stages.mark_started(first.state, "translator-cyclegan", stage_inputs(first)["translator-cyclegan"])
+    changed = plan(phantom, out, host, ("steps", "5"))
+    with pytest.raises(ConfigError, match=r"stage translator-cyclegan was started with cyclegan.steps: 3 -> 5"):
+        check_inputs(changed, stage_inputs(changed))
+    finish(first, ["translator-cyclegan"])
+    assert not (first.state / "translator-cyclegan.started.json").exists()
+
+
+def test_records_without_inputs_are_accepted(phantom, tmp_path, host):
+    out = tmp_path / "out"
+    stages.mark_done(out / "state", "segment-r0", {"seconds": 1.0})  # written before inputs were recorded
+    old = plan(phantom, out, host, ("nnunet.seed", "4"))
+    check_inputs(old, stage_inputs(old))
+
+
+def test_cheap_stages_are_redone_when_their_inputs_change(phantom, tmp_path, host):
+    out = tmp_path / "out"
+    p = plan(phantom, out, host)
+    calls = []
+    _timed(p, "predict", lambda: calls.append(1) or {}, inputs={"test.hrT2": "a"}, redo_if_changed=True)
+    _timed(p, "predict", lambda: calls.append(2) or {}, inputs={"test.hrT2": "a"}, redo_if_changed=True)
+    assert calls == [1]
+    _timed(p, "predict", lambda: calls.append(3) or {}, inputs={"test.hrT2": "b"}, redo_if_changed=True)
+    assert calls == [1, 3] and stages.stage_done(p.state, "predict")["inputs"] == {"test.hrT2": "b"}
+
+
+def test_a_phantom_of_other_size_is_refused(tmp_path):
+    out = tmp_path / "out"
+    generate_phantom(out / "phantom", PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3))
+    with pytest.raises(ConfigError, match="has 2 cases of seed 0, not 10 of seed 0") as error:
+        _phantom(RunOptions(out=out))
+    assert "--phantom-cases 2" in error.value.fix
+    assert _phantom(RunOptions(out=out, phantom_cases=2)) == out / "phantom"
+
+
+def test_a_final_translator_of_other_settings_is_not_used(phantom, tmp_path, host):
+    from vstk.crossmoda import discover, read_image
+
+    folder = discover(phantom / "train", require_source=True, require_target=True)
+    sources = [read_image(c.ceT1) for c in folder.source]
+    targets = [read_image(c.hrT2) for c in folder.target]
+    cyclegan = host.get("translator", "cyclegan")
+    tiny = {"steps": "2", "decay_steps": "1", "ngf": "4", "n_blocks": "1", "ndf": "4", "size": "48",
+            "spacing": "1.0,1.0", "sample_every": "0"}
+    workdir = tmp_path / "cyclegan"
+    final = stages.train_translator(cyclegan(cyclegan.profile("cpu", **tiny), device="cpu"), sources, targets,
+                                    workdir)
+    assert final == workdir / "translator.pt"
+    reused = cyclegan(cyclegan.profile("cpu", **tiny, checkpoint_every="9", translate_batch="2"), device="cpu")
+    assert stages.train_translator(reused, sources, targets, workdir) == final
+    assert reused.generator is not None
+    other = cyclegan(cyclegan.profile("cpu", **{**tiny, "steps": "3", "lambda_identity": "0"}), device="cpu")
+    with pytest.raises(ConfigError, match=r"lambda_identity: 0.5 -> 0.0; steps: 2 -> 3 \(checkpoint -> now\)") as error:
+        stages.train_translator(other, sources, targets, workdir)
+    assert str(final) in str(error.value)
