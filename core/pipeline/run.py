@@ -175,6 +175,12 @@ def _file_digest(paths) -> str:
     return digest.hexdigest()[:16]
 
 
+def _inputs_digest(inputs: dict[str, Any]) -> str:
+    """A short name of a stage's inputs (what made a self-training round's pseudo labels)."""
+    text = json.dumps(inputs, sort_keys=True, default=str)
+    return "vstk run inputs sha256 " + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def stage_inputs(plan: Plan) -> dict[str, dict[str, Any]]:
     """What each training stage computes its result from, as flat ``{key: value}`` records:
     the training cases, the plugins and their result settings (not where or how fast they run:
@@ -299,7 +305,8 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
                     predictions = stages.predict_full(plan.segmenter, images, plan.ear_rule,
                                                       round_index=round_index - 1, progress=bar)
                 selected = plan.pseudo_labeler.select(predictions)
-                stages.store_pseudo_labels(plan.pool, round_index, selected)
+                stages.store_pseudo_labels(plan.pool, round_index, selected,
+                                           made_by=_inputs_digest(inputs[f"segment-r{round_index}"]))
             cases = stages.pool_training_cases(plan.pool, plan.ear_rule, pseudo_round=pseudo_round)
             with progress_bar(0, f"segmenter r{round_index}", enabled=show) as bar:
                 plan.segmenter.train(cases, round_index=round_index, progress=bar)

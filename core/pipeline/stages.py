@@ -171,15 +171,27 @@ def predict_full(segmenter: Any, images: Mapping[str, Volume], rule: EarRule, *,
     return out
 
 
-def store_pseudo_labels(pool_path: Path, round_index: int, pseudo: Sequence[Any]) -> None:
-    """Add a self-training round's pseudo labels (with confidence) to the pool."""
+def store_pseudo_labels(pool_path: Path, round_index: int, pseudo: Sequence[Any], made_by: str) -> None:
+    """Add a self-training round's pseudo labels (with confidence) to the pool.
+
+    ``made_by`` names the model and settings that produced them. A round already in the pool
+    (a resumed run) is kept only when it was made by the same; pseudo labels of another run
+    (a pool copied after its self-training) are refused rather than trained on."""
     from ..pool import Pool, PoolBuilder
 
-    if round_index in Pool(pool_path).rounds():
+    pool = Pool(pool_path)
+    if round_index in pool.rounds():
+        makers = set(pool.pseudo_labels_made_by(round_index).values())
+        if makers != {made_by}:
+            raise ConfigError(f"the pool already holds round-{round_index} pseudo labels made by "
+                              f"{', '.join(sorted(m or 'an unrecorded run' for m in makers))}, not by this run's round "
+                              f"{round_index - 1} ({made_by}): a pool copied from a run after its self-training?",
+                              path=pool_path, fix="copy the pool of a run before self-training, or delete it and "
+                                                  "its state/pool.json to build it again")
         return
     with PoolBuilder.extend(pool_path) as builder:
         for item in pseudo:
-            builder.add_pseudo_label(round_index, item.case_id, item.label, float(item.confidence))
+            builder.add_pseudo_label(round_index, item.case_id, item.label, float(item.confidence), made_by=made_by)
         builder.finalize()
 
 

@@ -592,10 +592,12 @@ class PoolBuilder:
         self._stage(key, Path(S.TARGET) / f"{case_id}.h5", array, image, {})
         log.debug("staged target %s", case_id)
 
-    def add_pseudo_label(self, round_index: int, case_id: str, label: Volume, confidence: float) -> None:
+    def add_pseudo_label(self, round_index: int, case_id: str, label: Volume, confidence: float,
+                         made_by: str | None = None) -> None:
         """Stage the pseudo label of real hrT2 case ``case_id`` from self-training round ``round_index``.
 
-        ``confidence`` in [0, 1] is stored as the dataset attribute ``confidence``; the label
+        ``confidence`` in [0, 1] is stored as the dataset attribute ``confidence``, ``made_by``
+        (a string naming the model and settings that produced it) as ``made_by``; the label
         must lie on the grid of ``/target/{case}``, which must be in the pool by finalize.
         """
         self._check_open()
@@ -610,8 +612,10 @@ class PoolBuilder:
         target = self._known(("target", case_id))
         if target is not None:
             self._check_pseudo_target(_Entry("pseudo_label", key, array.shape, S.geometry_attrs(label), None), target)
-        self._stage(key, Path(S.PSEUDO_LABELS) / S.round_name(r) / f"{case_id}.h5", array, label,
-                    {S.ATTR_CONFIDENCE: np.float64(value), S.ATTR_ROUND: np.int64(r)})
+        attrs: dict[str, Any] = {S.ATTR_CONFIDENCE: np.float64(value), S.ATTR_ROUND: np.int64(r)}
+        if made_by is not None:
+            attrs[S.ATTR_MADE_BY] = str(made_by)
+        self._stage(key, Path(S.PSEUDO_LABELS) / S.round_name(r) / f"{case_id}.h5", array, label, attrs)
         log.debug("staged pseudo label round %d case %s", r, case_id)
 
     # -- finalize ----------------------------------------------------------------------------

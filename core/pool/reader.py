@@ -136,6 +136,11 @@ class Pool:
         group = self._round_group(round_index)
         return {case: float(group[case].attrs[S.ATTR_CONFIDENCE]) for case in sorted(group)}
 
+    def pseudo_labels_made_by(self, round_index: int) -> dict[str, str | None]:
+        """``{case: made_by}`` of the pseudo labels of round ``round_index`` (None: not recorded)."""
+        group = self._round_group(round_index)
+        return {case: group[case].attrs.get(S.ATTR_MADE_BY) for case in sorted(group)}
+
     # -- lookup with clear errors ------------------------------------------------------------
     def _view_group(self, view: str) -> h5py.Group:
         group = self._group(f"{S.VIEWS}/{view}") if isinstance(view, str) and "/" not in view else None

@@ -8,7 +8,8 @@ Layout of a pool file (``h5ls -r pool.h5`` shows exactly this)::
     /views/{view}/{case}/image          float32 [z, y, x] pseudo-hrT2 (translated ceT1)
     /views/{view}/{case}/label          HARD LINK to /labels/{case} (stored once, shared)
     /target/{case}                      float32 [z, y, x] real hrT2
-    /pseudo_labels/round_{r}/{case}     uint8 [z, y, x] pseudo label of /target/{case}; attr confidence
+    /pseudo_labels/round_{r}/{case}     uint8 [z, y, x] pseudo label of /target/{case}; attrs confidence
+                                        (and, optionally, made_by)
 
 Every voxel dataset is chunked by axial slice (chunks ``(1, Y, X)``), compressed with
 HDF5's built-in shuffle + deflate filters (readable by any HDF5 tool), and carries its
@@ -71,6 +72,7 @@ ROUND_PREFIX = "round_"
 GEOMETRY_ATTRS = ("spacing", "origin", "direction")
 ATTR_CONFIDENCE = "confidence"
 ATTR_ROUND = "round"
+ATTR_MADE_BY = "made_by"  # optional: what produced a pseudo label (vstk run: its round's inputs digest)
 
 # Provenance of a view entry: the attributes of /views/{view}/{case}.
 PROVENANCE_KEYS = ("translator", "plugin_distribution", "plugin_version", "checkpoint_sha256",
@@ -97,7 +99,7 @@ order as in SimpleITK/ITK (LPS physical space).
   image: float32 pseudo-hrT2; label: hard link to /labels/{case} (the same object).
 /target/{case}: float32 real hrT2 image.
 /pseudo_labels/round_{r}/{case}: uint8 pseudo label of /target/{case} from self-training
-  round r; attribute confidence in [0, 1].
+  round r; attribute confidence in [0, 1], optional made_by (what produced it).
 Root attribute complete = 1 is written last; a file without it is not a finished pool.
 """
 
