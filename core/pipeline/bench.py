@@ -38,7 +38,8 @@ from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
 from ..volume import Volume, read_nifti, write_nifti
 from . import stages
 from .components import split_settings
-from .run import Plan, RunOptions, _timed, _train_translators_side_by_side, plan_run
+from .run import (Plan, RunOptions, _timed, _train_translators_side_by_side, check_inputs, plan_run,
+                  stage_inputs)
 
 log = logging.getLogger(__name__)
 
@@ -360,9 +361,14 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
     show = options.progress
     stages_done: dict[str, dict[str, Any]] = {}
 
-    def stage(name: str, work: Callable[[], dict[str, Any] | None], *, announce_skip: bool = True) -> dict[str, Any]:
-        stages_done[name] = _timed(plan.run, name, work, announce_skip=announce_skip)
+    def stage(name: str, work: Callable[[], dict[str, Any] | None], *, announce_skip: bool = True,
+              inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        stages_done[name] = _timed(plan.run, name, work, announce_skip=announce_skip, inputs=inputs)
         return stages_done[name]
+
+    # the translators are shared by every method: a rerun must not skip ones of other settings
+    translator_inputs = {k: v for k, v in stage_inputs(plan.run).items() if k.startswith("translator-")}
+    check_inputs(plan.run, translator_inputs)
 
     inputs: dict[str, list[Volume]] = {}
 
@@ -372,7 +378,7 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
             inputs["targets"] = [read_image(c.hrT2) for c in plan.run.train.target]
         return inputs["sources"], inputs["targets"]
 
-    side_by_side = _train_translators_side_by_side(plan.run, show)  # multi-core CPU; else the loop below
+    side_by_side = _train_translators_side_by_side(plan.run, show, translator_inputs)  # else the loop below
     checkpoints: dict[str, Path] = {}
     loaded: set[str] = set()
     for name, translator in plan.run.translators.items():
@@ -386,7 +392,8 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
             loaded.add(name)
             return {"checkpoint": str(path)}
 
-        stage(f"translator-{name}", train_one, announce_skip=name not in side_by_side)
+        stage(f"translator-{name}", train_one, announce_skip=name not in side_by_side,
+              inputs=translator_inputs[f"translator-{name}"])
 
     def translators_ready() -> dict[str, Any]:
         for name, translator in plan.run.translators.items():

@@ -1,6 +1,8 @@
 """``vstk run``: the whole method on one data set, resumable stage by stage.
 
-Stages (``OUT/state/{stage}.json`` marks a finished one; a rerun skips it):
+Stages (``OUT/state/{stage}.json`` marks a finished one, with what it was computed from; a
+rerun skips it, and refuses to go on when the command would compute it from other inputs,
+see :func:`stage_inputs`):
 
 1. ``data``: the phantom when no ``--data`` is given; every input is read and validated
    before any training starts.

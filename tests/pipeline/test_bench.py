@@ -175,6 +175,11 @@ def test_rerun_skips_finished_stages(phantom, bench_out):
     after = json.loads((bench_out / "bench.json").read_text())
     assert after["methods"] == before["methods"] and after["paired_t_tests"] == before["paired_t_tests"]
 
+    changed = subprocess.run(vstk_bench(phantom, bench_out, "--set", "qsattn.ngf=8"), capture_output=True,
+                             text=True, timeout=600)
+    assert changed.returncode == 2 and "stage translator-qsattn was finished with qsattn.ngf: 4 -> 8" in changed.stderr
+    assert json.loads((bench_out / "bench.json").read_text()) == after
+
 
 @pytest.mark.slow
 def test_self_training_round_without_target_labels_or_paired_cases_then_a_new_translator(phantom, tmp_path):
