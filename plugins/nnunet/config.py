@@ -217,11 +217,13 @@ PAPER = NnUNetConfig()
 #:   hrT2. The outcome varies a lot from run to run: a rerun of 1.0 after a change that only
 #:   moved floating-point rounding gave VS 0.385 / cochlea 0.537 (the closing notes of issue 5
 #:   give the spread over segmenter seeds).
-#: With bfloat16 and 1000 + 400 iterations (`vstk run`, default phantom, round 1, seeds 0 / 1 /
-#:   2 on one pool): VS 0.508 / 0.378 / 0.375, cochlea 0.822 / 0.783 / 0.774 (600 + 250 float32
-#:   iterations: VS 0.362, cochlea 0.000 with seed 0). The cochlea's pseudo Dice on the
-#:   translated views rises above 0 only after ~775 iterations of round 0.
-#:   structure_intensity_vs_max=0.75 (seeds 1 / 2): VS 0.302 / 0.264, so it stays at 0.99.
+#: With bfloat16 and 1000 + 400 iterations (`vstk run`, default phantom, round 1 (round 0),
+#:   seeds 0 / 1 / 2 on one pool): VS 0.508 / 0.392 / 0.528 (0.465 / 0.443 / 0.507), cochlea
+#:   0.822 / 0.559 / 0.726 (0.783 / 0.527 / 0.689) (600 + 250 float32 iterations: VS 0.362,
+#:   cochlea 0.000 with seed 0). The cochlea's pseudo Dice on the translated views rises above
+#:   0 only after ~775 iterations of round 0.
+#:   structure_intensity_vs_max=0.75 (seeds 1 / 2, round 0): VS 0.371 / 0.330 against 0.443 /
+#:   0.507 without it, so it stays at 0.99.
 #: Earlier measurements (nnU-Net 2.8.1, torch 2.14, one thread) on phantom hrT2 crops of
 #: 32 x 64 x 160 voxels: 2d f8-64 learnt VS only after about 400 iterations; 3d_fullres f8-64
 #: (batch 2) 2.8 s/iteration, VS 0.00 after 150. Synthetic 24 x 64 x 64 cases (tests/nnunet):
