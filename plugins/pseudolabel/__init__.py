@@ -54,9 +54,10 @@ class ConfidenceConfig:
     """Settings of the ``confidence`` pseudo-labeler.
 
     Attributes:
-        threshold: minimum mean max-probability over the predicted foreground, in [0, 1].
-        largest_components: keep only the largest connected components per structure
-            (1 for VS, 2 for the two cochleae) before scoring.
+        threshold: minimum mean max-probability over the (cleaned) predicted foreground, in
+            [0, 1]; cases below it are left out of the round (0 keeps every case).
+        largest_components: keep only the largest connected components per structure before
+            scoring: one tumour per patient, one cochlea per ear.
         vs_components: components kept for VS.
         cochlea_components: components kept for cochlea (one per ear).
     """
@@ -70,6 +71,18 @@ class ConfidenceConfig:
         if not 0.0 <= self.threshold <= 1.0:
             raise vstk.ConfigError(f"confidence threshold {self.threshold} outside [0, 1]",
                                    fix="e.g. --set threshold=0.8")
+        if self.vs_components < 1 or self.cochlea_components < 1:
+            raise vstk.ConfigError(f"vs_components={self.vs_components}, cochlea_components="
+                                   f"{self.cochlea_components}: each must be at least 1",
+                                   fix="e.g. vs_components=1 cochlea_components=2")
+
+    def clean(self, prediction: Prediction) -> Prediction:
+        """``prediction`` with its label cleaned when ``largest_components`` is on."""
+        if not self.largest_components:
+            return prediction
+        cleaned = keep_largest_components(prediction.label.array,
+                                          {VS: self.vs_components, COCHLEA: self.cochlea_components})
+        return dataclasses.replace(prediction, label=prediction.label.with_array(cleaned))
 
 
 class ConfidencePseudoLabeler:
@@ -89,15 +102,10 @@ class ConfidencePseudoLabeler:
     def select(self, predictions: Sequence[Prediction]) -> list[PseudoLabel]:
         selected = []
         for prediction in predictions:
-            label = prediction.label
-            if self.config.largest_components:
-                cleaned = keep_largest_components(
-                    label.array, {VS: self.config.vs_components, COCHLEA: self.config.cochlea_components})
-                label = label.with_array(cleaned)
-                prediction = dataclasses.replace(prediction, label=label)
+            prediction = self.config.clean(prediction)
             confidence = foreground_confidence(prediction)
             if confidence >= self.config.threshold:
-                selected.append(PseudoLabel(prediction.case_id, label, confidence))
+                selected.append(PseudoLabel(prediction.case_id, prediction.label, confidence))
             else:
                 log.info("pseudo-label of %s rejected: confidence %.3f < %.3f",
                          prediction.case_id, confidence, self.config.threshold)

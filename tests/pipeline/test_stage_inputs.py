@@ -7,12 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
-
 from vstk.config import result_settings
 from vstk.errors import ConfigError
 from vstk.phantom import PhantomConfig, generate_phantom
 from vstk.pipeline import stages
-from vstk.pipeline.run import RunOptions, _phantom, _timed, check_inputs, plan_run, stage_inputs
+from vstk.pipeline.run import (
+    RunOptions,
+    _phantom,
+    _timed,
+    check_inputs,
+    plan_run,
+    stage_inputs,
+)
 from vstk.plugins import load_plugins
 from vstk_cyclegan import CPU as CYCLEGAN_CPU
 from vstk_nnunet.config import CPU as NNUNET_CPU

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from pool_helpers import TARGETS, build_pool, label_for, seed_of, target_image
-
 from vstk.errors import ConfigError
 from vstk.pipeline import stages
 from vstk.pool import Pool
