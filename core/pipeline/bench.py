@@ -388,7 +388,8 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
         def train_one(name=name, translator=translator, workdir=workdir) -> dict[str, Any]:
             sources, targets = training_inputs()
             with progress_bar(0, f"train {name}", enabled=show) as bar:
-                path = stages.train_translator(translator, sources, targets, workdir, progress=bar)
+                path = stages.train_translator(translator, sources, targets, workdir, progress=bar,
+                                               same_settings=True)
             loaded.add(name)
             return {"checkpoint": str(path)}
 

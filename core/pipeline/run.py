@@ -276,7 +276,8 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
         def train_one(name=name, translator=translator, workdir=workdir):
             load_inputs()
             with progress_bar(0, f"train {name}", enabled=show) as bar:
-                path = stages.train_translator(translator, sources, targets, workdir, progress=bar)
+                path = stages.train_translator(translator, sources, targets, workdir, progress=bar,
+                                               same_settings=True)
             return {"checkpoint": str(path)}
 
         summary[f"translator-{name}"] = _timed(plan, f"translator-{name}", train_one,

@@ -23,18 +23,20 @@ log = logging.getLogger(__name__)
 
 
 def train_translator(translator: Any, sources: Sequence[Volume], targets: Sequence[Volume], workdir: Path,
-                     progress: ProgressFn | None = None) -> Path:
+                     progress: ProgressFn | None = None, *, same_settings: bool = False) -> Path:
     """Train (or resume, or just load) one translator; returns its final checkpoint.
 
     A final checkpoint already in ``workdir`` (e.g. trained by ``vstk translate train``) is
-    used only when it was trained with this translator's result settings."""
+    loaded with the settings it was trained with. With ``same_settings`` (``vstk run`` and
+    ``vstk bench``, which record the command's settings as the ones that made their results)
+    it is refused when those differ from the translator's result settings."""
     final = workdir / "translator.pt"
     if final.exists():
         wanted = result_settings(translator.config)
         translator.load(final)  # takes the settings the checkpoint was trained with
         trained = result_settings(translator.config)
         changed = changed_inputs({k: v for k, v in trained.items() if k in wanted}, wanted)
-        if changed:
+        if changed and same_settings:
             raise ConfigError(f"it was trained with other settings: {'; '.join(changed)} (checkpoint -> now)",
                               path=final, fix="name the settings it was trained with, or move it away to train "
                                               "anew")

@@ -160,9 +160,12 @@ def test_a_final_translator_of_other_settings_is_not_used(phantom, tmp_path, hos
                                     workdir)
     assert final == workdir / "translator.pt"
     reused = cyclegan(cyclegan.profile("cpu", **tiny, checkpoint_every="9", translate_batch="2"), device="cpu")
-    assert stages.train_translator(reused, sources, targets, workdir) == final
+    assert stages.train_translator(reused, sources, targets, workdir, same_settings=True) == final
     assert reused.generator is not None
     other = cyclegan(cyclegan.profile("cpu", **{**tiny, "steps": "3", "lambda_identity": "0"}), device="cpu")
     with pytest.raises(ConfigError, match=r"lambda_identity: 0.5 -> 0.0; steps: 2 -> 3 \(checkpoint -> now\)") as error:
-        stages.train_translator(other, sources, targets, workdir)
+        stages.train_translator(other, sources, targets, workdir, same_settings=True)
     assert str(final) in str(error.value)
+    # `vstk pool build` uses the checkpoint as trained (its settings go into the pool's provenance)
+    assert stages.train_translator(other, sources, targets, workdir) == final
+    assert other.config.steps == 2 and other.config.lambda_identity == 0.5
