@@ -218,9 +218,10 @@ def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:
     if problems:
         name, path, changed = problems[0]
         what = "started" if path.name.endswith(".started.json") else "finished"
+        shown = changed[:6] + ([f"{len(changed) - 6} more"] if len(changed) > 6 else [])  # e.g. another --profile
         later = f" (and in {', '.join(p[0] for p in problems[1:])})" if problems[1:] else ""
         raise ConfigError(f"{plan.out} holds a run of other settings: stage {name} was {what} with "
-                          f"{'; '.join(changed)} (recorded -> now){later}",
+                          f"{'; '.join(shown)} (recorded -> now){later}",
                           fix=f"give these settings a new --out, or rerun with the recorded ones (in {path})")
 
 

@@ -108,6 +108,17 @@ def test_changed_segmenter_seed_names_the_first_stage_and_the_later_ones(phantom
         check_inputs(fewer_views, stage_inputs(fewer_views))
 
 
+def test_another_profile_is_refused_in_one_readable_line(phantom, tmp_path, host):
+    out = tmp_path / "out"
+    finish(plan(phantom, out, host), ["translator-cyclegan"])
+    paper = plan(phantom, out, host, profile="paper")
+    with pytest.raises(ConfigError, match=r"stage translator-cyclegan was finished with cyclegan\.\w+: .*; "
+                                          r"\d+ more \(recorded -> now\)") as error:
+        check_inputs(paper, stage_inputs(paper))
+    assert str(error.value).count(" -> ") == 7  # six changes and the legend
+    assert "\n" not in str(error.value)
+
+
 def test_an_interrupted_stage_is_checked_by_its_started_record(phantom, tmp_path, host):
     out = tmp_path / "out"
     first = plan(phantom, out, host, ("steps", "3"))
