@@ -227,7 +227,8 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
     """Translate, pool, train the segmenter, self-train, segment the test set, evaluate.
 
     Rerunning the same command resumes: finished stages are skipped and an interrupted one
-    restarts from its own checkpoints. Writes OUT/predictions/{case}_Label.nii.gz,
+    restarts from its own checkpoints; a rerun whose settings would change a finished or
+    started stage is refused (give them a new --out). Writes OUT/predictions/{case}_Label.nii.gz,
     OUT/evaluation.json, OUT/report.md and a log file OUT/vstk.log.
     """
     from ..cli import _host
