@@ -34,9 +34,11 @@ def train_translator(translator: Any, sources: Sequence[Volume], targets: Sequen
     if final.exists():
         wanted = result_settings(translator.config)
         translator.load(final)  # takes the settings the checkpoint was trained with
+        if not same_settings:
+            return final
         trained = result_settings(translator.config)
         changed = changed_inputs({k: v for k, v in trained.items() if k in wanted}, wanted)
-        if changed and same_settings:
+        if changed:
             raise ConfigError(f"it was trained with other settings: {'; '.join(changed)} (checkpoint -> now)",
                               path=final, fix="name the settings it was trained with, or move it away to train "
                                               "anew")
