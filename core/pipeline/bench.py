@@ -10,10 +10,14 @@ test set; only its training images differ:
 
 Each translator trains once (``OUT/translators/NAME``), one pool holds every view
 (``OUT/pool.h5``), and each method trains its own segmenter in ``OUT/methods/METHOD/segmenter``
-(its own nnU-Net dataset id and results). Stages (``OUT/state/{stage}.json`` marks a finished
-one; a rerun skips it): ``translator-{name}``, ``pool``, ``fidelity`` (PSNR/SSIM on paired
-cases), then per method ``segment-{method}-r{k}``, ``predict-{method}``, ``evaluate-{method}``.
-The report (``OUT/bench.md``, ``OUT/bench.json``, ``OUT/figures/*.png``) is rewritten every time.
+(its own nnU-Net workspace, the dataset named after the method). With ``--seeds`` every method
+trains once per segmenter seed, in ``OUT/methods/METHOD/seed{N}``, and the report gives the
+seed-averaged scores and the spread over seeds. Stages (``OUT/state/{stage}.json`` marks a
+finished one with what it was computed from; a rerun skips it, refuses a training stage of
+other settings and redoes a test stage of other test data): ``translator-{name}``, ``pool``,
+``fidelity`` (PSNR/SSIM on paired cases), then per method (and seed: ``{method}-s{N}``)
+``segment-{method}-r{k}``, ``predict-{method}``, ``evaluate-{method}``. The report
+(``OUT/bench.md``, ``OUT/bench.json``, ``OUT/figures/*.png``) is rewritten every time.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import json
 import logging
 import math
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..config import result_settings
 from ..crossmoda import discover, load_case, read_image
 from ..errors import ConfigError, InputError
 from ..plugins import PluginHost
@@ -38,8 +44,8 @@ from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
 from ..volume import Volume, read_nifti, write_nifti
 from . import stages
 from .components import split_settings
-from .run import (Plan, RunOptions, _timed, _train_translators_side_by_side, check_inputs, plan_run,
-                  stage_inputs)
+from .run import (Plan, RunOptions, _case_ids, _file_digest, _timed, _train_translators_side_by_side,
+                  check_inputs, plan_run, stage_inputs)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,20 @@ class Method:
 
 
 @dataclasses.dataclass(frozen=True)
+class Replicate:
+    """One segmenter training of a row: the method, and the segmenter seed given by ``--seeds``
+    (None without ``--seeds``: the segmenter config's own seed, in the row's own folder)."""
+
+    method: Method
+    seed: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The name of its stages and worker: the method's, with ``-s{seed}`` under ``--seeds``."""
+        return self.method.name if self.seed is None else f"{self.method.name}-s{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchOptions:
     """Everything ``vstk bench`` needs; see ``vstk bench --help`` for the meaning of each."""
 
@@ -94,11 +114,16 @@ class BenchOptions:
     ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
     ear_size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
     jobs: int = 1
+    seeds: tuple[int, ...] = ()
     progress: bool | None = None
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
             raise ConfigError(f"--jobs {self.jobs} must be 1 or more")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds {','.join(str(s) for s in self.seeds)}: a seed is named twice")
+        if any(seed < 0 for seed in self.seeds):
+            raise ConfigError(f"--seeds {','.join(str(s) for s in self.seeds)}: seeds are 0 or more")
         if not self.translators:
             raise ConfigError("no translator named", fix="e.g. --translators cyclegan,qsattn")
         if len(set(self.translators)) != len(self.translators):
@@ -141,6 +166,11 @@ class BenchOptions:
         rows += [Method("+".join(combo), tuple(combo)) for combo in self.combos]
         return tuple(rows + [Method(SUPERVISED)])
 
+    def replicates(self, methods: Sequence[Method]) -> tuple[Replicate, ...]:
+        """Every segmenter training, row by row: one per method, or one per method and seed."""
+        seeds: Sequence[int | None] = self.seeds or (None,)
+        return tuple(Replicate(method, seed) for method in methods for seed in seeds)
+
 
 @dataclasses.dataclass
 class BenchPlan:
@@ -149,7 +179,8 @@ class BenchPlan:
     options: BenchOptions
     run: Plan
     methods: tuple[Method, ...]
-    segmenters: dict[str, Any]
+    replicates: tuple[Replicate, ...]
+    segmenters: dict[str, Any]  # by replicate key
     test_labels: Path
     labelled_targets: tuple[Any, ...]
     paired: tuple[Any, ...]
@@ -159,8 +190,12 @@ class BenchPlan:
     def out(self) -> Path:
         return self.options.out
 
-    def method_dir(self, method: Method) -> Path:
-        return self.out / "methods" / method.name
+    def method_dir(self, replicate: Replicate) -> Path:
+        folder = self.out / "methods" / replicate.method.name
+        return folder if replicate.seed is None else folder / f"seed{replicate.seed}"
+
+    def replicates_of(self, method: Method) -> list[Replicate]:
+        return [r for r in self.replicates if r.method == method]
 
     def rounds_of(self, method: Method) -> int:
         """Self-training rounds of a method (the supervised ceiling has no unlabelled hrT2 left)."""
@@ -202,25 +237,26 @@ def _dataset_name(method: str) -> str:
     return (re.sub(r"[^A-Za-z0-9]+", "-", method).strip("-") or "method")[:64]
 
 
-def method_config(base: Any, index: int, method: Method, rounds: int) -> Any:
-    """The segmenter config of row ``index``: the shared one, with its own dataset id and name.
+def method_config(base: Any, replicate: Replicate, segmenter: str) -> Any:
+    """The segmenter config of one replicate: the shared one, with the method's name as the
+    dataset name (``dataset_name``, nnU-Net) and the replicate's seed under ``--seeds``.
 
-    Segmenter configs with ``dataset_id`` / ``dataset_name`` fields (nnU-Net) get
-    ``dataset_id + index * (rounds + 1)`` and the method's name, so the nnU-Net folders of two
-    methods never share a name; every other setting (seed included) is the same for all rows.
+    Every row has its own workspace, so all rows keep the same dataset id: adding a translator
+    to the command never moves a finished row's results. Every other setting is shared.
     """
     if not dataclasses.is_dataclass(base):
+        if replicate.seed is not None:
+            raise ConfigError(f"--seeds: the segmenter {segmenter!r} has no settings (no seed to vary)",
+                              fix="leave out --seeds")
         return base
     fields = {f.name for f in dataclasses.fields(base)}
     changes: dict[str, Any] = {}
-    if "dataset_id" in fields:
-        changes["dataset_id"] = base.dataset_id + index * (rounds + 1)
-        if changes["dataset_id"] + rounds > 999:
-            raise ConfigError(f"{index + 1} benchmark rows x {rounds + 1} round(s) need dataset ids up to "
-                              f"{changes['dataset_id'] + rounds}, above nnU-Net's 999",
-                              fix=f"set a smaller id, e.g. --set dataset_id=101 (now {base.dataset_id})")
     if "dataset_name" in fields:
-        changes["dataset_name"] = _dataset_name(method.name)
+        changes["dataset_name"] = _dataset_name(replicate.method.name)
+    if replicate.seed is not None:
+        if "seed" not in fields:
+            raise ConfigError(f"--seeds: the segmenter {segmenter!r} has no seed setting", fix="leave out --seeds")
+        changes["seed"] = replicate.seed
     return dataclasses.replace(base, **changes) if changes else base
 
 
@@ -278,12 +314,13 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
         notes.append("translation fidelity: skipped: no paired ceT1/hrT2 cases (pass --paired DIR).")
 
     methods = tuple(m for m in options.methods() if m.name != SUPERVISED or labelled_targets)
+    replicates = options.replicates(methods)
     segmenter_cls = type(run_plan.segmenter)
-    segmenters = {}
-    for index, method in enumerate(methods):
-        config = method_config(run_plan.segmenter.config, index, method, options.rounds)
-        segmenters[method.name] = segmenter_cls(config, options.out / "methods" / method.name / "segmenter")
-    return BenchPlan(options, run_plan, methods, segmenters, Path(test_labels), labelled_targets, paired, notes)
+    plan = BenchPlan(options, run_plan, methods, replicates, {}, Path(test_labels), labelled_targets, paired, notes)
+    for replicate in replicates:
+        config = method_config(run_plan.segmenter.config, replicate, options.segmenter)
+        plan.segmenters[replicate.key] = segmenter_cls(config, plan.method_dir(replicate) / "segmenter")
+    return plan
 
 
 class _TimedTranslator:
@@ -320,17 +357,17 @@ def training_cases(plan: BenchPlan, method: Method) -> list[TrainingCase]:
     return stages.pool_training_cases(plan.run.pool, plan.run.ear_rule, views=method.views)
 
 
-def pseudo_labels(plan: BenchPlan, method: Method, round_index: int, show: bool | None) -> list[TrainingCase]:
-    """Ear crops of the real training hrT2 pseudo-labelled by the method's round ``round_index - 1``.
+def pseudo_labels(plan: BenchPlan, replicate: Replicate, round_index: int, show: bool | None) -> list[TrainingCase]:
+    """Ear crops of the real training hrT2 pseudo-labelled by the replicate's round ``round_index - 1``.
 
     The labels are written to ``METHOD/pseudo_r{k}/`` (``selected.json`` last) and always read
     back from there, so an interrupted round resumes on byte-identical cases.
     """
-    folder = plan.method_dir(method) / f"pseudo_r{round_index}"
+    folder = plan.method_dir(replicate) / f"pseudo_r{round_index}"
     images = {c.case_id: read_image(c.hrT2) for c in plan.run.train.target}
     if not (folder / "selected.json").exists():
-        segmenter = plan.segmenters[method.name]
-        with progress_bar(len(images) * 2, f"pseudo-label {method.name} r{round_index}", enabled=show) as bar:
+        segmenter = plan.segmenters[replicate.key]
+        with progress_bar(len(images) * 2, f"pseudo-label {replicate.key} r{round_index}", enabled=show) as bar:
             predictions = stages.predict_full(segmenter, images, plan.run.ear_rule, round_index=round_index - 1,
                                               progress=bar)
         selected = plan.run.pseudo_labeler.select(predictions)
@@ -342,17 +379,54 @@ def pseudo_labels(plan: BenchPlan, method: Method, round_index: int, show: bool 
                         read_nifti(folder / f"{case}_Label.nii.gz")) for case in chosen), plan)
 
 
-def _predict(plan: BenchPlan, method: Method, images: Callable[[], dict[str, Volume]],
+def _predict(plan: BenchPlan, replicate: Replicate, images: Callable[[], dict[str, Volume]],
              show: bool | None) -> dict[str, Any]:
-    folder = plan.method_dir(method) / "predictions"
+    folder = plan.method_dir(replicate) / "predictions"
+    shutil.rmtree(folder, ignore_errors=True)  # no prediction of an earlier test set stays behind
     test_images = images()
-    with progress_bar(len(test_images) * 2, f"predict {method.name}", enabled=show) as bar:
-        predictions = stages.predict_full(plan.segmenters[method.name], test_images, plan.run.ear_rule,
-                                          round_index=plan.rounds_of(method), progress=bar)
+    with progress_bar(len(test_images) * 2, f"predict {replicate.key}", enabled=show) as bar:
+        predictions = stages.predict_full(plan.segmenters[replicate.key], test_images, plan.run.ear_rule,
+                                          round_index=plan.rounds_of(replicate.method), progress=bar)
     for prediction in predictions:
         case = prediction.case_id
         write_nifti(prediction.label, folder / f"{case.removesuffix('_hrT2')}_Label.nii.gz")
     return {"cases": len(predictions), "folder": str(folder)}
+
+
+def row_inputs(plan: BenchPlan, replicate: Replicate) -> dict[str, dict[str, Any]]:
+    """What each stage of one replicate is computed from (recorded with it, as in ``vstk run``):
+    its training images (the translators' settings are checked as the translator stages'),
+    the segmenter's result settings, the ear boxes, the pseudo-labeler of the self-training
+    rounds, and for the test stages the test set and rounds."""
+    method, options = replicate.method, plan.options
+    if method.name == NONE:
+        training: dict[str, Any] = {"training": "ceT1", "data.ceT1": _case_ids(plan.run.train.source)}
+    elif method.name == SUPERVISED:
+        training = {"training": "labelled hrT2", "data.hrT2_labelled": _case_ids(plan.labelled_targets),
+                    "data.hrT2_labels": _file_digest(c.label for c in plan.labelled_targets)}
+    else:
+        training = {"training": "views", "views": list(method.views), "data.ceT1": _case_ids(plan.run.train.source)}
+    segmenter = plan.segmenters[replicate.key]
+    settings = {f"{options.segmenter}.{k}": v
+                for k, v in result_settings(getattr(segmenter, "config", None)).items()}
+    segment = {**training, "segmenter": options.segmenter, **settings,
+               "ear_offset_mm": list(options.ear_offset_mm), "ear_size_mm": list(options.ear_size_mm)}
+    labeler = {f"{options.pseudo_labeler}.{k}": v
+               for k, v in result_settings(getattr(plan.run.pseudo_labeler, "config", None)).items()}
+    inputs = {f"segment-{replicate.key}-r0": segment}
+    for round_index in range(1, plan.rounds_of(method) + 1):
+        inputs[f"segment-{replicate.key}-r{round_index}"] = {
+            **segment, "data.hrT2": _case_ids(plan.run.train.target), "pseudo_labeler": options.pseudo_labeler,
+            **labeler}
+    tested = {"test.hrT2": _case_ids(plan.run.test.target), "rounds": plan.rounds_of(method)}
+    inputs[f"predict-{replicate.key}"] = tested
+    inputs[f"evaluate-{replicate.key}"] = {**tested, "test.labels": _file_digest(
+        c.label for c in plan.run.test.target if c.label)}
+    return inputs
+
+
+def _training_stages(inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: value for name, value in inputs.items() if name.startswith("segment-")}
 
 
 def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
@@ -366,9 +440,10 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
         stages_done[name] = _timed(plan.run, name, work, announce_skip=announce_skip, inputs=inputs)
         return stages_done[name]
 
-    # the translators are shared by every method: a rerun must not skip ones of other settings
+    # a rerun must not skip translators or segmenters of other settings (the test stages are redone)
     translator_inputs = {k: v for k, v in stage_inputs(plan.run).items() if k.startswith("translator-")}
-    check_inputs(plan.run, translator_inputs)
+    check_inputs(plan.run, {**translator_inputs,
+                            **{k: v for r in plan.replicates for k, v in _training_stages(row_inputs(plan, r)).items()}})
 
     inputs: dict[str, list[Volume]] = {}
 
@@ -425,13 +500,12 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
             (plan.run.state / "fidelity.json").unlink()  # other translators than this command's: score again
         stage("fidelity", lambda: fidelity_stage(plan, translators_ready(), show))
 
-    pending = [m for m in plan.methods
-               if not all(stages.stage_done(plan.run.state, name) for name in stage_names(plan, m))]
+    pending = [r for r in plan.replicates if _pending(plan, r)]
     if options.jobs > 1 and len(pending) > 1:
-        _methods_in_processes(options, pending)
+        _replicates_in_processes(options, pending)
     images = _TestImages(plan)
-    for method in plan.methods:  # finished ones (all of them after the processes) are only read back
-        stages_done.update(run_method(plan, method, images, show))
+    for replicate in plan.replicates:  # finished ones (all of them after the processes) are only read back
+        stages_done.update(run_replicate(plan, replicate, images, show))
 
     from .bench_report import write_bench_report
 
@@ -451,41 +525,48 @@ class _TestImages:
         return self._images
 
 
-def stage_names(plan: BenchPlan, method: Method) -> list[str]:
-    """The stages of one row, in order."""
-    return ([f"segment-{method.name}-r{r}" for r in range(plan.rounds_of(method) + 1)]
-            + [f"predict-{method.name}", f"evaluate-{method.name}"])
+def _pending(plan: BenchPlan, replicate: Replicate) -> bool:
+    """True when a stage of the replicate is missing or must be redone (other test data)."""
+    for name, wanted in row_inputs(plan, replicate).items():
+        done = stages.stage_done(plan.run.state, name)
+        if done is None or ("inputs" in done and stages.changed_inputs(done["inputs"], wanted)):
+            return True
+    return False
 
 
-def run_method(plan: BenchPlan, method: Method, test_images: Callable[[], dict[str, Volume]],
-               show: bool | None) -> dict[str, dict[str, Any]]:
-    """Train (every round), predict and evaluate one row, skipping finished stages."""
+def run_replicate(plan: BenchPlan, replicate: Replicate, test_images: Callable[[], dict[str, Volume]],
+                  show: bool | None) -> dict[str, dict[str, Any]]:
+    """Train (every round), predict and evaluate one replicate, skipping finished stages."""
     from ..evaluation.evaluate import evaluate_folders
 
-    segmenter = plan.segmenters[method.name]
+    method = replicate.method
+    segmenter = plan.segmenters[replicate.key]
+    inputs = row_inputs(plan, replicate)
     done: dict[str, dict[str, Any]] = {}
 
     def segment(round_index: int) -> dict[str, Any]:
         cases = training_cases(plan, method)
         if round_index > 0:
-            cases += pseudo_labels(plan, method, round_index, show)
-        with progress_bar(0, f"segmenter {method.name} r{round_index}", enabled=show) as bar:
+            cases += pseudo_labels(plan, replicate, round_index, show)
+        with progress_bar(0, f"segmenter {replicate.key} r{round_index}", enabled=show) as bar:
             segmenter.train(cases, round_index=round_index, progress=bar)
         return {"training_cases": len(cases)}
 
     for round_index in range(plan.rounds_of(method) + 1):
-        name = f"segment-{method.name}-r{round_index}"
-        done[name] = _timed(plan.run, name, lambda r=round_index: segment(r))
-    name = f"predict-{method.name}"
-    done[name] = _timed(plan.run, name, lambda: _predict(plan, method, test_images, show))
-    name = f"evaluate-{method.name}"
-    done[name] = _timed(plan.run, name, lambda: evaluate_folders(plan.method_dir(method) / "predictions",
-                                                                 plan.test_labels).as_dict())
+        name = f"segment-{replicate.key}-r{round_index}"
+        done[name] = _timed(plan.run, name, lambda r=round_index: segment(r), inputs=inputs[name])
+    name = f"predict-{replicate.key}"
+    done[name] = _timed(plan.run, name, lambda: _predict(plan, replicate, test_images, show), inputs=inputs[name],
+                        redo_if_changed=True)
+    name = f"evaluate-{replicate.key}"
+    done[name] = _timed(plan.run, name, lambda: evaluate_folders(plan.method_dir(replicate) / "predictions",
+                                                                 plan.test_labels).as_dict(),
+                        inputs=inputs[name], redo_if_changed=True)
     return done
 
 
-def _methods_in_processes(options: BenchOptions, methods: Sequence[Method]) -> None:
-    """Run rows side by side, ``options.jobs`` worker processes ("spawn") at a time.
+def _replicates_in_processes(options: BenchOptions, replicates: Sequence[Replicate]) -> None:
+    """Run rows (and seeds) side by side, ``options.jobs`` worker processes ("spawn") at a time.
 
     nnU-Net runs one job per process; each process gets cores / jobs torch threads (the cpu
     profile's nnU-Net uses torch's default), so two rows on two cores use one thread each.
@@ -494,28 +575,28 @@ def _methods_in_processes(options: BenchOptions, methods: Sequence[Method]) -> N
     import concurrent.futures
     import multiprocessing
 
-    workers = min(options.jobs, len(methods))
-    log.info("training %d benchmark rows in %d processes: %s", len(methods), workers,
-             ", ".join(m.name for m in methods))
+    workers = min(options.jobs, len(replicates))
+    log.info("training %d benchmark rows in %d processes: %s", len(replicates), workers,
+             ", ".join(r.key for r in replicates))
     log_files = [Path(h.baseFilename) for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     context = multiprocessing.get_context("spawn")
     # a fresh process per row where Python allows it (3.11+): nnU-Net's state and memory go with it
     fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, **fresh) as pool:
-        futures = {pool.submit(_method_worker, options, m.name, log_files[0] if log_files else None): m
-                   for m in methods}
+        futures = {pool.submit(_replicate_worker, options, r.key, log_files[0] if log_files else None): r
+                   for r in replicates}
         try:
             for future in concurrent.futures.as_completed(futures):
                 future.result()
-                log.info("benchmark row %s finished", futures[future].name)
+                log.info("benchmark row %s finished", futures[future].key)
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
 
 
-def _method_worker(options: BenchOptions, name: str, log_file: Path | None) -> None:
-    """Entry point of a worker process: plan again (same options), run one row's stages."""
+def _replicate_worker(options: BenchOptions, key: str, log_file: Path | None) -> None:
+    """Entry point of a worker process: plan again (same options), run one replicate's stages."""
     from ..cli import _host
 
     root = logging.getLogger()
@@ -525,7 +606,7 @@ def _method_worker(options: BenchOptions, name: str, log_file: Path | None) -> N
     if log_file is not None:
         handler = logging.FileHandler(log_file)
         handler.vstk_bench_row = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [{name}]: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [{key}]: %(message)s"))
         handler.setLevel(logging.INFO)
         root.addHandler(handler)
         root.setLevel(logging.INFO)
@@ -535,8 +616,8 @@ def _method_worker(options: BenchOptions, name: str, log_file: Path | None) -> N
     torch.set_num_threads(max(1, usable_cores() // options.jobs))
     options = dataclasses.replace(options, progress=False)
     plan = plan_bench(options, _host())
-    method = next(m for m in plan.methods if m.name == name)
-    run_method(plan, method, _TestImages(plan), show=False)
+    replicate = next(r for r in plan.replicates if r.key == key)
+    run_replicate(plan, replicate, _TestImages(plan), show=False)
 
 
 def fidelity_stage(plan: BenchPlan, translators: dict[str, Any], show: bool | None) -> dict[str, Any]:

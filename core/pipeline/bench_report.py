@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..config import to_json_dict
-from ..evaluation.evaluate import paired_t_test
+from ..evaluation.evaluate import Evaluation, paired_t_test
 from .bench import NONE, STRUCTURE_METRICS, SUPERVISED, TEST_METRICS, BenchPlan, finite
 from .report import dice_boxplot, translation_figure
 from .stages import dataclass_dict, write_json_atomic
@@ -68,40 +68,49 @@ def collect(plan: BenchPlan, stages: dict[str, dict[str, Any]]) -> dict[str, Any
             "translate_seconds": translate,
             "translate_seconds_per_volume": None if translate is None else round(translate / volumes, 2),
         }
-    evaluations = {m.name: stages[f"evaluate-{m.name}"] for m in plan.methods}
+    evaluations, seeds = {}, {}
+    for method in plan.methods:
+        replicates = plan.replicates_of(method)
+        runs = [stages[f"evaluate-{r.key}"] for r in replicates]
+        evaluations[method.name] = average_over_seeds(runs)
+        if plan.options.seeds:
+            seeds[method.name] = seed_spread({r.seed: e for r, e in zip(replicates, runs)})
     means = {name: e["summary"]["mean_dice"]["mean"] for name, e in evaluations.items()}
     floor, ceiling = means.get(NONE), means.get(SUPERVISED)
     methods = {}
     for method in plan.methods:
         evaluation = evaluations[method.name]
         rounds = plan.rounds_of(method)
-        segment = sum(_seconds(stages.get(f"segment-{method.name}-r{r}")) for r in range(rounds + 1))
+        keys = [r.key for r in plan.replicates_of(method)]
+        segment = np.mean([sum(_seconds(stages.get(f"segment-{k}-r{r}")) for r in range(rounds + 1)) for k in keys])
         methods[method.name] = {
             "training_data": method.training_data,
             "views": list(method.views),
             "rounds": rounds,
             "summary": {m: evaluation["summary"][m] for m in STRUCTURE_METRICS},
             "gap_closed": gap_closed(means[method.name], floor, ceiling),
+            "seeds": seeds.get(method.name),
             "seconds": {
                 "translator_training": round(sum(translators[v]["train_seconds"] for v in method.views), 1),
                 "translation": round(sum(translators[v]["translate_seconds"] or 0.0 for v in method.views), 1),
-                "segmenter_training": round(segment, 1),
-                "prediction": _seconds(stages.get(f"predict-{method.name}")),
+                "segmenter_training": round(float(segment), 1),
+                "prediction": round(float(np.mean([_seconds(stages.get(f"predict-{k}")) for k in keys])), 1),
             },
             "cases": evaluation["cases"],
         }
     cases = {name: m["cases"] for name, m in methods.items()}
     fidelity = stages.get("fidelity")
+    per_row_fields = _PER_ROW_FIELDS + (("seed",) if plan.options.seeds else ())
     configs = [to_json_dict(s.config) for s in plan.segmenters.values()]
-    shared_config = {k: v for k, v in configs[0].items() if k not in _PER_ROW_FIELDS}
+    shared_config = {k: v for k, v in configs[0].items() if k not in per_row_fields}
     return finite({
         "options": dataclass_dict(plan.options),
         "data": {"labelled_ceT1": len(plan.run.train.source), "unlabelled_hrT2": len(plan.run.train.target),
                  "labelled_hrT2": len(plan.labelled_targets), "test_hrT2": len(plan.run.test.target),
                  "paired": len(plan.paired)},
         "segmenter": {"name": plan.options.segmenter, "config": shared_config,
-                      "per_row": {name: {k: to_json_dict(s.config).get(k) for k in _PER_ROW_FIELDS}
-                                  for name, s in plan.segmenters.items()}},
+                      "per_row": {key: {k: to_json_dict(s.config).get(k) for k in per_row_fields}
+                                  for key, s in plan.segmenters.items()}},
         "methods": methods,
         "paired_t_tests": {metric: t_test_matrix(cases, metric) for metric in TEST_METRICS},
         "fidelity": None if fidelity is None else fidelity["methods"],
@@ -109,6 +118,27 @@ def collect(plan: BenchPlan, stages: dict[str, dict[str, Any]]) -> dict[str, Any
         "translators": translators,
         "notes": list(plan.notes),
     })
+
+
+def average_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One evaluation from the evaluations of several seeds: each case's scores averaged over
+    the seeds (the cases all of them scored), with their summary over cases."""
+    if len(runs) == 1:
+        return runs[0]
+    shared = sorted(set.intersection(*(set(run["cases"]) for run in runs)))
+    cases = {case: {metric: float(np.mean([run["cases"][case][metric] for run in runs]))
+                    for metric in runs[0]["cases"][case]} for case in shared}
+    return Evaluation(cases).as_dict()
+
+
+def seed_spread(runs: dict[int | None, dict[str, Any]]) -> dict[str, Any]:
+    """Each seed's mean over cases, and the mean and std (ddof 0) of those means over seeds."""
+    per_seed = {str(seed): {m: run["summary"][m]["mean"] for m in TEST_METRICS} for seed, run in runs.items()}
+    spread = {}
+    for metric in TEST_METRICS:
+        values = np.array([scores[metric] for scores in per_seed.values()], dtype=np.float64)
+        spread[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=0)), "n": int(len(values))}
+    return {"per_seed": per_seed, "over_seeds": spread}
 
 
 def _pm(stat: dict[str, float], digits: int) -> str:
@@ -141,6 +171,18 @@ def table_one(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def seed_table(data: dict[str, Any], seeds: tuple[int, ...]) -> list[str]:
+    header = ("| method | " + " | ".join(f"mean Dice, seed {seed}" for seed in seeds)
+              + " | VS Dice over seeds | cochlea Dice over seeds | mean Dice over seeds |")
+    lines = [header, "|---" * (len(seeds) + 4) + "|"]
+    for name, m in data["methods"].items():
+        spread = m["seeds"]
+        cells = [f"{spread['per_seed'][str(seed)]['mean_dice']:.3f}" for seed in seeds]
+        cells += [_pm(spread["over_seeds"][metric], 3) for metric in ("VS_dice", "cochlea_dice", "mean_dice")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def p_table(matrix: dict[str, Any]) -> list[str]:
     names = matrix["methods"]
     lines = ["| p | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -156,11 +198,13 @@ def markdown(plan: BenchPlan, data: dict[str, Any], figures: dict[str, Path]) ->
     budget = ", ".join(f"{k} {config[k]}" for k in ("configuration", "num_epochs", "iterations_per_epoch", "seed")
                        if k in config)
     combos = ", ".join("+".join(c) for c in options.combos) or "none"
+    seeds = ", ".join(str(seed) for seed in options.seeds)
+    seeding = f"once with each of the seeds {seeds}" if options.seeds else "with the same seed"
     lines = [
         f"# vstk bench: {', '.join(options.translators)}",
         "",
         (f"Profile `{options.profile}`. Translators: {', '.join(options.translators)}; multi-view combinations: "
-         f"{combos}. Every row trains the same segmenter `{options.segmenter}` ({budget}) with the same seed on "
+         f"{combos}. Every row trains the same segmenter `{options.segmenter}` ({budget}) {seeding} on "
          f"the ear crops of its own training images, {options.rounds} self-training round(s), and is scored on the "
          f"same {counts['test_hrT2']} test hrT2. Data: {counts['labelled_ceT1']} labelled ceT1, "
          f"{counts['unlabelled_hrT2']} unlabelled hrT2"
@@ -171,6 +215,8 @@ def markdown(plan: BenchPlan, data: dict[str, Any], figures: dict[str, Path]) ->
         "",
         *table_one(data),
         "",
+        *([f"With --seeds, each case's scores are first averaged over the {len(options.seeds)} seeds; the spread "
+           "over seeds is in the next table.", ""] if options.seeds else []),
         (f"`{NONE}`: the segmenter on raw ceT1 (the floor); `{SUPERVISED}`: on labelled hrT2 (the ceiling). "
          f"Gap closed = (mean Dice - {NONE}) / ({SUPERVISED} - {NONE}); '-' when `{SUPERVISED}` is not above "
          f"`{NONE}` (the segmenter budget did not learn the target domain: no gap to measure). "
@@ -178,9 +224,15 @@ def markdown(plan: BenchPlan, data: dict[str, Any], figures: dict[str, Path]) ->
          "one empty Dice 0, ASSD = the image diagonal."),
         "",
     ]
+    if options.seeds:
+        lines += [f"## Seeds (mean over the {counts['test_hrT2']} test cases, per segmenter seed)", "",
+                  *seed_table(data, options.seeds), "",
+                  "The last three columns: mean +- std over the seeds of each seed's mean (std with ddof 0).", ""]
     tests = data["paired_t_tests"]
     lines += [f"## Paired t-tests on per-case mean Dice ({tests['mean_dice']['cases']} test cases)", "",
-              "Two-sided p-values (the paper's Fig. 3); VS and cochlea matrices are in bench.json and the figure.",
+              "Two-sided p-values (the paper's Fig. 3)"
+              + (" on the seed-averaged case scores" if options.seeds else "")
+              + "; VS and cochlea matrices are in bench.json and the figure.",
               "", *p_table(tests["mean_dice"]), "", "![p-values](figures/ttest_pvalues.png)", ""]
     if data["fidelity"] is not None:
         lines += [f"## Translation fidelity ({data['fidelity_cases']} paired cases, against the true hrT2)", "",
@@ -192,7 +244,7 @@ def markdown(plan: BenchPlan, data: dict[str, Any], figures: dict[str, Path]) ->
                          f"{_seconds_cell(info.get('train_seconds'))} | "
                          f"{_seconds_cell(info.get('translate_seconds_per_volume'))} |")
         lines.append("")
-    lines += ["## Time (seconds)", "",
+    lines += ["## Time (seconds" + (", segmenter and prediction per seed" if options.seeds else "") + ")", "",
               "| method | translator training | translation | segmenter training | prediction |", "|---|---|---|---|---|"]
     for name, m in data["methods"].items():
         s = m["seconds"]

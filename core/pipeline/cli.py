@@ -275,6 +275,9 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Rows whose segmenters train side by side, one process each, with cores / jobs "
                    "threads each.")
+@click.option("--seeds", default=None, metavar="N[,N...]",
+              help="Train every row's segmenter once per seed (e.g. 0,1,2) and report the seed-averaged "
+                   "scores and the spread over seeds [one training, with the segmenter's seed setting].")
 @ear_options
 @set_option
 @config_option
@@ -282,15 +285,16 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
 def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, test: Path | None,
                   test_labels: Path | None, target_labels: Path | None, paired: Path | None, profile: str | None,
                   rounds: int, segmenter: str, pseudo_labeler: str, out: Path, phantom_cases: int, jobs: int,
-                  ear_offset, ear_size, settings, config_file, device: str | None) -> None:
+                  seeds: str | None, ear_offset, ear_size, settings, config_file, device: str | None) -> None:
     """Benchmark translators alone and combined under one segmentation protocol.
 
     Rows: none (segmenter on raw ceT1: the floor), each translator, each --combos
     combination, supervised (on labelled hrT2, when there are labels: the ceiling). Every row
-    trains the same segmenter with the same seed; each translator trains once and one pool
-    holds every view. Writes OUT/bench.md (Table 1 with the share of the floor-to-ceiling gap
-    each row closes, paired t-tests, translation fidelity, time), OUT/bench.json and
-    OUT/figures/*.png. Rerunning the same command resumes and skips finished stages.
+    trains the same segmenter with the same seed (or once per --seeds seed); each translator
+    trains once and one pool holds every view. Writes OUT/bench.md (Table 1 with the share of
+    the floor-to-ceiling gap each row closes, the spread over seeds, paired t-tests,
+    translation fidelity, time), OUT/bench.json and OUT/figures/*.png. Rerunning the same
+    command resumes and skips finished stages; a rerun of other settings is refused.
     """
     from ..cli import _host
     from .bench import BenchOptions, bench, parse_combos
@@ -301,10 +305,31 @@ def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, 
                            paired=paired, profile=_resolve_profile(profile, device), rounds=rounds,
                            segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                            settings=collect_settings(settings, config_file), device=device,
-                           phantom_cases=phantom_cases, jobs=jobs, **_ear_kwargs(ear_offset, ear_size))
+                           phantom_cases=phantom_cases, jobs=jobs, seeds=_parse_seeds(seeds),
+                           **_ear_kwargs(ear_offset, ear_size))
     with log_to_file(out / "vstk.log"):
         data_out = bench(options, _host())
     for name, method in data_out["methods"].items():
+        spread = method["seeds"]
         click.echo(f"{name}: mean Dice {method['summary']['mean_dice']['mean']:.3f}"
+                   + (f" (seeds: {spread['over_seeds']['mean_dice']['mean']:.3f} +- "
+                      f"{spread['over_seeds']['mean_dice']['std']:.3f})" if spread else "")
                    + (f", gap closed {method['gap_closed']:.0%}" if method["gap_closed"] is not None else ""))
     click.echo(f"report: {out / 'bench.md'}")
+
+
+def _parse_seeds(value: str | None) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; None -> ``()`` (one training with the configured seed)."""
+    from ..errors import ConfigError
+
+    if value is None:
+        return ()
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    try:
+        seeds = tuple(int(part) for part in parts)
+    except ValueError:
+        raise ConfigError(f"--seeds {value!r}: seeds are whole numbers separated by commas",
+                          fix="e.g. --seeds 0,1,2") from None
+    if not seeds:
+        raise ConfigError("--seeds names no seed", fix="e.g. --seeds 0,1,2, or leave it out")
+    return seeds

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from vstk.phantom import PhantomConfig, generate_phantom
+from vstk.volume import read_nifti, write_nifti
 
 TINY = ["--set", "steps=3", "--set", "decay_steps=1", "--set", "ngf=4", "--set", "n_blocks=1", "--set", "ndf=4",
         "--set", "size=48", "--set", "spacing=1.0,1.0", "--set", "sample_every=0",
@@ -92,9 +95,12 @@ def test_table_one_has_every_row_framed_by_floor_and_ceiling(bench_out):
         assert len(finals) == 1
         datasets.add(finals[0].relative_to(bench_out / "methods" / name / "segmenter" / "nnUNet_results").parts[0])
         assert len(list((bench_out / "methods" / name / "predictions").glob("*_Label.nii.gz"))) == 2
-    assert len(datasets) == len(ROWS) and "Dataset504_cyclegan-qsattn_round0" in datasets
+    assert len(datasets) == len(ROWS) and "Dataset501_cyclegan-qsattn_round0" in datasets
     per_row = data["segmenter"]["per_row"]
-    assert len({row["dataset_id"] for row in per_row.values()}) == len(ROWS)
+    # every row has its own nnU-Net workspace: one dataset id, so adding a row never moves another
+    assert {row["dataset_id"] for row in per_row.values()} == {501}
+    assert [row["dataset_name"] for row in per_row.values()] == ["none", "cyclegan", "qsattn", "cyclegan-qsattn",
+                                                                 "supervised"]
     assert data["segmenter"]["config"]["seed"] == 0 and data["segmenter"]["config"]["num_epochs"] == 2
 
 
@@ -179,6 +185,13 @@ def test_rerun_skips_finished_stages(phantom, bench_out):
                              text=True, timeout=600)
     assert changed.returncode == 2 and "stage translator-qsattn was finished with qsattn.ngf: 4 -> 8" in changed.stderr
     assert json.loads((bench_out / "bench.json").read_text()) == after
+    # the rows' segmenters are checked too: another budget is refused, nothing is reported as its result
+    changed = subprocess.run(vstk_bench(phantom, bench_out, "--set", "num_epochs=3"), capture_output=True,
+                             text=True, timeout=600)
+    assert changed.returncode == 2, changed.stderr[-2000:]
+    assert "stage segment-none-r0 was finished with nnunet.num_epochs: 2 -> 3" in changed.stderr
+    assert "(and in segment-cyclegan-r0, segment-qsattn-r0" in changed.stderr
+    assert json.loads((bench_out / "bench.json").read_text()) == after
 
 
 @pytest.mark.slow
@@ -219,6 +232,80 @@ def test_self_training_round_without_target_labels_or_paired_cases_then_a_new_tr
     assert again["translators"]["qsattn"]["translate_seconds"] is not None
 
 
+@pytest.mark.slow
+def test_seeds_train_each_row_once_per_seed_and_report_the_spread(phantom, tmp_path):
+    from vstk.evaluation.evaluate import Evaluation
+    from vstk_nnunet.trainer import load_checkpoint_file
+
+    out = tmp_path / "seeds"
+    labels = tmp_path / "test_labels"
+    shutil.copytree(phantom / "test_labels", labels)
+
+    def bench(seeds: str) -> tuple[dict, str]:
+        done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", "--translators", "cyclegan",
+                               "--data", str(phantom / "train"), "--test", str(phantom / "test"),
+                               "--test-labels", str(labels), "--seeds", seeds, "--out", str(out),
+                               *TINY], capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((out / "bench.json").read_text()), done.stdout
+
+    data, stdout = bench("3,4")
+    keys = ["none-s3", "none-s4", "cyclegan-s3", "cyclegan-s4"]
+    assert data["segmenter"]["per_row"] == {
+        key: {"dataset_id": 501, "dataset_name": key.split("-s")[0], "seed": int(key[-1])} for key in keys}
+    assert "seed" not in data["segmenter"]["config"]
+    weights = {}
+    for key in keys:
+        method, seed = key.split("-s")
+        folder = out / "methods" / method / f"seed{seed}"
+        assert len(list(folder.glob("predictions/*_Label.nii.gz"))) == 2
+        final = next((folder / "segmenter" / "nnUNet_results").rglob("checkpoint_final.pth"))
+        weights[key] = load_checkpoint_file(final)["network_weights"]
+    first = next(iter(weights["none-s3"]))
+    assert not torch.equal(weights["none-s3"][first], weights["none-s4"][first])  # the seed reached nnU-Net
+    text = (out / "bench.md").read_text()
+    assert "once with each of the seeds 3, 4" in text
+    seeds_rows = markdown_table(text, "## Seeds")
+    assert [r[0] for r in seeds_rows] == ["none", "cyclegan"]
+    for method in ("none", "cyclegan"):
+        runs = {seed: json.loads((out / "state" / f"evaluate-{method}-s{seed}.json").read_text()) for seed in (3, 4)}
+        spread = data["methods"][method]["seeds"]
+        for seed, run in runs.items():
+            assert spread["per_seed"][str(seed)]["mean_dice"] == run["summary"]["mean_dice"]["mean"]
+        means = [run["summary"]["mean_dice"]["mean"] for run in runs.values()]
+        assert spread["over_seeds"]["mean_dice"]["mean"] == pytest.approx(sum(means) / 2)
+        assert spread["over_seeds"]["mean_dice"]["std"] == pytest.approx(abs(means[0] - means[1]) / 2)
+        # Table 1 scores each case by its average over the seeds
+        averaged = Evaluation({case: {k: (runs[3]["cases"][case][k] + runs[4]["cases"][case][k]) / 2
+                                      for k in runs[3]["cases"][case]} for case in runs[3]["cases"]}).summary()
+        assert data["methods"][method]["summary"]["VS_dice"] == pytest.approx(averaged["VS_dice"])
+        row = next(r for r in seeds_rows if r[0] == method)
+        assert row[1:3] == [f"{spread['per_seed'][s]['mean_dice']:.3f}" for s in ("3", "4")]
+        assert row[5] == pm(spread["over_seeds"]["mean_dice"], 3)
+        assert f"{method}: mean Dice {data['methods'][method]['summary']['mean_dice']['mean']:.3f} (seeds: " in stdout
+
+    # one more seed: only its trainings run
+    logged = len((out / "vstk.log").read_text().splitlines())
+    data, _ = bench("3,4,5")
+    lines = (out / "vstk.log").read_text().splitlines()[logged:]
+    ran = sorted(line.split("stage ")[1].split(" done")[0] for line in lines if " done in " in line)
+    assert ran == ["evaluate-cyclegan-s5", "evaluate-none-s5", "predict-cyclegan-s5", "predict-none-s5",
+                   "segment-cyclegan-s5-r0", "segment-none-s5-r0"]
+    assert list(data["methods"]["none"]["seeds"]["per_seed"]) == ["3", "4", "5"]
+
+    # a corrected test label: every row is scored again, nothing is trained or predicted again
+    path = sorted(labels.glob("*_Label.nii.gz"))[0]
+    label = read_nifti(path)
+    array = label.array.copy()
+    array[tuple(int(n) // 2 for n in array.shape)] = 1
+    write_nifti(label.with_array(array), path)
+    logged = len((out / "vstk.log").read_text().splitlines())
+    bench("3,4,5")
+    lines = (out / "vstk.log").read_text().splitlines()[logged:]
+    ran = sorted(line.split("stage ")[1].split(" done")[0] for line in lines if " done in " in line)
+    assert ran == sorted(f"evaluate-{m}-s{s}" for m in ("none", "cyclegan") for s in (3, 4, 5))
+
+
 def vstk_fails(*args: str) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", *args], capture_output=True, text=True,
                           timeout=300)
@@ -244,6 +331,8 @@ def test_bad_inputs_fail_in_one_line_before_training(phantom, tmp_path):
         (["--translators", "cyclegan", *data, "--target-labels", str(phantom / "test_labels")],
          "has no hrT2 image"),
         (["--translators", "cyclegan", *data, "--paired", str(phantom / "train")], "no paired case"),
+        (["--translators", "cyclegan", *data, "--seeds", "1,1"], "--seeds 1,1: a seed is named twice"),
+        (["--translators", "cyclegan", *data, "--seeds", "1,a"], "--seeds '1,a': seeds are whole numbers"),
     ]
     for i, (args, message) in enumerate(checks):
         out = tmp_path / f"out{i}"
