@@ -228,13 +228,15 @@ def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:
 def _timed(plan: Plan, name: str, work, *, announce_skip: bool = True, inputs: dict[str, Any] | None = None,
            redo_if_changed: bool = False) -> dict[str, Any]:
     """Run stage ``name`` unless it is done; ``inputs`` are recorded with it. A finished stage
-    whose recorded inputs differ is run again with ``redo_if_changed`` (the cheap test stages);
-    the training stages are refused earlier instead (:func:`check_inputs`)."""
+    whose recorded inputs differ (or that an older vstk recorded without them) is run again
+    with ``redo_if_changed`` (the cheap test stages); the training stages are refused earlier
+    instead (:func:`check_inputs`)."""
     done = stages.stage_done(plan.state, name)
-    if done is not None and redo_if_changed and inputs is not None and "inputs" in done:
-        changed = stages.changed_inputs(done["inputs"], inputs)
+    if done is not None and redo_if_changed and inputs is not None:
+        changed = stages.changed_inputs(done.get("inputs", {}), inputs)
         if changed:
-            log.info("stage %s again: %s (recorded -> now)", name, "; ".join(changed))
+            shown = changed[:6] + ([f"{len(changed) - 6} more"] if len(changed) > 6 else [])
+            log.info("stage %s again: %s (recorded -> now)", name, "; ".join(shown))
             done = None
     if done is not None:
         if announce_skip:
@@ -324,15 +326,14 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
                                                     inputs=inputs[f"segment-r{round_index}"])
 
     if plan.test is not None:
-        _forget_outdated_predictions(plan)
-        tested = {"test.hrT2": _case_ids(plan.test.target)}
-        summary["predict"] = _timed(plan, "predict", lambda: predict_test(plan, show), inputs=tested,
+        predicted = predict_inputs(plan)
+        summary["predict"] = _timed(plan, "predict", lambda: predict_test(plan, show), inputs=predicted,
                                     redo_if_changed=True)
         labelled = [c for c in plan.test.target if c.label]
         if labelled:
             from .report import evaluate_run, write_report
 
-            scored = {**tested, "test.labels": _file_digest(c.label for c in labelled)}
+            scored = {**predicted, "test.labels": _file_digest(c.label for c in labelled)}
             summary["evaluate"] = _timed(plan, "evaluate", lambda: evaluate_run(plan), inputs=scored,
                                          redo_if_changed=True)
             write_report(plan, summary)
@@ -381,31 +382,22 @@ def prediction_dirs(plan: Plan) -> dict[str, Path]:
     return {f"round {r}": folder for r, folder in prediction_rounds(plan).items()}
 
 
-def _forget_outdated_predictions(plan: Plan) -> None:
-    """A rerun with another ``--rounds`` or ``--keep-largest-vs`` predicts and scores the test
-    images again; folders of the old predictions that the new run does not write go.
+def predict_inputs(plan: Plan) -> dict[str, Any]:
+    """What the test predictions are computed from besides the trained segmenters: the test
+    images, the rounds that are predicted (and their folders, named inside OUT) and the VS
+    post-processing. A rerun with any of them changed predicts and scores again
+    (``redo_if_changed``)."""
+    return {"test.hrT2": _case_ids(plan.test.target), "rounds": plan.options.rounds,
+            "keep_largest_vs": plan.options.keep_largest_vs, "folders": _folder_names(plan)}
 
-    The predict record names its folders relative to OUT (older records: absolute paths);
-    folders outside this OUT, e.g. of the run this OUT was copied from, are never removed.
-    """
-    done = stages.stage_done(plan.state, "predict")
-    if done is None:
+
+def remove_stale_predictions(plan: Plan, previous: dict[str, Any] | None) -> None:
+    """Remove the prediction folders of the ``previous`` record that this run does not write
+    (e.g. ``predictions_round0`` after ``--rounds 0``); never a folder outside OUT."""
+    if previous is None:
         return
-    wanted = _folder_names(plan)
-    recorded = {k: _name_in_out(plan, v) for k, v in done.get("folders", {}).items()}
-    if recorded.keys() != wanted.keys():
-        log.info("the run now ends at round %d (the test predictions were of rounds %s): predicting again",
-                 plan.options.rounds, ", ".join(sorted(recorded)) or "unknown")
-    elif recorded != wanted:
-        log.info("the test predictions on record were written to other folders (%s; a copied run?): "
-                 "predicting again", ", ".join(sorted(recorded.values())))
-    elif bool(done.get("keep_largest_vs", False)) != plan.options.keep_largest_vs:
-        log.info("--keep-largest-vs is now %s: predicting again", "on" if plan.options.keep_largest_vs else "off")
-    else:
-        return
-    for name in ("predict", "evaluate"):
-        (plan.state / f"{name}.json").unlink(missing_ok=True)
-    for name in set(recorded.values()) - set(wanted.values()):
+    recorded = {_name_in_out(plan, folder) for folder in previous.get("folders", {}).values()}
+    for name in recorded - set(_folder_names(plan).values()):
         if not Path(name).is_absolute():
             shutil.rmtree(plan.out / name, ignore_errors=True)
 
@@ -426,6 +418,7 @@ def _name_in_out(plan: Plan, recorded: str) -> str:
 def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
     images = {c.case_id: read_image(c.hrT2) for c in plan.test.target}
     rounds = prediction_rounds(plan)
+    remove_stale_predictions(plan, stages.stage_done(plan.state, "predict"))  # the record this run replaces
     for folder in rounds.values():  # no prediction of an earlier test set or run stays behind
         shutil.rmtree(folder, ignore_errors=True)
     for round_index, folder in rounds.items():

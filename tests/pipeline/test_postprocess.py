@@ -11,7 +11,7 @@ import pytest
 
 from vstk.labels import VS, keep_largest_components
 from vstk.pipeline import stages
-from vstk.pipeline.run import _forget_outdated_predictions
+from vstk.pipeline.run import _timed, predict_inputs, remove_stale_predictions
 
 
 def test_keeping_the_largest_vs_component_removes_the_smaller_vs_parts_and_nothing_else():
@@ -29,55 +29,62 @@ def test_keeping_the_largest_vs_component_removes_the_smaller_vs_parts_and_nothi
     np.testing.assert_array_equal(keep_largest_components(no_vs, {VS: 1}), no_vs)  # no VS: unchanged
 
 
-def _plan(out: Path, rounds: int = 1, keep_largest_vs: bool = False):
+def _plan(out: Path, rounds: int = 1, keep_largest_vs: bool = False, tests=("a_hrT2", "b_hrT2")):
     """The parts of a run plan the prediction bookkeeping reads."""
     options = types.SimpleNamespace(rounds=rounds, keep_largest_vs=keep_largest_vs)
-    return types.SimpleNamespace(out=out, state=out / "state", options=options)
+    test = types.SimpleNamespace(target=[types.SimpleNamespace(case_id=case) for case in tests])
+    return types.SimpleNamespace(out=out, state=out / "state", options=options, test=test)
 
 
-def _predicted(out: Path, folders: dict[str, str], keep_largest_vs: bool | None = False) -> None:
-    info = {"cases": 2, "folders": folders}
-    if keep_largest_vs is not None:
-        info["keep_largest_vs"] = keep_largest_vs
-    stages.mark_done(out / "state", "predict", info)
-    stages.mark_done(out / "state", "evaluate", {"round 1": {}})
+def _predict(plan, calls: list) -> dict:
+    return _timed(plan, "predict", lambda: calls.append(1) or {"folders": {}}, inputs=predict_inputs(plan),
+                  redo_if_changed=True)
+
+
+@pytest.mark.parametrize("change", ["keep_largest_vs", "rounds", "test images", "older record"])
+def test_a_rerun_predicts_again_exactly_when_what_the_predictions_depend_on_changed(tmp_path, caplog, change):
+    out = tmp_path / "run"
+    calls: list = []
+    _predict(_plan(out), calls)
+    _predict(_plan(out), calls)
+    assert len(calls) == 1  # unchanged: skipped
+    if change == "older record":  # vstk before stage inputs: predicted once more, then on record
+        record = stages.stage_done(out / "state", "predict")
+        stages.mark_done(out / "state", "predict", {k: v for k, v in record.items() if k != "inputs"})
+    plan = _plan(out, keep_largest_vs=change == "keep_largest_vs", rounds=0 if change == "rounds" else 1,
+                 tests=("a_hrT2", "c_hrT2") if change == "test images" else ("a_hrT2", "b_hrT2"))
+    with caplog.at_level(logging.INFO, logger="vstk.pipeline.run"):
+        _predict(plan, calls)
+    assert len(calls) == 2 and "stage predict again: " in caplog.text
+    if change == "keep_largest_vs":
+        assert "keep_largest_vs: false -> true (recorded -> now)" in caplog.text
+    if change == "rounds":
+        assert 'rounds: 1 -> 0' in caplog.text
+    _predict(plan, calls)
+    assert len(calls) == 2
+
+
+def _predicted(out: Path, folders: dict[str, str]) -> dict:
     for folder in folders.values():
         path = Path(folder) if Path(folder).is_absolute() else out / folder
         path.mkdir(parents=True, exist_ok=True)
+    return {"cases": 2, "folders": folders}
 
 
-def test_an_unchanged_rerun_keeps_its_predictions_also_from_records_with_absolute_paths(tmp_path):
-    out = tmp_path / "run"
-    _predicted(out, {"1": str(out / "predictions"), "0": str(out / "predictions_round0")}, keep_largest_vs=None)
-    _forget_outdated_predictions(_plan(out))
-    assert stages.stage_done(out / "state", "predict") is not None
-    assert stages.stage_done(out / "state", "evaluate") is not None
+def test_fewer_rounds_remove_the_round0_folder_of_this_run_also_from_records_with_absolute_paths(tmp_path):
+    for folders in ({"1": "predictions", "0": "predictions_round0"},
+                    {"1": str(tmp_path / "run" / "predictions"), "0": str(tmp_path / "run" / "predictions_round0")}):
+        out = tmp_path / "run"
+        previous = _predicted(out, folders)
+        remove_stale_predictions(_plan(out, rounds=1), previous)
+        assert (out / "predictions_round0").is_dir()  # still written by this run
+        remove_stale_predictions(_plan(out, rounds=0), previous)
+        assert not (out / "predictions_round0").exists() and (out / "predictions").is_dir()
 
 
-def test_switching_keep_largest_vs_predicts_again(tmp_path):
-    out = tmp_path / "run"
-    _predicted(out, {"1": "predictions", "0": "predictions_round0"})
-    _forget_outdated_predictions(_plan(out, keep_largest_vs=True))
-    assert stages.stage_done(out / "state", "predict") is None
-    assert stages.stage_done(out / "state", "evaluate") is None
-    assert (out / "predictions_round0").is_dir()  # the same folders are rewritten, not removed
-
-
-def test_fewer_rounds_remove_the_round0_folder_of_this_run(tmp_path):
-    out = tmp_path / "run"
-    _predicted(out, {"1": "predictions", "0": "predictions_round0"})
-    _forget_outdated_predictions(_plan(out, rounds=0))
-    assert stages.stage_done(out / "state", "predict") is None
-    assert not (out / "predictions_round0").exists() and (out / "predictions").is_dir()
-
-
-@pytest.mark.parametrize("rounds", [0, 1])
-def test_a_copied_run_never_removes_the_original_runs_folders(tmp_path, caplog, rounds):
+def test_a_copied_run_never_removes_the_original_runs_folders(tmp_path):
     original = tmp_path / "original"
     copy = tmp_path / "copy"
-    _predicted(copy, {"1": str(original / "predictions"), "0": str(original / "predictions_round0")})
-    with caplog.at_level(logging.INFO, logger="vstk.pipeline.run"):
-        _forget_outdated_predictions(_plan(copy, rounds=rounds))
-    assert stages.stage_done(copy / "state", "predict") is None  # the record was of another folder
-    assert ("other folders" in caplog.text) == (rounds == 1)
+    previous = _predicted(copy, {"1": str(original / "predictions"), "0": str(original / "predictions_round0")})
+    remove_stale_predictions(_plan(copy, rounds=0), previous)
     assert (original / "predictions").is_dir() and (original / "predictions_round0").is_dir()

@@ -74,14 +74,15 @@ def test_run_end_to_end_then_resume_skips_finished_stages(phantom, tmp_path):
 
     fewer = subprocess.run(vstk_run(phantom, out, "--rounds", "0"), capture_output=True, text=True, timeout=600)
     assert fewer.returncode == 0, fewer.stderr[-3000:]
-    assert "predicting again" in (out / "vstk.log").read_text()
+    log = (out / "vstk.log").read_text()
+    assert "stage predict again: " in log and "rounds: 1 -> 0" in log
     assert set(json.loads((out / "evaluation.json").read_text())["models"]) == {"round 0"}
     assert not (out / "predictions_round0").exists() and (out / "predictions").is_dir()
 
     cleaned = subprocess.run(vstk_run(phantom, out, "--rounds", "0", "--keep-largest-vs"), capture_output=True,
                              text=True, timeout=600)
     assert cleaned.returncode == 0, cleaned.stderr[-3000:]
-    assert "--keep-largest-vs is now on: predicting again" in (out / "vstk.log").read_text()
+    assert "keep_largest_vs: false -> true (recorded -> now)" in (out / "vstk.log").read_text()
     assert "keep only their largest VS component" in (out / "report.md").read_text()
     for path in (out / "predictions").glob("*_Label.nii.gz"):
         _, components = ndimage.label(read_nifti(path).array == 1, structure=np.ones((3, 3, 3), bool))
