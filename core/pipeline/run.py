@@ -218,11 +218,15 @@ def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:
     if problems:
         name, path, changed = problems[0]
         what = "started" if path.name.endswith(".started.json") else "finished"
-        shown = changed[:6] + ([f"{len(changed) - 6} more"] if len(changed) > 6 else [])  # e.g. another --profile
         later = f" (and in {', '.join(p[0] for p in problems[1:])})" if problems[1:] else ""
         raise ConfigError(f"{plan.out} holds a run of other settings: stage {name} was {what} with "
-                          f"{'; '.join(shown)} (recorded -> now){later}",
+                          f"{_at_most_six(changed)} (recorded -> now){later}",
                           fix=f"give these settings a new --out, or rerun with the recorded ones (in {path})")
+
+
+def _at_most_six(changed: list[str]) -> str:
+    """Changed settings for one line: another --profile changes dozens, the rest are counted."""
+    return "; ".join(changed[:6] + ([f"{len(changed) - 6} more"] if len(changed) > 6 else []))
 
 
 def _timed(plan: Plan, name: str, work, *, announce_skip: bool = True, inputs: dict[str, Any] | None = None,
@@ -235,8 +239,7 @@ def _timed(plan: Plan, name: str, work, *, announce_skip: bool = True, inputs: d
     if done is not None and redo_if_changed and inputs is not None:
         changed = stages.changed_inputs(done.get("inputs", {}), inputs)
         if changed:
-            shown = changed[:6] + ([f"{len(changed) - 6} more"] if len(changed) > 6 else [])
-            log.info("stage %s again: %s (recorded -> now)", name, "; ".join(shown))
+            log.info("stage %s again: %s (recorded -> now)", name, _at_most_six(changed))
             done = None
     if done is not None:
         if announce_skip:
