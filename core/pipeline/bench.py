@@ -425,6 +425,18 @@ def row_inputs(plan: BenchPlan, replicate: Replicate) -> dict[str, dict[str, Any
     return inputs
 
 
+def _refuse_older_layout(plan: BenchPlan) -> None:
+    """A benchmark OUT of a vstk before recorded stage inputs gave each row its own dataset id
+    (and its rows' records say nothing of their settings): it cannot be resumed safely."""
+    for replicate in plan.replicates:
+        done = stages.stage_done(plan.run.state, f"segment-{replicate.key}-r0")
+        if done is not None and "inputs" not in done:
+            raise ConfigError(f"{plan.out} holds a benchmark of an older vstk: its row {replicate.key} was trained "
+                              "without recording its settings, in an nnU-Net dataset of the older numbering",
+                              fix="give the benchmark a new --out (its translators can be copied: "
+                                  "OUT/translators/NAME/translator.pt is checked against the settings)")
+
+
 def _training_stages(inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {name: value for name, value in inputs.items() if name.startswith("segment-")}
 
@@ -441,6 +453,7 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
         return stages_done[name]
 
     # a rerun must not skip translators or segmenters of other settings (the test stages are redone)
+    _refuse_older_layout(plan)
     translator_inputs = {k: v for k, v in stage_inputs(plan.run).items() if k.startswith("translator-")}
     check_inputs(plan.run, {**translator_inputs,
                             **{k: v for r in plan.replicates for k, v in _training_stages(row_inputs(plan, r)).items()}})

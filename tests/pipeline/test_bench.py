@@ -194,6 +194,19 @@ def test_rerun_skips_finished_stages(phantom, bench_out):
     assert json.loads((bench_out / "bench.json").read_text()) == after
 
 
+def test_a_benchmark_of_an_older_vstk_is_refused(tmp_path):
+    from vstk.pipeline import stages
+
+    out = tmp_path / "old"
+    stages.mark_done(out / "state", "segment-none-r0", {"training_cases": 4, "seconds": 1.0})  # no inputs
+    phantom = out / "phantom"
+    generate_phantom(phantom, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3,
+                                            target_labels=True))
+    done = vstk_fails("--translators", "cyclegan", "--phantom-cases", "2", "--out", str(out), *TINY)
+    assert "holds a benchmark of an older vstk: its row none was trained without recording" in done.stderr
+    assert "new --out" in done.stderr and not (out / "translators").exists()
+
+
 @pytest.mark.slow
 def test_self_training_round_without_target_labels_or_paired_cases_then_a_new_translator(phantom, tmp_path):
     out = tmp_path / "bench"
