@@ -217,17 +217,22 @@ def data_check_command(folder: Path, labels: Path | None, label_scheme: str, as_
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write per-case scores and the summary as JSON.")
 def evaluate_command(pred_dir: Path, label_dir: Path, json_path: Path | None) -> None:
-    """Dice and ASSD (mm) of VS and cochlea for every case, mean +- std (Table 1 of Kang et al.).
+    """Dice and ASSD (mm) of VS and cochlea for every case, mean +- std (Table 1 of Kang et al.),
+    and the predicted and true volumes (ml).
 
     Empty masks: both empty -> Dice 1, ASSD 0; one empty -> Dice 0, ASSD = image diagonal (mm).
     """
-    from .evaluation.evaluate import evaluate_folders, summary_table
+    from .evaluation.evaluate import evaluate_folders, summary_table, volume_table
 
     evaluation = evaluate_folders(pred_dir, label_dir)
     rows = [{"case": c, **{k: f"{v:.3f}" for k, v in s.items()}} for c, s in evaluation.cases.items()]
-    click.echo(format_table(rows, ["case", "VS_dice", "VS_assd", "cochlea_dice", "cochlea_assd", "mean_dice"]))
+    click.echo(format_table(rows, ["case", "VS_dice", "VS_assd", "cochlea_dice", "cochlea_assd", "mean_dice",
+                                   "VS_ml", "VS_true_ml", "cochlea_ml", "cochlea_true_ml"]))
     click.echo("")
-    click.echo(summary_table({pred_dir.name or "prediction": evaluation.summary()}))
+    name = pred_dir.name or "prediction"
+    click.echo(summary_table({name: evaluation.summary()}))
+    click.echo("")
+    click.echo(volume_table({name: (evaluation.summary(), evaluation.volume_ratios())}))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(evaluation.as_dict(), indent=2))

@@ -3,10 +3,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from vstk.cli import cli
-from vstk.evaluation.evaluate import evaluate_folders, paired_t_test
+from vstk.evaluation.evaluate import Evaluation, evaluate_folders, paired_t_test
 from vstk.volume import Volume, write_nifti
 
 from conftest import make_image, make_label
@@ -41,6 +42,35 @@ def test_cli_prints_table_and_writes_json(tmp_path):
     assert "| pred | 1.000 +- 0.000 | 0.00 +- 0.00 |" in result.output
     data = json.loads((tmp_path / "e.json").read_text())
     assert data["summary"]["VS_dice"]["mean"] == 1.0
+
+
+def test_volumes_are_in_ml_and_their_ratio_shows_a_systematic_bias(tmp_path):
+    spacing = (0.5, 0.5, 2.0)  # x, y, z in mm: 0.5 mm3 a voxel
+    array = np.zeros((10, 20, 20), np.uint8)
+    array[2:6, 2:12, 2:12] = 1  # VS: 400 voxels = 0.2 ml
+    array[7, 15:17, 15:17] = 2  # cochlea: 4 voxels = 0.002 ml
+    truth = Volume(array, spacing, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    grown = array.copy()
+    grown[7, 14:18, 14:18] = 2  # every prediction's cochlea 4 times too large
+    for case, vs_end in (("a", 6), ("b", 4), ("c", 8)):  # VS: right, half, 1.5 times
+        predicted = grown.copy()
+        predicted[predicted == 1] = 0
+        predicted[2:vs_end, 2:12, 2:12] = 1
+        write_pair(tmp_path, case, truth, truth.with_array(predicted))
+    evaluation = evaluate_folders(tmp_path / "pred", tmp_path / "labels")
+    assert evaluation.cases["b"]["VS_ml"] == pytest.approx(0.1) and evaluation.cases["b"]["VS_true_ml"] == 0.2
+    assert evaluation.cases["a"]["cochlea_ml"] == 0.008 and evaluation.cases["a"]["cochlea_true_ml"] == 0.002
+    assert evaluation.volume_ratios() == pytest.approx({"VS": 1.0, "cochlea": 4.0})
+    summary = evaluation.summary()
+    assert summary["VS_ml"]["mean"] == pytest.approx(0.2) and summary["cochlea_true_ml"]["std"] == 0.0
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "pred"), str(tmp_path / "labels")])
+    assert result.exit_code == 0, result.output
+    assert "| pred | 0.20 | 0.20 | 1.00 | 0.008 | 0.002 | 4.00 |" in result.output
+    # no true volume: no ratio
+    empty = evaluate_folders(tmp_path / "labels", tmp_path / "labels")
+    empty.cases["a"]["cochlea_true_ml"] = 0.0
+    assert empty.volume_ratios()["cochlea"] == pytest.approx(1.0)
+    assert Evaluation({"x": {"VS_ml": 1.0, "VS_true_ml": 0.0}}).volume_ratios() == {"VS": None, "cochlea": None}
 
 
 def test_prediction_on_another_grid_is_an_error(tmp_path):

@@ -63,4 +63,7 @@ def test_segmentation_scores_per_structure():
     truth[1:4, 1:4, 1:4] = 1
     truth[5:7, 5:7, 5:7] = 2
     scores = segmentation_scores(truth, truth, (1.5, 0.4, 0.4), {1: "VS", 2: "cochlea"})
-    assert scores == {"VS_dice": 1.0, "VS_assd": 0.0, "cochlea_dice": 1.0, "cochlea_assd": 0.0}
+    voxel_ml = 1.5 * 0.4 * 0.4 / 1000
+    assert scores == pytest.approx({"VS_dice": 1.0, "VS_assd": 0.0, "cochlea_dice": 1.0, "cochlea_assd": 0.0,
+                                    "VS_ml": 27 * voxel_ml, "VS_true_ml": 27 * voxel_ml,
+                                    "cochlea_ml": 8 * voxel_ml, "cochlea_true_ml": 8 * voxel_ml})

@@ -21,6 +21,7 @@ from .metrics import segmentation_scores
 
 _CASE = re.compile(r"^(?P<case>.+?)(_Label)?\.nii(\.gz)?$")
 METRICS = tuple(f"{name}_{m}" for name in STRUCTURES.values() for m in ("dice", "assd"))
+VOLUMES = tuple(f"{name}_{v}" for name in STRUCTURES.values() for v in ("ml", "true_ml"))
 
 
 def _by_case(folder: Path) -> dict[str, Path]:
@@ -41,17 +42,29 @@ class Evaluation:
     cases: dict[str, dict[str, float]]
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """mean and std of every metric, plus ``mean_dice`` / ``mean_assd`` over structures."""
+        """mean and std of every metric, plus ``mean_dice`` / ``mean_assd`` over structures, and
+        of the volumes (ml) where every case has them (scores of older files may not)."""
         out: dict[str, dict[str, float]] = {}
         if not self.cases:
             return out
-        for metric in METRICS + ("mean_dice", "mean_assd"):
+        present = [v for v in VOLUMES if all(v in scores for scores in self.cases.values())]
+        for metric in METRICS + ("mean_dice", "mean_assd") + tuple(present):
             values = np.array([scores[metric] for scores in self.cases.values()], dtype=np.float64)
             out[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=0)), "n": int(len(values))}
         return out
 
+    def volume_ratios(self) -> dict[str, float | None]:
+        """Per structure, the median over cases of predicted / true volume (cases with a true
+        volume only; None where there is none): 1 is unbiased, 2 twice too large."""
+        out: dict[str, float | None] = {}
+        for name in STRUCTURES.values():
+            ratios = [s[f"{name}_ml"] / s[f"{name}_true_ml"] for s in self.cases.values()
+                      if s.get(f"{name}_true_ml", 0.0) > 0 and f"{name}_ml" in s]
+            out[name] = float(np.median(ratios)) if ratios else None
+        return out
+
     def as_dict(self) -> dict[str, Any]:
-        return {"cases": self.cases, "summary": self.summary(),
+        return {"cases": self.cases, "summary": self.summary(), "volume_ratio_median": self.volume_ratios(),
                 "convention": "both masks empty: Dice 1, ASSD 0; one empty: Dice 0, ASSD = image diagonal (mm)"}
 
 
@@ -104,4 +117,20 @@ def summary_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
         cell = lambda m, f: f"{s[m]['mean']:{f}} +- {s[m]['std']:{f}}" if m in s else "-"  # noqa: E731
         lines.append(f"| {method} | {cell('VS_dice', '.3f')} | {cell('VS_assd', '.2f')} | "
                      f"{cell('cochlea_dice', '.3f')} | {cell('cochlea_assd', '.2f')} | {cell('mean_dice', '.3f')} |")
+    return "\n".join(lines)
+
+
+def volume_table(rows: dict[str, tuple[dict[str, dict[str, float]], dict[str, float | None]]]) -> str:
+    """Markdown table of ``{method: (summary, volume ratios)}``: mean predicted and true volume
+    (ml) per structure and the median per-case ratio predicted / true."""
+    header = ("| method | VS predicted (ml) | VS true (ml) | VS predicted / true | cochlea predicted (ml) | "
+              "cochlea true (ml) | cochlea predicted / true |")
+    lines = [header, "|---" * 7 + "|"]
+    for method, (s, ratios) in rows.items():
+        cells = []
+        for name, digits in (("VS", 2), ("cochlea", 3)):
+            for key in (f"{name}_ml", f"{name}_true_ml"):
+                cells.append(f"{s[key]['mean']:.{digits}f}" if key in s else "-")
+            cells.append("-" if ratios.get(name) is None else f"{ratios[name]:.2f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

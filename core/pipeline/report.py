@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..evaluation.evaluate import evaluate_folders, paired_t_test, summary_table
+from ..evaluation.evaluate import evaluate_folders, paired_t_test, summary_table, volume_table
 from ..labels import COCHLEA, VS
 from ..roi import ear_boxes
 
@@ -78,6 +78,10 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
         "Empty masks: " + next(iter(models.values()))["convention"] + ".",
         "",
     ]
+    if all("volume_ratio_median" in m for m in models.values()):  # evaluations of older runs have none
+        lines += ["## Volumes (mean over cases; ratio: median over cases)", "",
+                  volume_table({name: (m["summary"], m["volume_ratio_median"]) for name, m in models.items()}), "",
+                  "A ratio far from 1 on every case is a systematic over- or under-segmentation.", ""]
     if evaluation["paired_t_tests"]:
         lines += ["## Paired t-tests (per-case Dice)", "", "| comparison | t | p |", "|---|---|---|"]
         for name, t in evaluation["paired_t_tests"].items():
