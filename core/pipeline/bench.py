@@ -44,8 +44,8 @@ from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
 from ..volume import Volume, read_nifti, write_nifti
 from . import stages
 from .components import split_settings
-from .run import (Plan, RunOptions, _case_ids, _file_digest, _timed, _train_translators_side_by_side,
-                  check_inputs, plan_run, stage_inputs)
+from .run import (Plan, RunOptions, _train_translators_side_by_side, check_inputs, plan_run, stage_inputs,
+                  timed)
 
 log = logging.getLogger(__name__)
 
@@ -400,12 +400,13 @@ def row_inputs(plan: BenchPlan, replicate: Replicate) -> dict[str, dict[str, Any
     rounds, and for the test stages the test set and rounds."""
     method, options = replicate.method, plan.options
     if method.name == NONE:
-        training: dict[str, Any] = {"training": "ceT1", "data.ceT1": _case_ids(plan.run.train.source)}
+        training: dict[str, Any] = {"training": "ceT1", "data.ceT1": stages.case_ids(plan.run.train.source)}
     elif method.name == SUPERVISED:
-        training = {"training": "labelled hrT2", "data.hrT2_labelled": _case_ids(plan.labelled_targets),
-                    "data.hrT2_labels": _file_digest(c.label for c in plan.labelled_targets)}
+        training = {"training": "labelled hrT2", "data.hrT2_labelled": stages.case_ids(plan.labelled_targets),
+                    "data.hrT2_labels": stages.file_digest(c.label for c in plan.labelled_targets)}
     else:
-        training = {"training": "views", "views": list(method.views), "data.ceT1": _case_ids(plan.run.train.source)}
+        training = {"training": "views", "views": list(method.views),
+                    "data.ceT1": stages.case_ids(plan.run.train.source)}
     segmenter = plan.segmenters[replicate.key]
     settings = {f"{options.segmenter}.{k}": v
                 for k, v in result_settings(getattr(segmenter, "config", None)).items()}
@@ -416,11 +417,11 @@ def row_inputs(plan: BenchPlan, replicate: Replicate) -> dict[str, dict[str, Any
     inputs = {f"segment-{replicate.key}-r0": segment}
     for round_index in range(1, plan.rounds_of(method) + 1):
         inputs[f"segment-{replicate.key}-r{round_index}"] = {
-            **segment, "data.hrT2": _case_ids(plan.run.train.target), "pseudo_labeler": options.pseudo_labeler,
+            **segment, "data.hrT2": stages.case_ids(plan.run.train.target), "pseudo_labeler": options.pseudo_labeler,
             **labeler}
-    tested = {"test.hrT2": _case_ids(plan.run.test.target), "rounds": plan.rounds_of(method)}
+    tested = {"test.hrT2": stages.case_ids(plan.run.test.target), "rounds": plan.rounds_of(method)}
     inputs[f"predict-{replicate.key}"] = tested
-    inputs[f"evaluate-{replicate.key}"] = {**tested, "test.labels": _file_digest(
+    inputs[f"evaluate-{replicate.key}"] = {**tested, "test.labels": stages.file_digest(
         c.label for c in plan.run.test.target if c.label)}
     return inputs
 
@@ -449,14 +450,14 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
 
     def stage(name: str, work: Callable[[], dict[str, Any] | None], *, announce_skip: bool = True,
               inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-        stages_done[name] = _timed(plan.run, name, work, announce_skip=announce_skip, inputs=inputs)
+        stages_done[name] = timed(plan.run, name, work, announce_skip=announce_skip, inputs=inputs)
         return stages_done[name]
 
     # a rerun must not skip translators or segmenters of other settings (the test stages are redone)
     _refuse_older_layout(plan)
     translator_inputs = {k: v for k, v in stage_inputs(plan.run).items() if k.startswith("translator-")}
-    check_inputs(plan.run, {**translator_inputs,
-                            **{k: v for r in plan.replicates for k, v in _training_stages(row_inputs(plan, r)).items()}})
+    rows = {k: v for r in plan.replicates for k, v in _training_stages(row_inputs(plan, r)).items()}
+    check_inputs(plan.run, {**translator_inputs, **rows})
 
     inputs: dict[str, list[Volume]] = {}
 
@@ -567,12 +568,12 @@ def run_replicate(plan: BenchPlan, replicate: Replicate, test_images: Callable[[
 
     for round_index in range(plan.rounds_of(method) + 1):
         name = f"segment-{replicate.key}-r{round_index}"
-        done[name] = _timed(plan.run, name, lambda r=round_index: segment(r), inputs=inputs[name])
+        done[name] = timed(plan.run, name, lambda r=round_index: segment(r), inputs=inputs[name])
     name = f"predict-{replicate.key}"
-    done[name] = _timed(plan.run, name, lambda: _predict(plan, replicate, test_images, show), inputs=inputs[name],
+    done[name] = timed(plan.run, name, lambda: _predict(plan, replicate, test_images, show), inputs=inputs[name],
                         redo_if_changed=True)
     name = f"evaluate-{replicate.key}"
-    done[name] = _timed(plan.run, name, lambda: evaluate_folders(plan.method_dir(replicate) / "predictions",
+    done[name] = timed(plan.run, name, lambda: evaluate_folders(plan.method_dir(replicate) / "predictions",
                                                                  plan.test_labels).as_dict(),
                         inputs=inputs[name], redo_if_changed=True)
     return done

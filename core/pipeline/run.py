@@ -163,20 +163,6 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
     return Plan(options, train, test_folder, translators, segmenter, labeler, rule)
 
 
-def _case_ids(cases) -> str:
-    """A short, stable name of a list of cases: their number and a digest of their ids."""
-    ids = sorted(c.case_id for c in cases)
-    return f"{len(ids)} cases, ids sha256 {hashlib.sha256(chr(10).join(ids).encode()).hexdigest()[:16]}"
-
-
-def _file_digest(paths) -> str:
-    """SHA-256 of the files' names and bytes (the test labels: small, and corrected in place)."""
-    digest = hashlib.sha256()
-    for path in sorted(paths, key=lambda p: p.name):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def _inputs_digest(inputs: dict[str, Any]) -> str:
     """A short name of a stage's inputs (what made a self-training round's pseudo labels)."""
     text = json.dumps(inputs, sort_keys=True, default=str)
@@ -189,7 +175,7 @@ def stage_inputs(plan: Plan) -> dict[str, dict[str, Any]]:
     see :func:`vstk.config.result_settings`), the ear boxes. Recorded with each stage; a rerun
     whose inputs differ from a record is refused before anything trains (:func:`check_inputs`)."""
     options = plan.options
-    data = {"data.ceT1": _case_ids(plan.train.source), "data.hrT2": _case_ids(plan.train.target)}
+    data = {"data.ceT1": stages.case_ids(plan.train.source), "data.hrT2": stages.case_ids(plan.train.target)}
 
     def settings(name: str, component: Any) -> dict[str, Any]:
         return {f"{name}.{key}": value for key, value in result_settings(getattr(component, "config", None)).items()}
@@ -220,16 +206,11 @@ def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:
         what = "started" if path.name.endswith(".started.json") else "finished"
         later = f" (and in {', '.join(p[0] for p in problems[1:])})" if problems[1:] else ""
         raise ConfigError(f"{plan.out} holds a run of other settings: stage {name} was {what} with "
-                          f"{_at_most_six(changed)} (recorded -> now){later}",
+                          f"{stages.at_most_six(changed)} (recorded -> now){later}",
                           fix=f"give these settings a new --out, or rerun with the recorded ones (in {path})")
 
 
-def _at_most_six(changed: list[str]) -> str:
-    """Changed settings for one line: another --profile changes dozens, the rest are counted."""
-    return "; ".join(changed[:6] + ([f"{len(changed) - 6} more"] if len(changed) > 6 else []))
-
-
-def _timed(plan: Plan, name: str, work, *, announce_skip: bool = True, inputs: dict[str, Any] | None = None,
+def timed(plan: Plan, name: str, work, *, announce_skip: bool = True, inputs: dict[str, Any] | None = None,
            redo_if_changed: bool = False) -> dict[str, Any]:
     """Run stage ``name`` unless it is done; ``inputs`` are recorded with it. A finished stage
     whose recorded inputs differ (or that an older vstk recorded without them) is run again
@@ -239,7 +220,7 @@ def _timed(plan: Plan, name: str, work, *, announce_skip: bool = True, inputs: d
     if done is not None and redo_if_changed and inputs is not None:
         changed = stages.changed_inputs(done.get("inputs", {}), inputs)
         if changed:
-            log.info("stage %s again: %s (recorded -> now)", name, _at_most_six(changed))
+            log.info("stage %s again: %s (recorded -> now)", name, stages.at_most_six(changed))
             done = None
     if done is not None:
         if announce_skip:
@@ -286,7 +267,7 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
                                                same_settings=True)
             return {"checkpoint": str(path)}
 
-        summary[f"translator-{name}"] = _timed(plan, f"translator-{name}", train_one,
+        summary[f"translator-{name}"] = timed(plan, f"translator-{name}", train_one,
                                                inputs=inputs[f"translator-{name}"],
                                                announce_skip=name not in trained_side_by_side)
         checkpoints[name] = workdir / "translator.pt"
@@ -300,7 +281,7 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
                               progress=bar)
         return {"pool": str(plan.pool)}
 
-    summary["pool"] = _timed(plan, "pool", pool_stage, inputs=inputs["pool"])
+    summary["pool"] = timed(plan, "pool", pool_stage, inputs=inputs["pool"])
 
     def segment(round_index: int):
         def work():
@@ -325,19 +306,19 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
         return work
 
     for round_index in range(options.rounds + 1):
-        summary[f"segment-r{round_index}"] = _timed(plan, f"segment-r{round_index}", segment(round_index),
+        summary[f"segment-r{round_index}"] = timed(plan, f"segment-r{round_index}", segment(round_index),
                                                     inputs=inputs[f"segment-r{round_index}"])
 
     if plan.test is not None:
         predicted = predict_inputs(plan)
-        summary["predict"] = _timed(plan, "predict", lambda: predict_test(plan, show), inputs=predicted,
+        summary["predict"] = timed(plan, "predict", lambda: predict_test(plan, show), inputs=predicted,
                                     redo_if_changed=True)
         labelled = [c for c in plan.test.target if c.label]
         if labelled:
             from .report import evaluate_run, write_report
 
-            scored = {**predicted, "test.labels": _file_digest(c.label for c in labelled)}
-            summary["evaluate"] = _timed(plan, "evaluate", lambda: evaluate_run(plan), inputs=scored,
+            scored = {**predicted, "test.labels": stages.file_digest(c.label for c in labelled)}
+            summary["evaluate"] = timed(plan, "evaluate", lambda: evaluate_run(plan), inputs=scored,
                                          redo_if_changed=True)
             write_report(plan, summary)
     stages.write_json_atomic(plan.out / "run.json", {"options": stages.dataclass_dict(options), "stages": summary})
@@ -390,7 +371,7 @@ def predict_inputs(plan: Plan) -> dict[str, Any]:
     images, the rounds that are predicted (and their folders, named inside OUT) and the VS
     post-processing. A rerun with any of them changed predicts and scores again
     (``redo_if_changed``)."""
-    return {"test.hrT2": _case_ids(plan.test.target), "rounds": plan.options.rounds,
+    return {"test.hrT2": stages.case_ids(plan.test.target), "rounds": plan.options.rounds,
             "keep_largest_vs": plan.options.keep_largest_vs, "folders": _folder_names(plan)}
 
 

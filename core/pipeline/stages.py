@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -243,3 +244,22 @@ def changed_inputs(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> li
 
 def dataclass_dict(value: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(value), default=str))
+
+
+def case_ids(cases) -> str:
+    """A short, stable name of a list of cases: their number and a digest of their ids."""
+    ids = sorted(c.case_id for c in cases)
+    return f"{len(ids)} cases, ids sha256 {hashlib.sha256(chr(10).join(ids).encode()).hexdigest()[:16]}"
+
+
+def file_digest(paths) -> str:
+    """SHA-256 of the files' names and bytes (the test labels: small, and corrected in place)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def at_most_six(changed: list[str]) -> str:
+    """Changed settings for one line: another --profile changes dozens, the rest are counted."""
+    return "; ".join(changed[:6] + ([f"{len(changed) - 6} more"] if len(changed) > 6 else []))

@@ -11,7 +11,7 @@ import pytest
 
 from vstk.labels import VS, keep_largest_components
 from vstk.pipeline import stages
-from vstk.pipeline.run import _timed, predict_inputs, remove_stale_predictions
+from vstk.pipeline.run import timed, predict_inputs, remove_stale_predictions
 
 
 def test_keeping_the_largest_vs_component_removes_the_smaller_vs_parts_and_nothing_else():
@@ -37,7 +37,7 @@ def _plan(out: Path, rounds: int = 1, keep_largest_vs: bool = False, tests=("a_h
 
 
 def _predict(plan, calls: list) -> dict:
-    return _timed(plan, "predict", lambda: calls.append(1) or {"folders": {}}, inputs=predict_inputs(plan),
+    return timed(plan, "predict", lambda: calls.append(1) or {"folders": {}}, inputs=predict_inputs(plan),
                   redo_if_changed=True)
 
 

@@ -14,7 +14,7 @@ from vstk.pipeline import stages
 from vstk.pipeline.run import (
     RunOptions,
     _phantom,
-    _timed,
+    timed,
     check_inputs,
     plan_run,
     stage_inputs,
@@ -44,7 +44,7 @@ def plan(phantom: Path, out: Path, host, *settings: tuple[str, str], **options):
 def finish(plan_, names):
     inputs = stage_inputs(plan_)
     for name in names:
-        _timed(plan_, name, lambda: {"note": "computed"}, inputs=inputs[name])
+        timed(plan_, name, lambda: {"note": "computed"}, inputs=inputs[name])
     return inputs
 
 
@@ -141,10 +141,10 @@ def test_cheap_stages_are_redone_when_their_inputs_change(phantom, tmp_path, hos
     out = tmp_path / "out"
     p = plan(phantom, out, host)
     calls = []
-    _timed(p, "predict", lambda: calls.append(1) or {}, inputs={"test.hrT2": "a"}, redo_if_changed=True)
-    _timed(p, "predict", lambda: calls.append(2) or {}, inputs={"test.hrT2": "a"}, redo_if_changed=True)
+    timed(p, "predict", lambda: calls.append(1) or {}, inputs={"test.hrT2": "a"}, redo_if_changed=True)
+    timed(p, "predict", lambda: calls.append(2) or {}, inputs={"test.hrT2": "a"}, redo_if_changed=True)
     assert calls == [1]
-    _timed(p, "predict", lambda: calls.append(3) or {}, inputs={"test.hrT2": "b"}, redo_if_changed=True)
+    timed(p, "predict", lambda: calls.append(3) or {}, inputs={"test.hrT2": "b"}, redo_if_changed=True)
     assert calls == [1, 3] and stages.stage_done(p.state, "predict")["inputs"] == {"test.hrT2": "b"}
 
 
