@@ -54,6 +54,10 @@ PAPER = CycleGANConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, dec
 #:   learnt its views, pseudo Dice 0.87, and found nothing on real hrT2).
 #: identity 0.5, 1800 steps (twice the time): 13.98 dB / 0.344, VS -0.08, two views round 0
 #:   VS Dice 0.087: after translation, Dice is not predicted by fidelity on this phantom.
+#: Again with today's segmenter (structure intensity augmentation, bfloat16, 1000 + 400
+#:   iterations), `vstk run --translators cyclegan,qsattn --set cyclegan.lambda_identity=0`
+#:   (the same QS-Attn): round 1 VS 0.578 / cochlea 0.062 (round 0: 0.403 / 0.000) against
+#:   0.508 / 0.822 with identity 0.5: the VS gains, the cochlea is lost. Identity stays 0.5.
 CPU = CycleGANConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=400, decay_steps=400, ngf=16,
                      n_blocks=6, ndf=32, checkpoint_every=150, sample_every=300, batch_size=1)
 
