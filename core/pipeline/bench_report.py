@@ -282,7 +282,7 @@ def pvalue_figure(tests: dict[str, dict[str, Any]], path: Path) -> Path:
                 if i == j:
                     continue
                 value = p[i, j]
-                text = "nan" if np.isnan(value) else f"{value:.2g}"
+                text = "nan" if np.isnan(value) else "<0.001" if value < 0.001 else f"{value:.2g}"
                 dark = not np.isnan(value) and value < 0.01
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if dark else "black", fontweight="bold" if value < 0.05 else "normal")
