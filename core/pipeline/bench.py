@@ -571,11 +571,11 @@ def run_replicate(plan: BenchPlan, replicate: Replicate, test_images: Callable[[
         done[name] = timed(plan.run, name, lambda r=round_index: segment(r), inputs=inputs[name])
     name = f"predict-{replicate.key}"
     done[name] = timed(plan.run, name, lambda: _predict(plan, replicate, test_images, show), inputs=inputs[name],
-                        redo_if_changed=True)
+                       redo_if_changed=True)
     name = f"evaluate-{replicate.key}"
     done[name] = timed(plan.run, name, lambda: evaluate_folders(plan.method_dir(replicate) / "predictions",
-                                                                 plan.test_labels).as_dict(),
-                        inputs=inputs[name], redo_if_changed=True)
+                                                                plan.test_labels).as_dict(),
+                       inputs=inputs[name], redo_if_changed=True)
     return done
 
 

@@ -211,7 +211,7 @@ def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:
 
 
 def timed(plan: Plan, name: str, work, *, announce_skip: bool = True, inputs: dict[str, Any] | None = None,
-           redo_if_changed: bool = False) -> dict[str, Any]:
+          redo_if_changed: bool = False) -> dict[str, Any]:
     """Run stage ``name`` unless it is done; ``inputs`` are recorded with it. A finished stage
     whose recorded inputs differ (or that an older vstk recorded without them) is run again
     with ``redo_if_changed`` (the cheap test stages); the training stages are refused earlier
@@ -268,8 +268,8 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
             return {"checkpoint": str(path)}
 
         summary[f"translator-{name}"] = timed(plan, f"translator-{name}", train_one,
-                                               inputs=inputs[f"translator-{name}"],
-                                               announce_skip=name not in trained_side_by_side)
+                                              inputs=inputs[f"translator-{name}"],
+                                              announce_skip=name not in trained_side_by_side)
         checkpoints[name] = workdir / "translator.pt"
         if plan.translators[name].generator is None:
             translator.load(checkpoints[name])
@@ -307,19 +307,19 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
 
     for round_index in range(options.rounds + 1):
         summary[f"segment-r{round_index}"] = timed(plan, f"segment-r{round_index}", segment(round_index),
-                                                    inputs=inputs[f"segment-r{round_index}"])
+                                                   inputs=inputs[f"segment-r{round_index}"])
 
     if plan.test is not None:
         predicted = predict_inputs(plan)
         summary["predict"] = timed(plan, "predict", lambda: predict_test(plan, show), inputs=predicted,
-                                    redo_if_changed=True)
+                                   redo_if_changed=True)
         labelled = [c for c in plan.test.target if c.label]
         if labelled:
             from .report import evaluate_run, write_report
 
             scored = {**predicted, "test.labels": stages.file_digest(c.label for c in labelled)}
             summary["evaluate"] = timed(plan, "evaluate", lambda: evaluate_run(plan), inputs=scored,
-                                         redo_if_changed=True)
+                                        redo_if_changed=True)
             write_report(plan, summary)
     stages.write_json_atomic(plan.out / "run.json", {"options": stages.dataclass_dict(options), "stages": summary})
     return summary
