@@ -21,7 +21,7 @@ from .stages import dataclass_dict, write_json_atomic
 log = logging.getLogger(__name__)
 
 METRIC_TITLES = {"VS_dice": "VS Dice", "cochlea_dice": "cochlea Dice", "mean_dice": "mean Dice"}
-#: nnU-Net fields that differ between rows by design (each row's own dataset)
+#: nnU-Net fields reported per row (each row has its own workspace and dataset name)
 _PER_ROW_FIELDS = ("dataset_id", "dataset_name")
 
 
