@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..config import result_settings
 from ..crossmoda import discover, load_case, read_image
 from ..errors import ConfigError, InputError
 from ..plugins import PluginHost
@@ -44,8 +43,8 @@ from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
 from ..volume import Volume, read_nifti, write_nifti
 from . import stages
 from .components import split_settings
-from .run import (Plan, RunOptions, _train_translators_side_by_side, check_inputs, plan_run, stage_inputs,
-                  timed)
+from .run import (Plan, RunOptions, _train_translators_side_by_side, check_inputs, plan_run, reusable_record,
+                  stage_inputs, timed)
 
 log = logging.getLogger(__name__)
 
@@ -407,13 +406,10 @@ def row_inputs(plan: BenchPlan, replicate: Replicate) -> dict[str, dict[str, Any
     else:
         training = {"training": "views", "views": list(method.views),
                     "data.ceT1": stages.case_ids(plan.run.train.source)}
-    segmenter = plan.segmenters[replicate.key]
-    settings = {f"{options.segmenter}.{k}": v
-                for k, v in result_settings(getattr(segmenter, "config", None)).items()}
-    segment = {**training, "segmenter": options.segmenter, **settings,
+    segment = {**training, "segmenter": options.segmenter,
+               **stages.named_settings(options.segmenter, plan.segmenters[replicate.key]),
                "ear_offset_mm": list(options.ear_offset_mm), "ear_size_mm": list(options.ear_size_mm)}
-    labeler = {f"{options.pseudo_labeler}.{k}": v
-               for k, v in result_settings(getattr(plan.run.pseudo_labeler, "config", None)).items()}
+    labeler = stages.named_settings(options.pseudo_labeler, plan.run.pseudo_labeler)
     inputs = {f"segment-{replicate.key}-r0": segment}
     for round_index in range(1, plan.rounds_of(method) + 1):
         inputs[f"segment-{replicate.key}-r{round_index}"] = {
@@ -540,12 +536,10 @@ class _TestImages:
 
 
 def _pending(plan: BenchPlan, replicate: Replicate) -> bool:
-    """True when a stage of the replicate is missing or must be redone (other test data)."""
-    for name, wanted in row_inputs(plan, replicate).items():
-        done = stages.stage_done(plan.run.state, name)
-        if done is None or ("inputs" in done and stages.changed_inputs(done["inputs"], wanted)):
-            return True
-    return False
+    """True when a stage of the replicate is missing or must be redone (the test stages, as
+    :func:`run_replicate` decides)."""
+    return any(reusable_record(plan.run, name, wanted, redo_if_changed=not name.startswith("segment-")) is None
+               for name, wanted in row_inputs(plan, replicate).items())
 
 
 def run_replicate(plan: BenchPlan, replicate: Replicate, test_images: Callable[[], dict[str, Volume]],

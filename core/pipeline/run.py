@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import result_settings
 from ..crossmoda import DataFolder, discover, load_case, read_image
 from ..errors import ConfigError, InputError
 from ..labels import VS, keep_largest_components
@@ -177,18 +176,16 @@ def stage_inputs(plan: Plan) -> dict[str, dict[str, Any]]:
     options = plan.options
     data = {"data.ceT1": stages.case_ids(plan.train.source), "data.hrT2": stages.case_ids(plan.train.target)}
 
-    def settings(name: str, component: Any) -> dict[str, Any]:
-        return {f"{name}.{key}": value for key, value in result_settings(getattr(component, "config", None)).items()}
-
-    inputs = {f"translator-{name}": {**data, "translator": name, **settings(name, translator)}
+    inputs = {f"translator-{name}": {**data, "translator": name, **stages.named_settings(name, translator)}
               for name, translator in plan.translators.items()}
     inputs["pool"] = {**data, "views": sorted(plan.translators)}
-    segment = {**inputs["pool"], "segmenter": options.segmenter, **settings(options.segmenter, plan.segmenter),
+    segment = {**inputs["pool"], "segmenter": options.segmenter,
+               **stages.named_settings(options.segmenter, plan.segmenter),
                "ear_offset_mm": list(options.ear_offset_mm), "ear_size_mm": list(options.ear_size_mm)}
     inputs["segment-r0"] = segment
     for round_index in range(1, options.rounds + 1):
         inputs[f"segment-r{round_index}"] = {**segment, "pseudo_labeler": options.pseudo_labeler,
-                                             **settings(options.pseudo_labeler, plan.pseudo_labeler)}
+                                             **stages.named_settings(options.pseudo_labeler, plan.pseudo_labeler)}
     return inputs
 
 
@@ -210,18 +207,28 @@ def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:
                           fix=f"give these settings a new --out, or rerun with the recorded ones (in {path})")
 
 
+def reusable_record(plan: Plan, name: str, inputs: dict[str, Any] | None, *, redo_if_changed: bool,
+                    announce: bool = False) -> dict[str, Any] | None:
+    """The record of finished stage ``name`` if a rerun may skip it, else None: not finished,
+    or (``redo_if_changed``) recorded with other inputs or, by an older vstk, without them."""
+    done = stages.stage_done(plan.state, name)
+    if done is None or not redo_if_changed or inputs is None:
+        return done
+    changed = stages.changed_inputs(done.get("inputs", {}), inputs)
+    if not changed:
+        return done
+    if announce:
+        log.info("stage %s again: %s (recorded -> now)", name, stages.at_most_six(changed))
+    return None
+
+
 def timed(plan: Plan, name: str, work, *, announce_skip: bool = True, inputs: dict[str, Any] | None = None,
           redo_if_changed: bool = False) -> dict[str, Any]:
     """Run stage ``name`` unless it is done; ``inputs`` are recorded with it. A finished stage
     whose recorded inputs differ (or that an older vstk recorded without them) is run again
     with ``redo_if_changed`` (the cheap test stages); the training stages are refused earlier
     instead (:func:`check_inputs`)."""
-    done = stages.stage_done(plan.state, name)
-    if done is not None and redo_if_changed and inputs is not None:
-        changed = stages.changed_inputs(done.get("inputs", {}), inputs)
-        if changed:
-            log.info("stage %s again: %s (recorded -> now)", name, stages.at_most_six(changed))
-            done = None
+    done = reusable_record(plan, name, inputs, redo_if_changed=redo_if_changed, announce=True)
     if done is not None:
         if announce_skip:
             log.info("stage %s already done (%.0f s), skipped", name, done.get("seconds", 0))

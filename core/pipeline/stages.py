@@ -263,3 +263,8 @@ def file_digest(paths) -> str:
 def at_most_six(changed: list[str]) -> str:
     """Changed settings for one line: another --profile changes dozens, the rest are counted."""
     return "; ".join(changed[:6] + ([f"{len(changed) - 6} more"] if len(changed) > 6 else []))
+
+
+def named_settings(name: str, component: Any) -> dict[str, Any]:
+    """A component's result settings as flat stage inputs, ``{"NAME.key": value}``."""
+    return {f"{name}.{key}": value for key, value in result_settings(getattr(component, "config", None)).items()}
