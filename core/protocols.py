@@ -21,11 +21,17 @@ ProgressFn = Callable[[int, int, str], None]
 
 @dataclasses.dataclass(frozen=True)
 class TrainingCase:
-    """A labelled image for segmenter training (label on the image grid, {0, 1, 2})."""
+    """A labelled image for segmenter training (label on the image grid, {0, 1, 2}).
+
+    ``pseudo_labelled`` marks a real target-modality image whose label is a pseudo label of a
+    self-training round (not a translated view with its source label): a segmenter may treat
+    the two kinds differently, e.g. augment only the translated ones.
+    """
 
     case_id: str
     image: Volume
     label: Volume
+    pseudo_labelled: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

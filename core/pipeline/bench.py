@@ -339,11 +339,12 @@ class _TimedTranslator:
         return out
 
 
-def _ear_cases(pairs: Iterable[tuple[str, Volume, Volume]], plan: BenchPlan) -> list[TrainingCase]:
+def _ear_cases(pairs: Iterable[tuple[str, Volume, Volume]], plan: BenchPlan, *,
+               pseudo_labelled: bool = False) -> list[TrainingCase]:
     cases = []
     for prefix, image, label in pairs:
         for cid, _, image_crop, label_crop in stages.ear_crops(image, label, plan.run.ear_rule, prefix):
-            cases.append(TrainingCase(cid, image_crop, label_crop))
+            cases.append(TrainingCase(cid, image_crop, label_crop, pseudo_labelled=pseudo_labelled))
     return cases
 
 
@@ -375,7 +376,8 @@ def pseudo_labels(plan: BenchPlan, replicate: Replicate, round_index: int, show:
         stages.write_json_atomic(folder / "selected.json", {item.case_id: float(item.confidence) for item in selected})
     chosen = json.loads((folder / "selected.json").read_text())
     return _ear_cases(((f"pseudo_r{round_index}__{case}", images[case],
-                        read_nifti(folder / f"{case}_Label.nii.gz")) for case in chosen), plan)
+                        read_nifti(folder / f"{case}_Label.nii.gz")) for case in chosen), plan,
+                      pseudo_labelled=True)
 
 
 def _predict(plan: BenchPlan, replicate: Replicate, images: Callable[[], dict[str, Volume]],

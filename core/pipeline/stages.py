@@ -145,7 +145,7 @@ def pool_training_cases(pool_path: Path, rule: EarRule, *, pseudo_round: int | N
             image = pool.read_target(case)
             label, _ = pool.read_pseudo_label(pseudo_round, case)
             for cid, _, image_crop, label_crop in ear_crops(image, label, rule, f"pseudo_r{pseudo_round}__{case}"):
-                cases.append(TrainingCase(cid, image_crop, label_crop))
+                cases.append(TrainingCase(cid, image_crop, label_crop, pseudo_labelled=True))
     return cases
 
 

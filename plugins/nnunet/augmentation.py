@@ -13,6 +13,12 @@ softened by one voxel) is given a random mean intensity between the patch's 1st 
 percentile and its inner contrast is scaled by a random factor, so the segmenter has to find
 it by shape and context rather than by the translated brightness.
 
+The probability can differ per training case (e.g. 0 for the pseudo-labelled real hrT2 of
+the self-training rounds, whose structures already look as on the test images): nnU-Net's
+data loader loads one case and transforms its patch right away, so a :class:`LoadedCase` note,
+set by the training dataset (:class:`NotingDataset`) and read by the transform, tells which
+case a patch comes from.
+
 Imports torch and batchgeneratorsv2: import only inside
 :func:`vstk_nnunet.environment.nnunet_environment`.
 """
@@ -27,6 +33,38 @@ from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from torch.nn import functional as F
 
 _QUANTILE_SAMPLE = 4096  # voxels the patch quantiles are taken from (a 96 x 112 patch has 10752)
+
+
+class LoadedCase:
+    """The identifier of the case nnU-Net's training data loader loaded last.
+
+    The loader loads a case, crops its patch and transforms it before it loads the next one,
+    within one process (each augmentation worker has its own copy of loader, dataset and note),
+    so during a transform the note names the case of the patch.
+    """
+
+    def __init__(self) -> None:
+        self.identifier: str | None = None
+
+
+class NotingDataset:
+    """An nnU-Net dataset that writes the identifier of each case it loads into a :class:`LoadedCase`.
+
+    Everything else is the wrapped dataset's (``identifiers``, ``load_case`` itself, ...).
+    """
+
+    def __init__(self, dataset, note: LoadedCase) -> None:
+        self._dataset = dataset
+        self._note = note
+
+    def load_case(self, identifier: str):
+        self._note.identifier = identifier
+        return self._dataset.load_case(identifier)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("_dataset", "_note"):  # unpickling: not set yet
+            raise AttributeError(name)
+        return getattr(self._dataset, name)
 
 
 class StructureIntensityTransform(BasicTransform):
@@ -44,14 +82,37 @@ class StructureIntensityTransform(BasicTransform):
         quantiles: patch intensity quantiles that bound the new mean.
         upper_quantiles: a lower upper bound for some labels, e.g. ``{1: 0.75}`` keeps the VS
             below the brightest quarter of the patch (fluid on hrT2), as the tumour is there.
+        case_probability: another probability for some cases, by identifier; needs ``loaded``.
+        loaded: the note that names the case of the patch being transformed.
+        invert: chance that the inner contrast factor is negated: a cyst is dark inside an
+            enhancing tumour on ceT1 and bright inside a grey one on hrT2.
+        texture: upper bound of the amplitude (a fraction of the patch's quantile range) of a
+            smooth random field added inside the structure; the amplitude is drawn uniformly
+            from [0, texture]. Translated tumours come out smoother than real heterogeneous ones.
+        texture_cell: range of the field's feature size in voxels (noise on a coarse grid of
+            cells of that size, interpolated).
     """
 
     def __init__(self, labels: Sequence[int], probability: float, contrast: tuple[float, float] = (0.5, 1.5),
                  quantiles: tuple[float, float] = (0.01, 0.99),
-                 upper_quantiles: Mapping[int, float] | None = None) -> None:
+                 upper_quantiles: Mapping[int, float] | None = None,
+                 case_probability: Mapping[str, float] | None = None, loaded: LoadedCase | None = None,
+                 invert: float = 0.0, texture: float = 0.0, texture_cell: tuple[float, float] = (2.0, 6.0)) -> None:
         super().__init__()
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"probability must be in [0, 1], got {probability}")
+        if not 0.0 <= invert <= 1.0:
+            raise ValueError(f"invert must be in [0, 1], got {invert}")
+        if texture < 0.0 or not 1.0 <= texture_cell[0] <= texture_cell[1]:
+            raise ValueError(f"texture must be >= 0 and texture_cell an increasing range >= 1 voxel, "
+                             f"got {texture} and {texture_cell}")
+        self.invert, self.texture = float(invert), float(texture)
+        self.texture_cell = (float(texture_cell[0]), float(texture_cell[1]))
+        self.case_probability = {str(k): float(v) for k, v in (case_probability or {}).items()}
+        for value in (probability, *self.case_probability.values()):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"probability must be in [0, 1], got {value}")
+        if self.case_probability and loaded is None:
+            raise ValueError("case_probability needs the LoadedCase note that names each patch's case")
+        self.loaded = loaded
         self.labels = tuple(int(v) for v in labels)
         self.probability = float(probability)
         self.contrast = (float(contrast[0]), float(contrast[1]))
@@ -66,11 +127,14 @@ class StructureIntensityTransform(BasicTransform):
 
     def apply(self, data_dict: dict, **params) -> dict:
         image, segmentation = data_dict.get("image"), data_dict.get("segmentation")
-        if image is None or segmentation is None or self.probability == 0.0:
+        probability = self.probability
+        if self.loaded is not None:
+            probability = self.case_probability.get(self.loaded.identifier, probability)
+        if image is None or segmentation is None or probability == 0.0:
             return data_dict
         levels: list[dict[float, float]] | None = None  # per channel, computed once when needed
         for label in self.labels:
-            if np.random.uniform() >= self.probability:
+            if np.random.uniform() >= probability:
                 continue
             mask = segmentation[0] == label
             box = _bounding_box(mask)
@@ -83,8 +147,13 @@ class StructureIntensityTransform(BasicTransform):
             for channel, level in enumerate(levels):
                 low, high = level[self.quantiles[0]], level[upper]
                 region = image[channel][box]
-                recoloured = np.random.uniform(low, high) + np.random.uniform(*self.contrast) * (
-                    region - region[inner].mean())
+                mean, scale = np.random.uniform(low, high), np.random.uniform(*self.contrast)
+                if self.invert > 0.0 and np.random.uniform() < self.invert:
+                    scale = -scale
+                recoloured = mean + scale * (region - region[inner].mean())
+                if self.texture > 0.0:
+                    amplitude = np.random.uniform(0.0, self.texture) * (high - low)
+                    recoloured = recoloured + amplitude * _smooth_noise(region.shape, self.texture_cell)
                 image[channel][box] = region + weight.to(region.dtype) * (recoloured - region)
         return data_dict
 
@@ -107,6 +176,17 @@ def _bounding_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
     return tuple(slice(max(a - 2, 0), min(b + 3, n)) for a, b, n in zip(low, high, mask.shape))
 
 
+def _smooth_noise(shape: Sequence[int], cell: tuple[float, float]) -> torch.Tensor:
+    """A smooth random field of unit standard deviation on ``shape`` (2 or 3 axes): normal
+    noise on a grid of cells of a random size in ``cell`` voxels, interpolated linearly."""
+    size = np.random.uniform(*cell)
+    coarse = [max(2, int(np.ceil(n / size)) + 1) for n in shape]
+    noise = torch.from_numpy(np.random.standard_normal(coarse).astype(np.float32))[None, None]
+    field = F.interpolate(noise, size=tuple(shape), mode="bilinear" if len(shape) == 2 else "trilinear",
+                          align_corners=False)[0, 0]
+    return (field - field.mean()) / (field.std() + 1e-6)
+
+
 def _soften(mask: torch.Tensor) -> torch.Tensor:
     """The mask as float weights, averaged over each voxel's 3^d neighbourhood (soft edges)."""
     weight = mask.float()[None, None]
@@ -115,12 +195,16 @@ def _soften(mask: torch.Tensor) -> torch.Tensor:
 
 
 def with_structure_intensity(transforms, labels: Sequence[int], probability: float,
-                             upper_quantiles: Mapping[int, float] | None = None):
+                             upper_quantiles: Mapping[int, float] | None = None,
+                             case_probability: Mapping[str, float] | None = None, loaded: LoadedCase | None = None,
+                             **options):
     """Insert :class:`StructureIntensityTransform` into nnU-Net's composed training transforms,
     right after the spatial transform (so the mask matches the patch) and before the intensity
-    transforms (noise, blur, brightness, contrast, gamma still act on top of it).
+    transforms (noise, blur, brightness, contrast, gamma still act on top of it). Nothing is
+    inserted when every probability is 0. ``options`` go to the transform (``invert``,
+    ``texture``, ``texture_cell``).
     """
-    if probability <= 0.0:
+    if probability <= 0.0 and not any(p > 0.0 for p in (case_probability or {}).values()):
         return transforms
     steps = transforms.transforms
     names = [type(t).__name__ for t in steps]
@@ -130,5 +214,6 @@ def with_structure_intensity(transforms, labels: Sequence[int], probability: flo
     at = names.index("SpatialTransform") + 1
     if at < len(names) and names[at] == "Convert2DTo3DTransform":
         at += 1
-    steps.insert(at, StructureIntensityTransform(labels, probability, upper_quantiles=upper_quantiles))
+    steps.insert(at, StructureIntensityTransform(labels, probability, upper_quantiles=upper_quantiles,
+                                                 case_probability=case_probability, loaded=loaded, **options))
     return transforms

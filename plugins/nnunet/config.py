@@ -47,6 +47,15 @@ class NnUNetConfig:
         structure_intensity: probability, per labelled structure and training patch, of the
             label-guided structure intensity augmentation (the structure gets a random mean
             intensity and inner contrast; see ``vstk_nnunet.augmentation``); 0 = stock nnU-Net.
+        structure_intensity_pseudo: the same probability for the pseudo-labelled real target
+            images of the self-training rounds (``TrainingCase.pseudo_labelled``); None: as
+            ``structure_intensity``. Their structures already look as they do on the test
+            images, so 0 keeps that appearance to learn from.
+        structure_intensity_invert: chance, in that augmentation, that the structure's inner
+            contrast is inverted (cysts are dark in an enhancing tumour on ceT1, bright on hrT2).
+        structure_intensity_texture: upper bound of a smooth random texture added inside the
+            structure in that augmentation, as a fraction of the patch's intensity range
+            (translated tumours are smoother than real, heterogeneous ones); 0: none.
         structure_intensity_vs_max: upper bound of the VS's new mean intensity in that
             augmentation, as a quantile of the patch (the others use 0.99). Below 0.99 it keeps
             the tumour out of the brightest part of the patch, where fluid (CSF, the internal
@@ -92,6 +101,9 @@ class NnUNetConfig:
     initial_lr: float = 1e-2
     oversample_foreground: float = 0.33
     structure_intensity: float = 0.0
+    structure_intensity_pseudo: float | None = None
+    structure_intensity_invert: float = 0.0
+    structure_intensity_texture: float = 0.0
     structure_intensity_vs_max: float = 0.99
     features_base: int | None = None
     features_max: int | None = None
@@ -150,6 +162,15 @@ class NnUNetConfig:
         if self.cpu_precision not in CPU_PRECISIONS:
             raise ConfigError(f"cpu_precision={self.cpu_precision!r} is not supported",
                               fix=f"use one of {', '.join(CPU_PRECISIONS)}")
+        if self.structure_intensity_pseudo is not None and not 0.0 <= self.structure_intensity_pseudo <= 1.0:
+            raise ConfigError(f"structure_intensity_pseudo={self.structure_intensity_pseudo} must be in [0, 1]",
+                              fix="e.g. structure_intensity_pseudo=0, or none for the structure_intensity value")
+        if not 0.0 <= self.structure_intensity_invert <= 1.0:
+            raise ConfigError(f"structure_intensity_invert={self.structure_intensity_invert} must be in [0, 1]",
+                              fix="e.g. structure_intensity_invert=0.5, or 0 to keep the inner contrast's sign")
+        if not 0.0 <= self.structure_intensity_texture <= 1.0:
+            raise ConfigError(f"structure_intensity_texture={self.structure_intensity_texture} must be in [0, 1]",
+                              fix="e.g. structure_intensity_texture=0.3 (of the patch's intensity range), or 0")
         if not 0.01 < self.structure_intensity_vs_max <= 0.99:
             raise ConfigError(f"structure_intensity_vs_max={self.structure_intensity_vs_max} must be in (0.01, 0.99]",
                               fix="e.g. structure_intensity_vs_max=0.75, or 0.99 for the full patch range")

@@ -112,7 +112,8 @@ class NnUNetSegmenter:
                 preprocess_round(layout, previous, name, digests, n_proc)
             with nnunet_environment(self.workdir, n_proc=default_n_proc, n_proc_da=self.config.n_proc_da), \
                     torch_threads(self.config.num_threads):
-                self._train_round(layout, name, warm_start, progress)
+                self._train_round(layout, name, warm_start, progress,
+                                  tuple(sorted(case.case_id for case in cases if case.pseudo_labelled)))
 
     def _forget_changed_round(self, layout: RoundLayout, manifest: Mapping[str, str],
                               digests: Mapping[str, str]) -> None:
@@ -149,7 +150,7 @@ class NnUNetSegmenter:
         return checkpoint
 
     def _train_round(self, layout: RoundLayout, name: str, warm_start: Path | None,
-                     progress: ProgressFn | None) -> None:
+                     progress: ProgressFn | None, pseudo_cases: tuple[str, ...]) -> None:
         from .trainer import TrainerSettings
         from .training import TrainJob, choose_resume_checkpoint, train_round
 
@@ -162,7 +163,9 @@ class NnUNetSegmenter:
             settings=TrainerSettings(epochs, config.iterations_per_epoch, config.val_iterations_per_epoch,
                                      config.save_every, config.initial_lr, config.oversample_foreground,
                                      config.structure_intensity, trains_in_bf16(config, device),
-                                     config.structure_intensity_vs_max),
+                                     config.structure_intensity_vs_max, config.structure_intensity_pseudo,
+                                     pseudo_cases, config.structure_intensity_invert,
+                                     config.structure_intensity_texture),
             seed=config.seed + 1000 * layout.round_index,
             resume_from=None if resume is None else str(resume),
             warm_start_from=None if resume is not None or warm_start is None else str(warm_start))

@@ -99,6 +99,16 @@ class TrainerSettings:
     structure_intensity: float = 0.0
     cpu_bf16: bool = False
     structure_intensity_vs_max: float = 0.99
+    structure_intensity_pseudo: float | None = None
+    pseudo_cases: tuple[str, ...] = ()  # identifiers of the pseudo-labelled training cases
+    structure_intensity_invert: float = 0.0
+    structure_intensity_texture: float = 0.0
+
+    def case_probability(self) -> dict[str, float]:
+        """The structure intensity probability of the cases that do not use ``structure_intensity``."""
+        if self.structure_intensity_pseudo is None or self.structure_intensity_pseudo == self.structure_intensity:
+            return {}
+        return dict.fromkeys(self.pseudo_cases, self.structure_intensity_pseudo)
 
 
 class _Float32Outputs(nn.Module):
@@ -134,6 +144,9 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.progress: ProgressFn | None = None
         self.structure_intensity = 0.0
         self.structure_intensity_vs_max = 0.99
+        self.structure_intensity_by_case: dict[str, float] = {}
+        self.structure_intensity_options: dict[str, float] = {}
+        self._loaded_case = None  # vstk_nnunet.augmentation.LoadedCase while the probability differs per case
         self.cpu_bf16 = False
         draw = self.logger.plot_progress_png
 
@@ -156,6 +169,9 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.oversample_foreground_percent = settings.oversample_foreground
         self.structure_intensity = settings.structure_intensity
         self.structure_intensity_vs_max = settings.structure_intensity_vs_max
+        self.structure_intensity_by_case = settings.case_probability()
+        self.structure_intensity_options = {"invert": settings.structure_intensity_invert,
+                                            "texture": settings.structure_intensity_texture}
         self.cpu_bf16 = settings.cpu_bf16 and self.device.type == "cpu"
 
     def initialize(self) -> None:
@@ -189,18 +205,33 @@ class nnUNetTrainerVstk(nnUNetTrainer):
                                 do_dummy_2d_data_aug, **kwargs):
         """nnU-Net's training transforms, plus the label-guided structure intensity
         augmentation when ``structure_intensity`` > 0 (see :mod:`vstk_nnunet.augmentation`)."""
-        from .augmentation import with_structure_intensity
+        from .augmentation import LoadedCase, with_structure_intensity
 
         transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
                                                      mirror_axes, do_dummy_2d_data_aug, **kwargs)
         vs_max = self.structure_intensity_vs_max
         upper = {VS_LABEL: vs_max} if vs_max < 0.99 else None
-        if self.structure_intensity > 0:
-            log.info("structure intensity augmentation on: labels %s, probability %g%s",
+        by_case = self.structure_intensity_by_case
+        if self.structure_intensity > 0 or by_case:
+            log.info("structure intensity augmentation on: labels %s, probability %g%s%s%s",
                      [int(v) for v in self.label_manager.foreground_labels], self.structure_intensity,
-                     "" if upper is None else f", VS mean below the patch's {vs_max:g} quantile")
+                     "" if upper is None else f", VS mean below the patch's {vs_max:g} quantile",
+                     "".join(f", {k} {v:g}" for k, v in self.structure_intensity_options.items() if v),
+                     "" if not by_case else f"; {len(by_case)} pseudo-labelled case(s) "
+                                            f"{next(iter(by_case.values())):g}")
+        self._loaded_case = LoadedCase() if by_case else None
         return with_structure_intensity(transforms, self.label_manager.foreground_labels, self.structure_intensity,
-                                        upper)
+                                        upper, by_case, self._loaded_case, **self.structure_intensity_options)
+
+    def get_tr_and_val_datasets(self):
+        """nnU-Net's datasets; the training one notes each case it loads when the structure
+        intensity probability differs per case (the transform reads the note)."""
+        from .augmentation import NotingDataset
+
+        train, validation = super().get_tr_and_val_datasets()
+        if self._loaded_case is not None:
+            train = NotingDataset(train, self._loaded_case)
+        return train, validation
 
     def save_checkpoint(self, filename: str) -> None:
         partial = f"{filename}.partial"

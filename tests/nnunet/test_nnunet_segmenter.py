@@ -7,8 +7,10 @@ are then segmented and scored.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -113,6 +115,16 @@ def test_labels_outside_vs_and_cochlea_are_refused(tmp_path):
     image, label = synthetic_case(1)
     with pytest.raises(InputError, match=r"values \[3\]"):
         tiny_segmenter(tmp_path).train([TrainingCase("a", image, label.with_array(label.array * 0 + 3))])
+
+
+def test_a_case_marked_pseudo_labelled_is_another_case_to_a_round():
+    """The mark decides the case's augmentation, so a round resumed with it changed is refused
+    like one with other images (the digest is what a round's case manifest compares)."""
+    from vstk_nnunet.raw_dataset import case_digest
+
+    case = training_cases([0])[0]
+    assert case_digest(case) == case_digest(dataclasses.replace(case))
+    assert case_digest(case) != case_digest(dataclasses.replace(case, pseudo_labelled=True))
 
 
 def test_prediction_before_training_names_the_fix(tmp_path):
@@ -246,15 +258,19 @@ def test_a_patch_size_the_network_cannot_take_is_refused(round0):
 
 
 @pytest.mark.slow
-def test_self_training_round_1_warm_starts_in_its_own_folders(round0, held_out):
+def test_self_training_round_1_warm_starts_in_its_own_folders(round0, held_out, caplog):
     workdir = round0["workdir"]
     round0_trees = {name: tree_digest(workdir / name / "Dataset501_VSTK_round0")
                     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    # round 1: the same views plus two "pseudo-labelled" cases; one epoch of one iteration
-    # (self_training_epochs), so a good round-1 model can only come from round 0's weights
-    segmenter = tiny_segmenter(workdir, self_training_epochs=1, iterations_per_epoch=1, warm_start="true")
-    cases = training_cases(TRAIN_SEEDS) + training_cases([201, 202], prefix="pseudo")
-    segmenter.train(cases, round_index=1)
+    # round 1: the same views plus two pseudo-labelled cases (without the structure intensity
+    # augmentation); one epoch of one iteration (self_training_epochs), so a good round-1
+    # model can only come from round 0's weights
+    segmenter = tiny_segmenter(workdir, self_training_epochs=1, iterations_per_epoch=1, warm_start="true",
+                               structure_intensity_pseudo="0")
+    pseudo = [dataclasses.replace(case, pseudo_labelled=True) for case in training_cases([201, 202], prefix="pseudo")]
+    with caplog.at_level(logging.INFO, logger="vstk_nnunet.trainer"):
+        segmenter.train(training_cases(TRAIN_SEEDS) + pseudo, round_index=1)
+    assert "probability 1; 2 pseudo-labelled case(s) 0" in caplog.text
 
     for name, digest in round0_trees.items():
         assert tree_digest(workdir / name / "Dataset501_VSTK_round0") == digest, f"round 1 changed round 0's {name}"
@@ -298,8 +314,9 @@ def test_cpu_precision_is_validated_and_resolved_per_device():
     assert NnUNetSegmenter.profile("paper").cpu_precision == "fp32"
 
 
-def _trainer_on(workdir: Path, bf16: bool):
-    """vstk's trainer on round 0's preprocessed data (as training builds it), initialised."""
+def _trainer_on(workdir: Path, bf16: bool = False, **settings):
+    """vstk's trainer on round 0's preprocessed data (as training builds it), initialised;
+    ``settings`` replace fields of its TrainerSettings."""
     from vstk_nnunet.environment import nnunet_environment
     from vstk_nnunet.layout import FOLD, read_json
     from vstk_nnunet.trainer import TrainerSettings, nnUNetTrainerVstk
@@ -314,9 +331,50 @@ def _trainer_on(workdir: Path, bf16: bool):
         (scratch / "nnUNet_preprocessed").symlink_to(workdir / "nnUNet_preprocessed")
     with nnunet_environment(scratch, n_proc=1, n_proc_da=0):
         trainer = nnUNetTrainerVstk(plans, name, FOLD, read_json(preprocessed / "dataset.json"), torch.device("cpu"))
-        trainer.apply_settings(TrainerSettings(1, 1, 1, 1, 0.03, 0.66, 0.0, cpu_bf16=bf16))
+        trainer.apply_settings(TrainerSettings(**{**dict(num_epochs=1, iterations_per_epoch=1,
+                                                          val_iterations_per_epoch=1, save_every=1, initial_lr=0.03,
+                                                          oversample_foreground=0.66, cpu_bf16=bf16), **settings}))
         trainer.initialize()
     return trainer
+
+
+@pytest.mark.slow
+def test_pseudo_labelled_cases_get_their_own_structure_intensity_probability(round0):
+    """In nnU-Net's own training loader and transforms: the note names each patch's case, the
+    pseudo-labelled cases' structures are never recoloured (probability 0), the others' always (1)."""
+    from vstk_nnunet.augmentation import NotingDataset, StructureIntensityTransform
+    from vstk_nnunet.environment import nnunet_environment
+
+    pseudo = ("case1", "case4")
+    trainer = _trainer_on(round0["workdir"], structure_intensity=1.0, structure_intensity_pseudo=0.0,
+                          pseudo_cases=pseudo)
+    assert trainer.structure_intensity_by_case == {"case1": 0.0, "case4": 0.0}
+    with nnunet_environment(round0["workdir"].parent / "trainer-bf16-False", n_proc=1, n_proc_da=0):
+        train, _ = trainer.get_dataloaders()
+    loader = train.data_loader
+    assert isinstance(loader._data, NotingDataset)
+    transform = next(t for t in loader.transforms.transforms if isinstance(t, StructureIntensityTransform))
+    assert transform.loaded is trainer._loaded_case
+
+    seen: list[tuple[str, bool, bool]] = []  # (case, structure in the patch, patch recoloured)
+    apply = transform.apply
+
+    def watched(data_dict, **params):
+        before = data_dict["image"].clone()
+        out = apply(data_dict, **params)
+        present = bool(((data_dict["segmentation"] == 1) | (data_dict["segmentation"] == 2)).any())
+        seen.append((transform.loaded.identifier, present, not torch.equal(before, out["image"])))
+        return out
+
+    transform.apply = watched
+    keys = []
+    for _ in range(6):
+        keys += list(loader.generate_train_batch()["keys"])
+    assert [case for case, _, _ in seen] == keys  # the note named the case of every patch
+    assert {case for case, _, _ in seen} >= {*pseudo, "case0"}
+    assert not any(changed for case, _, changed in seen if case in pseudo)
+    assert all(changed for case, present, changed in seen if case not in pseudo and present)
+    assert any(present for case, present, _ in seen if case in pseudo)  # they had structures to recolour
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from vstk.errors import ConfigError
 from vstk_nnunet import NnUNetConfig
-from vstk_nnunet.augmentation import StructureIntensityTransform, with_structure_intensity
+from vstk_nnunet.augmentation import (LoadedCase, NotingDataset, StructureIntensityTransform, _smooth_noise,
+                                      with_structure_intensity)
 
 
 def _sample(shape=(48, 48), seed=0):
@@ -134,3 +137,79 @@ def test_a_label_with_a_lower_upper_quantile_stays_below_it_and_the_others_keep_
         StructureIntensityTransform((1,), 1.0, upper_quantiles={1: 0.005})
     with pytest.raises(ConfigError, match="structure_intensity_vs_max=1.5"):
         NnUNetConfig(structure_intensity_vs_max=1.5)
+
+
+class _Cases:
+    """A minimal stand-in for nnU-Net's dataset: the two members its data loader uses."""
+
+    identifiers = ["view1", "real1"]
+
+    def load_case(self, identifier):
+        return identifier
+
+
+def test_a_case_of_its_own_probability_is_recognised_by_the_note_the_dataset_writes():
+    note = LoadedCase()
+    dataset = NotingDataset(_Cases(), note)
+    transform = StructureIntensityTransform((1, 2), 1.0, case_probability={"real1": 0.0}, loaded=note)
+    sample = _sample()
+    for case, altered in (("real1", False), ("view1", True), ("real1", False)):
+        assert dataset.load_case(case) == case and note.identifier == case
+        out = transform(**{k: v.clone() for k, v in sample.items()})
+        assert torch.equal(out["image"], sample["image"]) != altered, case
+    assert dataset.identifiers == ["view1", "real1"]  # everything else is the wrapped dataset's
+
+    # a pickled loader (an augmentation worker's copy) keeps dataset and transform on one note
+    dataset2, transform2 = pickle.loads(pickle.dumps((dataset, transform)))
+    dataset2.load_case("view1")
+    assert transform2.loaded is dataset2._note and transform2.loaded.identifier == "view1"
+    assert note.identifier == "real1"
+
+    stock = nnUNetTrainer.get_training_transforms((40, 40), (0.0, 0.0), None, (0, 1), False,
+                                                  foreground_labels=(1, 2))
+    # probability 0 for the views but not for some cases: the transform is still inserted
+    composed = with_structure_intensity(stock, (1, 2), 0.0, case_probability={"real1": 0.5}, loaded=note)
+    assert "StructureIntensityTransform" in [type(t).__name__ for t in composed.transforms]
+    with pytest.raises(ValueError, match="needs the LoadedCase"):
+        StructureIntensityTransform((1,), 1.0, case_probability={"real1": 0.0})
+    with pytest.raises(ValueError, match="probability must be in"):
+        StructureIntensityTransform((1,), 1.0, case_probability={"real1": 1.5}, loaded=note)
+    with pytest.raises(ConfigError, match="structure_intensity_pseudo=1.5"):
+        NnUNetConfig(structure_intensity_pseudo=1.5)
+
+
+def test_invert_negates_the_inner_contrast_and_texture_adds_a_smooth_field_inside_the_structure():
+    sample = _sample((64, 64))
+    original = sample["image"][0].numpy()
+    seg = sample["segmentation"][0].numpy()
+    inner = ndimage.binary_erosion(seg == 1, structure=np.ones((3, 3), bool))  # weight 1: no blending
+    deviation = original[inner] - original[seg == 1].mean()
+
+    np.random.seed(2)
+    inverted = StructureIntensityTransform((1,), 1.0, contrast=(1.0, 1.0), invert=1.0)(
+        **{k: v.clone() for k, v in sample.items()})["image"][0].numpy()
+    new = inverted[inner] - inverted[inner].mean()
+    assert np.corrcoef(new, deviation)[0, 1] < -0.99  # the same pattern, upside down
+
+    low, high = np.quantile(original, [0.01, 0.99])
+    residuals = []
+    for seed in range(20):
+        np.random.seed(seed)
+        out = StructureIntensityTransform((1,), 1.0, contrast=(1.0, 1.0), texture=0.5)(
+            **{k: v.clone() for k, v in sample.items()})["image"][0].numpy()
+        assert np.array_equal(out[~_ring(seg, 1)], original[~_ring(seg, 1)])  # nothing outside changes
+        added = out[inner] - out[inner].mean() - (deviation - deviation.mean())  # what the texture added
+        residuals.append(added.std())
+    assert 0.0 < max(residuals) <= 0.5 * (high - low) * 1.1
+    # the field is smooth: neighbouring voxels inside the structure agree far more than noise would
+    np.random.seed(4)
+    field = _smooth_noise((40, 40), (4.0, 4.0)).numpy()
+    assert abs(field.mean()) < 1e-4 and abs(field.std() - 1.0) < 1e-3
+    assert np.corrcoef(field[:, 1:].ravel(), field[:, :-1].ravel())[0, 1] > 0.7
+    with pytest.raises(ValueError, match="invert"):
+        StructureIntensityTransform((1,), 1.0, invert=1.5)
+    with pytest.raises(ValueError, match="texture"):
+        StructureIntensityTransform((1,), 1.0, texture=-0.1)
+    for name in ("structure_intensity_invert", "structure_intensity_texture"):
+        with pytest.raises(ConfigError, match=f"{name}=2"):
+            NnUNetConfig(**{name: 2})
