@@ -160,12 +160,15 @@ class NnUNetSegmenter:
         resume = choose_resume_checkpoint(layout.fold_dir(name))
         job = TrainJob(
             preprocessed=str(layout.preprocessed), configuration=name,
-            settings=TrainerSettings(epochs, config.iterations_per_epoch, config.val_iterations_per_epoch,
-                                     config.save_every, config.initial_lr, config.oversample_foreground,
-                                     config.structure_intensity, trains_in_bf16(config, device),
-                                     config.structure_intensity_vs_max, config.structure_intensity_pseudo,
-                                     pseudo_cases, config.structure_intensity_invert,
-                                     config.structure_intensity_texture),
+            settings=TrainerSettings(
+                num_epochs=epochs, iterations_per_epoch=config.iterations_per_epoch,
+                val_iterations_per_epoch=config.val_iterations_per_epoch, save_every=config.save_every,
+                initial_lr=config.initial_lr, oversample_foreground=config.oversample_foreground,
+                cpu_bf16=trains_in_bf16(config, device), structure_intensity=config.structure_intensity,
+                structure_intensity_vs_max=config.structure_intensity_vs_max,
+                structure_intensity_pseudo=config.structure_intensity_pseudo, pseudo_cases=pseudo_cases,
+                structure_intensity_invert=config.structure_intensity_invert,
+                structure_intensity_texture=config.structure_intensity_texture),
             seed=config.seed + 1000 * layout.round_index,
             resume_from=None if resume is None else str(resume),
             warm_start_from=None if resume is not None or warm_start is None else str(warm_start))

@@ -217,8 +217,8 @@ class nnUNetTrainerVstk(nnUNetTrainer):
                      [int(v) for v in self.label_manager.foreground_labels], self.structure_intensity,
                      "" if upper is None else f", VS mean below the patch's {vs_max:g} quantile",
                      "".join(f", {k} {v:g}" for k, v in self.structure_intensity_options.items() if v),
-                     "" if not by_case else f"; {len(by_case)} pseudo-labelled case(s) "
-                                            f"{next(iter(by_case.values())):g}")
+                     "" if not by_case else f"; probability {next(iter(by_case.values())):g} on "
+                                            f"{len(by_case)} pseudo-labelled case(s)")
         self._loaded_case = LoadedCase() if by_case else None
         return with_structure_intensity(transforms, self.label_manager.foreground_labels, self.structure_intensity,
                                         upper, by_case, self._loaded_case, **self.structure_intensity_options)

@@ -270,7 +270,7 @@ def test_self_training_round_1_warm_starts_in_its_own_folders(round0, held_out, 
     pseudo = [dataclasses.replace(case, pseudo_labelled=True) for case in training_cases([201, 202], prefix="pseudo")]
     with caplog.at_level(logging.INFO, logger="vstk_nnunet.trainer"):
         segmenter.train(training_cases(TRAIN_SEEDS) + pseudo, round_index=1)
-    assert "probability 1; 2 pseudo-labelled case(s) 0" in caplog.text
+    assert "probability 1; probability 0 on 2 pseudo-labelled case(s)" in caplog.text
 
     for name, digest in round0_trees.items():
         assert tree_digest(workdir / name / "Dataset501_VSTK_round0") == digest, f"round 1 changed round 0's {name}"
