@@ -118,6 +118,24 @@ def to_json_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+def result_defaults(config: Any) -> dict[str, Any]:
+    """The class defaults of a config's result settings (JSON-like; fields without a default
+    are left out): what an older version of a component did before a setting existed, as
+    long as new settings are added with defaults that keep the old behaviour."""
+    if not dataclasses.is_dataclass(config):
+        return {}
+    skip = set(getattr(type(config), "execution_fields", ()))
+    defaults = {}
+    for field in dataclasses.fields(config):
+        if field.name in skip or not field.init:
+            continue
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return json.loads(json.dumps(defaults, default=str))
+
+
 def result_settings(config: Any) -> dict[str, Any]:
     """The settings of a config dataclass that decide what its component produces: every field
     except those its class names in ``execution_fields`` (where and how fast it runs: device,

@@ -189,13 +189,26 @@ def stage_inputs(plan: Plan) -> dict[str, dict[str, Any]]:
     return inputs
 
 
+def setting_defaults(plan: Plan) -> dict[str, Any]:
+    """``{"NAME.key": default}`` of every plugin's result settings: a record of an older vstk
+    that lacks a setting is read as having it at its default (:func:`stages.changed_inputs`)."""
+    options = plan.options
+    defaults = {}
+    for name, translator in plan.translators.items():
+        defaults.update(stages.named_defaults(name, translator))
+    defaults.update(stages.named_defaults(options.segmenter, plan.segmenter))
+    defaults.update(stages.named_defaults(options.pseudo_labeler, plan.pseudo_labeler))
+    return defaults
+
+
 def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:
     """Refuse to resume an OUT whose finished (or started) stages were computed from other
     inputs: skipping them would report results of settings the command no longer names."""
     problems = []
+    defaults = setting_defaults(plan)
     for name, wanted in inputs.items():  # in pipeline order
         record = stages.recorded_inputs(plan.state, name)
-        changed = [] if record is None else stages.changed_inputs(record[0], wanted)
+        changed = [] if record is None else stages.changed_inputs(record[0], wanted, defaults)
         if changed:
             problems.append((name, record[1], changed))
     if problems:
@@ -214,7 +227,7 @@ def reusable_record(plan: Plan, name: str, inputs: dict[str, Any] | None, *, red
     done = stages.stage_done(plan.state, name)
     if done is None or not redo_if_changed or inputs is None:
         return done
-    changed = stages.changed_inputs(done.get("inputs", {}), inputs)
+    changed = stages.changed_inputs(done.get("inputs", {}), inputs, setting_defaults(plan))
     if not changed:
         return done
     if announce:

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..config import result_settings, to_json_dict
+from ..config import result_defaults, result_settings, to_json_dict
 from ..crossmoda import CaseFiles, load_case, read_image
 from ..errors import ConfigError
 from ..plugins import PluginHost
@@ -234,12 +234,24 @@ def recorded_inputs(state_dir: Path, name: str) -> tuple[dict[str, Any], Path] |
     return None
 
 
-def changed_inputs(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """``key: recorded -> wanted`` for every input that differs (both flat, JSON-like)."""
+def changed_inputs(recorded: Mapping[str, Any], wanted: Mapping[str, Any],
+                   defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """``key: recorded -> wanted`` for every input that differs (both flat, JSON-like).
+
+    A setting the record lacks counts as unchanged when it is wanted at its default in
+    ``defaults`` (``{key: default}``, see :func:`named_defaults`): the record was written by
+    a vstk without that setting, which did what its default does."""
     wanted = json.loads(json.dumps(dict(wanted), default=str))
+    defaults = defaults or {}
     missing = "(not set)"
+
+    def same(key: str) -> bool:
+        if key not in recorded and key in wanted and key in defaults:
+            return wanted[key] == defaults[key]
+        return recorded.get(key, missing) == wanted.get(key, missing)
+
     return [f"{key}: {json.dumps(recorded.get(key, missing))} -> {json.dumps(wanted.get(key, missing))}"
-            for key in sorted(set(recorded) | set(wanted)) if recorded.get(key, missing) != wanted.get(key, missing)]
+            for key in sorted(set(recorded) | set(wanted)) if not same(key)]
 
 
 def dataclass_dict(value: Any) -> dict[str, Any]:
@@ -268,3 +280,8 @@ def at_most_six(changed: list[str]) -> str:
 def named_settings(name: str, component: Any) -> dict[str, Any]:
     """A component's result settings as flat stage inputs, ``{"NAME.key": value}``."""
     return {f"{name}.{key}": value for key, value in result_settings(getattr(component, "config", None)).items()}
+
+
+def named_defaults(name: str, component: Any) -> dict[str, Any]:
+    """The class defaults of those settings, ``{"NAME.key": default}`` (see :func:`changed_inputs`)."""
+    return {f"{name}.{key}": value for key, value in result_defaults(getattr(component, "config", None)).items()}

@@ -180,3 +180,31 @@ def test_a_final_translator_of_other_settings_is_not_used(phantom, tmp_path, hos
     # `vstk pool build` uses the checkpoint as trained (its settings go into the pool's provenance)
     assert stages.train_translator(other, sources, targets, workdir) == final
     assert other.config.steps == 2 and other.config.lambda_identity == 0.5
+
+
+def test_a_setting_added_after_a_record_counts_as_unchanged_only_at_its_default(phantom, tmp_path, host):
+    """A record written before a setting existed did what the setting's default does."""
+    out = tmp_path / "out"
+    inputs = finish(plan(phantom, out, host), ["segment-r0"])
+    record_path = out / "state" / "segment-r0.json"
+    record = json.loads(record_path.read_text())
+    # as an older vstk wrote it: without two settings added later
+    for key in ("nnunet.structure_intensity_texture", "nnunet.structure_intensity_pseudo"):
+        del record["inputs"][key]
+    record_path.write_text(json.dumps(record))
+    assert inputs["segment-r0"]["nnunet.structure_intensity_texture"] == 0.0  # the field's default
+    assert inputs["segment-r0"]["nnunet.structure_intensity_pseudo"] == 0.0  # the cpu profile's, not the default
+    same = plan(phantom, out, host)
+    with pytest.raises(ConfigError) as error:
+        check_inputs(same, stage_inputs(same))
+    message = str(error.value)
+    assert 'nnunet.structure_intensity_pseudo: "(not set)" -> 0.0' in message
+    assert "structure_intensity_texture" not in message  # at its default: what the old run did
+    old_behaviour = plan(phantom, out, host, ("nnunet.structure_intensity_pseudo", "none"))
+    check_inputs(old_behaviour, stage_inputs(old_behaviour))  # both at their defaults: resumes
+    textured = plan(phantom, out, host, ("nnunet.structure_intensity_pseudo", "none"),
+                    ("nnunet.structure_intensity_texture", "0.3"))
+    with pytest.raises(ConfigError, match=r'structure_intensity_texture: "\(not set\)" -> 0.3'):
+        check_inputs(textured, stage_inputs(textured))
+    assert stages.changed_inputs({"a": 1}, {"a": 1, "b": 2}, {"b": 2}) == []
+    assert stages.changed_inputs({"a": 1, "b": 3}, {"a": 1, "b": 2}, {"b": 2}) == ["b: 3 -> 2"]
