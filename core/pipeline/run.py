@@ -182,7 +182,7 @@ def stage_inputs(plan: Plan) -> dict[str, dict[str, Any]]:
     segment = {**inputs["pool"], "segmenter": options.segmenter,
                **stages.named_settings(options.segmenter, plan.segmenter),
                "ear_offset_mm": list(options.ear_offset_mm), "ear_size_mm": list(options.ear_size_mm)}
-    inputs["segment-r0"] = segment
+    inputs["segment-r0"] = stages.first_round_settings(segment, options.segmenter, plan.segmenter)
     for round_index in range(1, options.rounds + 1):
         inputs[f"segment-r{round_index}"] = {**segment, "pseudo_labeler": options.pseudo_labeler,
                                              **stages.named_settings(options.pseudo_labeler, plan.pseudo_labeler)}

@@ -282,6 +282,13 @@ def named_settings(name: str, component: Any) -> dict[str, Any]:
     return {f"{name}.{key}": value for key, value in result_settings(getattr(component, "config", None)).items()}
 
 
+def first_round_settings(settings: Mapping[str, Any], name: str, component: Any) -> dict[str, Any]:
+    """``settings`` without the segmenter's self-training-only settings (the fields its config
+    class names in ``self_training_fields``): what a round-0 stage is computed from."""
+    later = {f"{name}.{key}" for key in getattr(type(getattr(component, "config", None)), "self_training_fields", ())}
+    return {key: value for key, value in settings.items() if key not in later}
+
+
 def named_defaults(name: str, component: Any) -> dict[str, Any]:
     """The class defaults of those settings, ``{"NAME.key": default}`` (see :func:`changed_inputs`)."""
     return {f"{name}.{key}": value for key, value in result_defaults(getattr(component, "config", None)).items()}

@@ -123,6 +123,9 @@ class NnUNetConfig:
     #: settings that do not change the trained model (see vstk.config.result_settings)
     execution_fields: ClassVar[frozenset[str]] = frozenset(
         {"device", "num_gpus", "num_threads", "n_proc_preprocessing", "n_proc_da", "save_every"})
+    #: settings that only change the self-training rounds (not recorded with round 0's stage)
+    self_training_fields: ClassVar[frozenset[str]] = frozenset(
+        {"self_training_epochs", "structure_intensity_pseudo", "warm_start"})
 
     def __post_init__(self) -> None:
         if self.configuration not in CONFIGURATIONS:

@@ -185,15 +185,15 @@ def test_a_final_translator_of_other_settings_is_not_used(phantom, tmp_path, hos
 def test_a_setting_added_after_a_record_counts_as_unchanged_only_at_its_default(phantom, tmp_path, host):
     """A record written before a setting existed did what the setting's default does."""
     out = tmp_path / "out"
-    inputs = finish(plan(phantom, out, host), ["segment-r0"])
-    record_path = out / "state" / "segment-r0.json"
+    inputs = finish(plan(phantom, out, host), ["segment-r0", "segment-r1"])
+    record_path = out / "state" / "segment-r1.json"
     record = json.loads(record_path.read_text())
     # as an older vstk wrote it: without two settings added later
     for key in ("nnunet.structure_intensity_texture", "nnunet.structure_intensity_pseudo"):
         del record["inputs"][key]
     record_path.write_text(json.dumps(record))
-    assert inputs["segment-r0"]["nnunet.structure_intensity_texture"] == 0.0  # the field's default
-    assert inputs["segment-r0"]["nnunet.structure_intensity_pseudo"] == 0.0  # the cpu profile's, not the default
+    assert inputs["segment-r1"]["nnunet.structure_intensity_texture"] == 0.0  # the field's default
+    assert inputs["segment-r1"]["nnunet.structure_intensity_pseudo"] == 0.0  # the cpu profile's, not the default
     same = plan(phantom, out, host)
     with pytest.raises(ConfigError) as error:
         check_inputs(same, stage_inputs(same))
@@ -204,7 +204,23 @@ def test_a_setting_added_after_a_record_counts_as_unchanged_only_at_its_default(
     check_inputs(old_behaviour, stage_inputs(old_behaviour))  # both at their defaults: resumes
     textured = plan(phantom, out, host, ("nnunet.structure_intensity_pseudo", "none"),
                     ("nnunet.structure_intensity_texture", "0.3"))
-    with pytest.raises(ConfigError, match=r'structure_intensity_texture: "\(not set\)" -> 0.3'):
+    with pytest.raises(ConfigError, match=r"segment-r0 was finished with nnunet.structure_intensity_texture: 0.0 -> "
+                                          r"0.3 \(recorded -> now\) \(and in segment-r1\)"):
         check_inputs(textured, stage_inputs(textured))
     assert stages.changed_inputs({"a": 1}, {"a": 1, "b": 2}, {"b": 2}) == []
     assert stages.changed_inputs({"a": 1, "b": 3}, {"a": 1, "b": 2}, {"b": 2}) == ["b: 3 -> 2"]
+
+
+def test_settings_of_the_self_training_rounds_only_are_not_round_0_inputs(phantom, tmp_path, host):
+    """Round 0 is computed without them: changing one keeps a trained round 0 (more rounds can
+    be added with other self-training settings), and refuses a finished round 1."""
+    out = tmp_path / "out"
+    inputs = finish(plan(phantom, out, host), ["segment-r0"])
+    for key in ("self_training_epochs", "structure_intensity_pseudo", "warm_start"):
+        assert f"nnunet.{key}" not in inputs["segment-r0"] and f"nnunet.{key}" in inputs["segment-r1"]
+    assert inputs["segment-r0"]["nnunet.num_epochs"] == NNUNET_CPU.num_epochs
+    longer = plan(phantom, out, host, ("nnunet.self_training_epochs", "30"))
+    check_inputs(longer, stage_inputs(longer))  # round 0 is reused
+    finish(plan(phantom, out, host), ["segment-r1"])
+    with pytest.raises(ConfigError, match=r"stage segment-r1 was finished with nnunet.self_training_epochs: 16 -> 30"):
+        check_inputs(longer, stage_inputs(longer))
