@@ -206,8 +206,12 @@ def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:
     inputs: skipping them would report results of settings the command no longer names."""
     problems = []
     defaults = setting_defaults(plan)
+    # a round-0 record of an older vstk also holds the self-training-only settings: not compared
+    later = stages.self_training_keys(plan.options.segmenter, plan.segmenter)
     for name, wanted in inputs.items():  # in pipeline order
         record = stages.recorded_inputs(plan.state, name)
+        if record is not None:
+            record = ({k: v for k, v in record[0].items() if k in wanted or k not in later}, record[1])
         changed = [] if record is None else stages.changed_inputs(record[0], wanted, defaults)
         if changed:
             problems.append((name, record[1], changed))

@@ -282,10 +282,16 @@ def named_settings(name: str, component: Any) -> dict[str, Any]:
     return {f"{name}.{key}": value for key, value in result_settings(getattr(component, "config", None)).items()}
 
 
+def self_training_keys(name: str, component: Any) -> set[str]:
+    """``{"NAME.key"}`` of the settings that change only the self-training rounds: the fields
+    the component's config class names in ``self_training_fields``."""
+    return {f"{name}.{key}" for key in getattr(type(getattr(component, "config", None)), "self_training_fields", ())}
+
+
 def first_round_settings(settings: Mapping[str, Any], name: str, component: Any) -> dict[str, Any]:
-    """``settings`` without the segmenter's self-training-only settings (the fields its config
-    class names in ``self_training_fields``): what a round-0 stage is computed from."""
-    later = {f"{name}.{key}" for key in getattr(type(getattr(component, "config", None)), "self_training_fields", ())}
+    """``settings`` without the segmenter's self-training-only settings: what a round-0 stage
+    is computed from."""
+    later = self_training_keys(name, component)
     return {key: value for key, value in settings.items() if key not in later}
 
 

@@ -224,3 +224,10 @@ def test_settings_of_the_self_training_rounds_only_are_not_round_0_inputs(phanto
     finish(plan(phantom, out, host), ["segment-r1"])
     with pytest.raises(ConfigError, match=r"stage segment-r1 was finished with nnunet.self_training_epochs: 16 -> 30"):
         check_inputs(longer, stage_inputs(longer))
+    # a round-0 record of an older vstk, which recorded them with round 0 too, resumes
+    record_path = out / "state" / "segment-r0.json"
+    record = json.loads(record_path.read_text())
+    record["inputs"].update({"nnunet.self_training_epochs": 16, "nnunet.warm_start": True})
+    record_path.write_text(json.dumps(record))
+    same = plan(phantom, out, host)
+    check_inputs(same, stage_inputs(same))
