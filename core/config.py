@@ -122,13 +122,8 @@ def result_defaults(config: Any) -> dict[str, Any]:
     """The class defaults of a config's result settings (JSON-like; fields without a default
     are left out): what an older version of a component did before a setting existed, as
     long as new settings are added with defaults that keep the old behaviour."""
-    if not dataclasses.is_dataclass(config):
-        return {}
-    skip = set(getattr(type(config), "execution_fields", ()))
     defaults = {}
-    for field in dataclasses.fields(config):
-        if field.name in skip or not field.init:
-            continue
+    for field in _result_fields(config):
         if field.default is not dataclasses.MISSING:
             defaults[field.name] = field.default
         elif field.default_factory is not dataclasses.MISSING:
@@ -142,8 +137,14 @@ def result_settings(config: Any) -> dict[str, Any]:
     threads, worker processes, how often it checkpoints). ``vstk run`` records them with each
     finished stage and refuses a rerun that would change them. A component without a
     dataclass config has no settings to compare."""
+    names = {field.name for field in _result_fields(config)}
+    return {key: value for key, value in to_json_dict(config).items() if key in names} if names else {}
+
+
+def _result_fields(config: Any) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that are result settings (not ``execution_fields``)."""
     if not dataclasses.is_dataclass(config):
-        return {}
+        return []
     skip = set(getattr(type(config), "execution_fields", ()))
-    return {key: value for key, value in to_json_dict(config).items() if key not in skip}
+    return [field for field in dataclasses.fields(config) if field.name not in skip]
 
