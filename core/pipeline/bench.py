@@ -408,12 +408,11 @@ def row_inputs(plan: BenchPlan, replicate: Replicate) -> dict[str, dict[str, Any
     else:
         training = {"training": "views", "views": list(method.views),
                     "data.ceT1": stages.case_ids(plan.run.train.source)}
-    segment = {**training, "segmenter": options.segmenter,
-               **stages.named_settings(options.segmenter, plan.segmenters[replicate.key]),
+    segmenter = plan.segmenters[replicate.key]
+    segment = {**training, "segmenter": options.segmenter, **stages.named_settings(options.segmenter, segmenter),
                "ear_offset_mm": list(options.ear_offset_mm), "ear_size_mm": list(options.ear_size_mm)}
     labeler = stages.named_settings(options.pseudo_labeler, plan.run.pseudo_labeler)
-    inputs = {f"segment-{replicate.key}-r0": stages.first_round_settings(segment, options.segmenter,
-                                                                         plan.segmenters[replicate.key])}
+    inputs = {f"segment-{replicate.key}-r0": stages.first_round_settings(segment, options.segmenter, segmenter)}
     for round_index in range(1, plan.rounds_of(method) + 1):
         inputs[f"segment-{replicate.key}-r{round_index}"] = {
             **segment, "data.hrT2": stages.case_ids(plan.run.train.target), "pseudo_labeler": options.pseudo_labeler,

@@ -210,11 +210,13 @@ def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:
     later = stages.self_training_keys(plan.options.segmenter, plan.segmenter)
     for name, wanted in inputs.items():  # in pipeline order
         record = stages.recorded_inputs(plan.state, name)
-        if record is not None:
-            record = ({k: v for k, v in record[0].items() if k in wanted or k not in later}, record[1])
-        changed = [] if record is None else stages.changed_inputs(record[0], wanted, defaults)
+        if record is None:
+            continue
+        recorded, path = record
+        recorded = {k: v for k, v in recorded.items() if k in wanted or k not in later}
+        changed = stages.changed_inputs(recorded, wanted, defaults)
         if changed:
-            problems.append((name, record[1], changed))
+            problems.append((name, path, changed))
     if problems:
         name, path, changed = problems[0]
         what = "started" if path.name.endswith(".started.json") else "finished"

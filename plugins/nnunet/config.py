@@ -242,7 +242,8 @@ PAPER = NnUNetConfig()
 #:   moved floating-point rounding gave VS 0.385 / cochlea 0.537 (the closing notes of issue 5
 #:   give the spread over segmenter seeds).
 #: With bfloat16 and 1000 + 400 iterations (`vstk run`, default phantom, round 1 (round 0),
-#:   seeds 0 / 1 / 2 on one pool, structure_intensity_pseudo=1): VS 0.508 / 0.392 / 0.528 (0.465 / 0.443 / 0.507), cochlea
+#:   seeds 0 / 1 / 2 on one pool, structure_intensity_pseudo=1): VS 0.508 / 0.392 / 0.528
+#:   (0.465 / 0.443 / 0.507), cochlea
 #:   0.822 / 0.559 / 0.726 (0.783 / 0.527 / 0.689) (600 + 250 float32 iterations: VS 0.362,
 #:   cochlea 0.000 with seed 0). The cochlea's pseudo Dice on the translated views rises above
 #:   0 only after ~775 iterations of round 0.

@@ -146,7 +146,9 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.structure_intensity_vs_max = 0.99
         self.structure_intensity_by_case: dict[str, float] = {}
         self.structure_intensity_options: dict[str, float] = {}
-        self._loaded_case = None  # vstk_nnunet.augmentation.LoadedCase while the probability differs per case
+        # vstk_nnunet.augmentation.LoadedCase, shared by the training dataset and the transform,
+        # while the probability differs per case (set by apply_settings)
+        self._loaded_case = None
         self.cpu_bf16 = False
         draw = self.logger.plot_progress_png
 
@@ -170,6 +172,10 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.structure_intensity = settings.structure_intensity
         self.structure_intensity_vs_max = settings.structure_intensity_vs_max
         self.structure_intensity_by_case = settings.case_probability()
+        if self.structure_intensity_by_case:
+            from .augmentation import LoadedCase
+
+            self._loaded_case = LoadedCase()
         self.structure_intensity_options = {"invert": settings.structure_intensity_invert,
                                             "texture": settings.structure_intensity_texture}
         self.cpu_bf16 = settings.cpu_bf16 and self.device.type == "cpu"
@@ -205,7 +211,7 @@ class nnUNetTrainerVstk(nnUNetTrainer):
                                 do_dummy_2d_data_aug, **kwargs):
         """nnU-Net's training transforms, plus the label-guided structure intensity
         augmentation when ``structure_intensity`` > 0 (see :mod:`vstk_nnunet.augmentation`)."""
-        from .augmentation import LoadedCase, with_structure_intensity
+        from .augmentation import with_structure_intensity
 
         transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
                                                      mirror_axes, do_dummy_2d_data_aug, **kwargs)
@@ -219,7 +225,6 @@ class nnUNetTrainerVstk(nnUNetTrainer):
                      "".join(f", {k} {v:g}" for k, v in self.structure_intensity_options.items() if v),
                      "" if not by_case else f"; probability {next(iter(by_case.values())):g} on "
                                             f"{len(by_case)} pseudo-labelled case(s)")
-        self._loaded_case = LoadedCase() if by_case else None
         return with_structure_intensity(transforms, self.label_manager.foreground_labels, self.structure_intensity,
                                         upper, by_case, self._loaded_case, **self.structure_intensity_options)
 
