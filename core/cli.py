@@ -25,6 +25,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "evaluate": "vstk.cli:evaluate_command",
     "pool": "vstk.pool.cli:pool_group",
     "run": "vstk.pipeline.cli:run_command",
+    "predict": "vstk.pipeline.cli:predict_command",
     "bench": "vstk.pipeline.cli:bench_command",
 }
 

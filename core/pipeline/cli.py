@@ -250,6 +250,30 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
     click.echo(f"report: {out / 'report.md'}" if (out / "report.md").exists() else f"done: {out}")
 
 
+@click.command("predict")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the {case}_Label.nii.gz files.")
+@click.option("--round", "round_index", type=click.IntRange(0, 20), default=None,
+              help="Self-training round whose model segments [the run's last].")
+@click.option("--keep-largest-vs/--all-vs-components", default=None,
+              help="Keep only the largest connected VS component [as the run did].")
+def predict_command(run_dir: Path, images: Path, out: Path, round_index: int | None,
+                    keep_largest_vs: bool | None) -> None:
+    """Segment the hrT2 images in IMAGES ({case}_hrT2.nii.gz) with the segmenter of the finished
+    vstk run in RUN_DIR (its --out folder), on each image's own grid.
+
+    The run's record (RUN_DIR/run.json) gives the segmenter, profile, settings and ear boxes;
+    score the labels with `vstk evaluate OUT LABELS`.
+    """
+    from ..cli import _host
+    from .predict import predict
+
+    summary = predict(run_dir, images, out, _host(), round_index=round_index, keep_largest_vs=keep_largest_vs)
+    click.echo(f"{summary['cases']} label(s) of round {summary['round']} in {out}")
+
+
 @click.command("bench")
 @translators_option
 @click.option("--combos", multiple=True, metavar="A+B[,C+D]",

@@ -127,15 +127,7 @@ def _validate_folder(folder: DataFolder, *, with_source: bool) -> None:
 
 def plan_run(options: RunOptions, host: PluginHost) -> Plan:
     """Resolve plugins, configs and data; raise on any bad input before training starts."""
-    translator_classes = {name: host.get("translator", name) for name in options.translators}
-    segmenter_cls = host.get("segmenter", options.segmenter)
-    labeler_cls = host.get("pseudo-labeler", options.pseudo_labeler)
-    components = {**translator_classes, options.segmenter: segmenter_cls, options.pseudo_labeler: labeler_cls}
-    routed = split_settings(dict(options.settings), components)
-    route_default(routed, components, "device", options.device)  # --device cuda: the segmenter too
-    # the translators' ear frames follow the run's ear boxes
-    route_default(routed, components, "ear_offset_mm", ",".join(str(v) for v in options.ear_offset_mm))
-
+    classes = component_classes(options, host)  # unknown plugin names fail before any data is read
     data, test, test_labels = options.data, options.test, options.test_labels
     if data is None:
         root = _phantom(options)
@@ -150,16 +142,38 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
     _validate_folder(train, with_source=True)
     if test_folder is not None:
         _validate_folder(test_folder, with_source=False)
+    translators, segmenter, labeler = build_components(options, classes)
+    return Plan(options, train, test_folder, translators, segmenter, labeler, ear_rule(options))
 
-    translators = {}
-    for name, cls in translator_classes.items():
-        config = configure(cls, options.profile, routed[name])
-        translators[name] = cls(config, device=options.device)
+
+def component_classes(options: RunOptions, host: PluginHost) -> dict[str, dict[str, type]]:
+    """The run's plugin classes by kind (``translator``, ``segmenter``, ``pseudo-labeler``) and
+    name; an unknown name raises the plugin host's error."""
+    return {"translator": {name: host.get("translator", name) for name in options.translators},
+            "segmenter": {options.segmenter: host.get("segmenter", options.segmenter)},
+            "pseudo-labeler": {options.pseudo_labeler: host.get("pseudo-labeler", options.pseudo_labeler)}}
+
+
+def build_components(options: RunOptions, classes: dict[str, dict[str, type]]) -> tuple[dict[str, Any], Any, Any]:
+    """The run's translators (by name), segmenter and pseudo-labeler, configured from the profile
+    and the ``--set`` settings routed to each."""
+    components = {name: cls for kind in classes.values() for name, cls in kind.items()}
+    routed = split_settings(dict(options.settings), components)
+    route_default(routed, components, "device", options.device)  # --device cuda: the segmenter too
+    # the translators' ear frames follow the run's ear boxes
+    route_default(routed, components, "ear_offset_mm", ",".join(str(v) for v in options.ear_offset_mm))
+    translators = {name: cls(configure(cls, options.profile, routed[name]), device=options.device)
+                   for name, cls in classes["translator"].items()}
+    segmenter_cls = classes["segmenter"][options.segmenter]
     segmenter = segmenter_cls(configure(segmenter_cls, options.profile, routed[options.segmenter]),
                               options.out / "segmenter")
+    labeler_cls = classes["pseudo-labeler"][options.pseudo_labeler]
     labeler = labeler_cls(configure(labeler_cls, options.profile, routed[options.pseudo_labeler]))
-    rule = EarRule(options.ear_offset_mm, options.ear_size_mm)
-    return Plan(options, train, test_folder, translators, segmenter, labeler, rule)
+    return translators, segmenter, labeler
+
+
+def ear_rule(options: RunOptions) -> EarRule:
+    return EarRule(options.ear_offset_mm, options.ear_size_mm)
 
 
 def _inputs_digest(inputs: dict[str, Any]) -> str:
@@ -432,16 +446,25 @@ def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
     for folder in rounds.values():  # no prediction of an earlier test set or run stays behind
         shutil.rmtree(folder, ignore_errors=True)
     for round_index, folder in rounds.items():
-        with progress_bar(len(images) * 2, f"predict test (round {round_index})", enabled=show) as bar:
-            predictions = stages.predict_full(plan.segmenter, images, plan.ear_rule, round_index=round_index,
-                                              progress=bar)
-        for prediction in predictions:
-            stem = prediction.case_id[:-len("_hrT2")] if prediction.case_id.endswith("_hrT2") else prediction.case_id
-            label = prediction.label
-            if plan.options.keep_largest_vs:
-                label = label.with_array(keep_largest_components(label.array, {VS: 1}))
-            write_nifti(label, folder / f"{stem}_Label.nii.gz")
+        write_predictions(plan.segmenter, plan.ear_rule, images, folder, round_index=round_index,
+                          keep_largest_vs=plan.options.keep_largest_vs, show=show)
     return {"cases": len(images), "folders": _folder_names(plan), "keep_largest_vs": plan.options.keep_largest_vs}
+
+
+def write_predictions(segmenter: Any, rule: EarRule, images: dict[str, Any], folder: Path, *, round_index: int,
+                      keep_largest_vs: bool, show: bool | None) -> list[Path]:
+    """Segment ``images`` (``{case}_hrT2`` ids) with round ``round_index``'s model and write
+    ``folder/{case}_Label.nii.gz`` on each image's own grid; returns the files written."""
+    with progress_bar(len(images) * 2, f"predict (round {round_index})", enabled=show) as bar:
+        predictions = stages.predict_full(segmenter, images, rule, round_index=round_index, progress=bar)
+    written = []
+    for prediction in predictions:
+        stem = prediction.case_id[:-len("_hrT2")] if prediction.case_id.endswith("_hrT2") else prediction.case_id
+        label = prediction.label
+        if keep_largest_vs:
+            label = label.with_array(keep_largest_components(label.array, {VS: 1}))
+        written.append(write_nifti(label, folder / f"{stem}_Label.nii.gz"))
+    return written
 
 
 def parse_translators(value: str | Sequence[str]) -> tuple[str, ...]:

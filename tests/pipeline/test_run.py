@@ -57,6 +57,18 @@ def test_run_end_to_end_then_resume_skips_finished_stages(phantom, tmp_path):
     assert "stage pool done" in (out / "vstk.log").read_text()
     assert "structure intensity augmentation on: labels [1, 2], probability 1" in (out / "vstk.log").read_text()
 
+    # `vstk predict` with the run's record gives the run's own test labels, for either round
+    for round_args, folder in (((), "predictions"), (("--round", "0"), "predictions_round0")):
+        predicted = tmp_path / f"predict-{folder}"
+        done = subprocess.run([sys.executable, "-m", "vstk.cli", "predict", str(out), str(phantom / "test"),
+                               "--out", str(predicted), *round_args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        written = sorted(p.name for p in predicted.iterdir())
+        assert written == sorted(p.name for p in (out / folder).iterdir()) and len(written) == 2
+        for name in written:
+            ours, runs = read_nifti(predicted / name), read_nifti(out / folder / name)
+            assert ours.same_grid(runs) and np.array_equal(ours.array, runs.array), (folder, name)
+
     started = time.perf_counter()
     again = subprocess.run(vstk_run(phantom, out), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -132,3 +144,34 @@ def test_bad_inputs_fail_before_training(phantom, tmp_path):
     assert mismatched.returncode == 2 and "no test label matches a test image" in mismatched.stderr
     for folder in "abcd":
         assert not (tmp_path / folder / "translators").exists()  # nothing trained
+
+
+def test_predict_refuses_a_folder_without_a_finished_run_a_round_it_did_not_train_and_bad_images(phantom, tmp_path):
+    from vstk.errors import ConfigError, InputError, VstkError
+    from vstk.pipeline.predict import predict, recorded_options
+    from vstk.pipeline.run import RunOptions
+    from vstk.pipeline.stages import dataclass_dict, write_json_atomic
+    from vstk.plugins import load_plugins
+
+    host = load_plugins()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(InputError, match="holds no run.json"):
+        predict(run_dir, phantom / "test", tmp_path / "labels", host)
+    (run_dir / "run.json").write_text("{not json")
+    with pytest.raises(InputError, match="not a vstk run record"):
+        predict(run_dir, phantom / "test", tmp_path / "labels", host)
+
+    options = RunOptions(out=Path("elsewhere"), data=phantom / "train", rounds=1, keep_largest_vs=True,
+                         settings=(("nnunet.seed", "3"),))
+    write_json_atomic(run_dir / "run.json", {"options": dataclass_dict(options), "stages": {}})
+    assert recorded_options(run_dir) == RunOptions(**{**options.__dict__, "out": run_dir})
+    with pytest.raises(ConfigError, match="round 2 is not a round of the run"):
+        predict(run_dir, phantom / "test", tmp_path / "labels", host, round_index=2)
+    with pytest.raises(InputError, match="has no ceT1 or hrT2 image"):
+        predict(run_dir, phantom / "test_labels", tmp_path / "labels", host)
+    with pytest.raises(ConfigError, match="is the image folder"):
+        predict(run_dir, phantom / "test", phantom / "test", host)
+    with pytest.raises(VstkError, match="round 1 has not been trained"):  # the run trained no segmenter
+        predict(run_dir, phantom / "test", tmp_path / "labels", host)
+    assert not (tmp_path / "labels").exists()

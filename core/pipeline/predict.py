@@ -1,0 +1,88 @@
+"""``vstk predict``: segment new hrT2 images with the segmenter a finished ``vstk run`` trained.
+
+The run's own record (``OUT/run.json``) says how its segmenter was configured (plugin,
+profile, ``--set`` settings, ear boxes), so the command needs only the run folder, the images
+and an output folder, as ``nnUNetv2_predict`` needs only a model folder. The images are read
+and checked as ``vstk run`` reads its test folder (CrossMoDA names, ``{case}_hrT2.nii.gz``);
+the labels are written as ``{case}_Label.nii.gz`` on each image's own grid, ready for
+``vstk evaluate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..crossmoda import discover, load_case, read_image
+from ..errors import ConfigError, InputError
+from ..plugins import PluginHost
+from .run import RunOptions, build_components, component_classes, ear_rule, write_predictions
+
+log = logging.getLogger(__name__)
+
+
+def recorded_options(run_dir: Path) -> RunOptions:
+    """The :class:`RunOptions` a finished run recorded in ``run_dir/run.json``, with ``out``
+    set to ``run_dir`` (the record may hold a path relative to where the run was started)."""
+    record_path = run_dir / "run.json"
+    if not record_path.is_file():
+        raise InputError(f"{run_dir} holds no run.json, the record a finished vstk run writes last",
+                         path=record_path, fix="pass the --out folder of a vstk run that finished, or rerun "
+                                               "that vstk run command to finish it")
+    try:
+        recorded = json.loads(record_path.read_text())["options"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(f"run.json is not a vstk run record ({error})", path=record_path,
+                         fix="rerun the vstk run command that wrote this folder") from error
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
+    unknown = set(recorded) - fields
+    if unknown:
+        raise ConfigError(f"{record_path} records options this vstk does not know: {', '.join(sorted(unknown))}",
+                          fix="predict with the vstk version that made the run")
+    values: dict[str, Any] = dict(recorded, out=run_dir)
+    for name in ("data", "test", "test_labels"):
+        if values.get(name) is not None:
+            values[name] = Path(values[name])
+    for name in ("translators", "ear_offset_mm", "ear_size_mm"):
+        if name in values:
+            values[name] = tuple(values[name])
+    if "settings" in values:
+        values["settings"] = tuple((str(k), str(v)) for k, v in values["settings"])
+    return RunOptions(**values)
+
+
+def predict(run_dir: Path, images: Path, out: Path, host: PluginHost, *, round_index: int | None = None,
+            keep_largest_vs: bool | None = None, show: bool | None = None) -> dict[str, Any]:
+    """Segment every ``{case}_hrT2.nii.gz`` in ``images`` with round ``round_index`` (None: the
+    run's last round) of the run in ``run_dir``; write ``out/{case}_Label.nii.gz``.
+
+    ``keep_largest_vs`` None follows the run's own ``--keep-largest-vs``. Every image is read
+    and checked before the model is loaded.
+
+    Raises:
+        InputError: no run record, an image folder without hrT2, a corrupt image.
+        ConfigError: a round the run did not train.
+        NotTrainedError: (from the segmenter) the round's model is missing.
+    """
+    options = recorded_options(run_dir)
+    if round_index is None:
+        round_index = options.rounds
+    if not 0 <= round_index <= options.rounds:
+        raise ConfigError(f"round {round_index} is not a round of the run in {run_dir} (rounds 0 to {options.rounds})",
+                          fix=f"pass --round between 0 and {options.rounds}")
+    folder = discover(images, require_target=True)
+    for case in folder.target:  # a bad image stops the command before the model loads
+        load_case(case, "hrT2")
+    if out.resolve() == Path(images).resolve():
+        raise ConfigError(f"the output folder {out} is the image folder",
+                          fix="write the labels to another folder (--out)")
+    _, segmenter, _ = build_components(options, component_classes(options, host))
+    volumes = {c.case_id: read_image(c.hrT2) for c in folder.target}
+    keep = options.keep_largest_vs if keep_largest_vs is None else keep_largest_vs
+    written = write_predictions(segmenter, ear_rule(options), volumes, out, round_index=round_index,
+                                keep_largest_vs=keep, show=show)
+    log.info("wrote %d label(s) of round %d to %s", len(written), round_index, out)
+    return {"cases": len(written), "round": round_index, "keep_largest_vs": keep, "out": str(out)}
