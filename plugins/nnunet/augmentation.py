@@ -165,6 +165,62 @@ class StructureIntensityTransform(BasicTransform):
         return dict(zip(self._levels, found))
 
 
+class IntensityRemapTransform(BasicTransform):
+    """Pass the whole patch through a random, possibly non-monotonic intensity curve.
+
+    Translated views get more than the target structures' intensity wrong: at small budgets a
+    translator can swap whole tissue classes (on the phantom, CycleGAN and QS-Attn turn some
+    dark ceT1 CSF grey and some grey tissue bright, where real hrT2 shows the CSF bright). A
+    segmenter trained on such views learns their intensity order. Random intensity curves make
+    it rely on shapes and edges instead, as in the domain generalisation augmentations for
+    unseen MR contrasts (e.g. the Bezier-curve remapping of Models Genesis, Zhou et al. 2019,
+    and the random-network intensity shifts of GIN, Ouyang et al. 2021).
+
+    With probability ``probability`` (per patch; another one per case via ``case_probability``
+    and the ``loaded`` note, as in :class:`StructureIntensityTransform`), each channel's values
+    between its ``quantiles`` are mapped through a piecewise linear curve with ``points``
+    control points at evenly spaced inputs and uniformly random outputs in the same range;
+    values outside the range take the curve's end values.
+    """
+
+    def __init__(self, probability: float, points: int = 4, quantiles: tuple[float, float] = (0.01, 0.99),
+                 case_probability: Mapping[str, float] | None = None, loaded: LoadedCase | None = None) -> None:
+        super().__init__()
+        self.case_probability = {str(k): float(v) for k, v in (case_probability or {}).items()}
+        for value in (probability, *self.case_probability.values()):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"probability must be in [0, 1], got {value}")
+        if int(points) < 2:
+            raise ValueError(f"an intensity curve needs at least 2 control points, got {points}")
+        if self.case_probability and loaded is None:
+            raise ValueError("case_probability needs the LoadedCase note that names each patch's case")
+        self.probability, self.points, self.loaded = float(probability), int(points), loaded
+        self.quantiles = (float(quantiles[0]), float(quantiles[1]))
+
+    def apply(self, data_dict: dict, **params) -> dict:
+        image = data_dict.get("image")
+        probability = self.probability
+        if self.loaded is not None:
+            probability = self.case_probability.get(self.loaded.identifier, probability)
+        if image is None or probability == 0.0 or np.random.uniform() >= probability:
+            return data_dict
+        for channel in range(image.shape[0]):
+            values = image[channel]
+            sample = values.reshape(-1).float()
+            if sample.numel() > _QUANTILE_SAMPLE:
+                sample = sample[:: sample.numel() // _QUANTILE_SAMPLE + 1]
+            low, high = torch.quantile(sample, torch.tensor(self.quantiles, dtype=sample.dtype)).tolist()
+            if not high > low:  # a flat patch: nothing to remap
+                continue
+            curve = torch.from_numpy(np.random.uniform(size=self.points).astype(np.float32))
+            position = ((values.float() - low) / (high - low)).clamp(0.0, 1.0) * (self.points - 1)
+            left = position.floor().clamp(max=self.points - 2).long()
+            fraction = position - left
+            mapped = curve[left] * (1.0 - fraction) + curve[left + 1] * fraction
+            image[channel] = (low + mapped * (high - low)).to(values.dtype)
+        return data_dict
+
+
 def _bounding_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
     """The mask's bounding box grown by two voxels, clipped to the patch (None for an empty
     mask): the softened edge reaches one voxel out, and a second one keeps the averaging at
@@ -216,4 +272,23 @@ def with_structure_intensity(transforms, labels: Sequence[int], probability: flo
         at += 1
     steps.insert(at, StructureIntensityTransform(labels, probability, upper_quantiles=upper_quantiles,
                                                  case_probability=case_probability, loaded=loaded, **options))
+    return transforms
+
+
+def with_intensity_remap(transforms, probability: float, points: int = 4,
+                         case_probability: Mapping[str, float] | None = None, loaded: LoadedCase | None = None):
+    """Insert :class:`IntensityRemapTransform` into nnU-Net's composed training transforms after
+    the spatial transform and the structure intensity augmentation (which it then remaps too)
+    and before nnU-Net's intensity transforms. Nothing is inserted when every probability is 0."""
+    if probability <= 0.0 and not any(p > 0.0 for p in (case_probability or {}).values()):
+        return transforms
+    steps = transforms.transforms
+    names = [type(t).__name__ for t in steps]
+    if "SpatialTransform" not in names:
+        raise RuntimeError(f"nnU-Net's training transforms have no SpatialTransform ({names}): "
+                           "this nnU-Net version is not supported by intensity_remap")
+    at = names.index("SpatialTransform") + 1
+    while at < len(names) and names[at] in ("Convert2DTo3DTransform", "StructureIntensityTransform"):
+        at += 1
+    steps.insert(at, IntensityRemapTransform(probability, points, case_probability=case_probability, loaded=loaded))
     return transforms

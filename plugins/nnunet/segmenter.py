@@ -168,7 +168,8 @@ class NnUNetSegmenter:
                 structure_intensity_vs_max=config.structure_intensity_vs_max,
                 structure_intensity_pseudo=config.structure_intensity_pseudo, pseudo_cases=pseudo_cases,
                 structure_intensity_invert=config.structure_intensity_invert,
-                structure_intensity_texture=config.structure_intensity_texture),
+                structure_intensity_texture=config.structure_intensity_texture,
+                intensity_remap=config.intensity_remap, intensity_remap_points=config.intensity_remap_points),
             seed=config.seed + 1000 * layout.round_index,
             resume_from=None if resume is None else str(resume),
             warm_start_from=None if resume is not None or warm_start is None else str(warm_start))

@@ -103,6 +103,13 @@ class TrainerSettings:
     pseudo_cases: tuple[str, ...] = ()  # identifiers of the pseudo-labelled training cases
     structure_intensity_invert: float = 0.0
     structure_intensity_texture: float = 0.0
+    intensity_remap: float = 0.0
+    intensity_remap_points: int = 4
+
+    def remap_case_probability(self) -> dict[str, float]:
+        """The intensity remap probability per case where it is not ``intensity_remap``: 0 on
+        the pseudo-labelled real target images, which already have the test images' contrast."""
+        return dict.fromkeys(self.pseudo_cases, 0.0) if self.intensity_remap > 0 else {}
 
     def case_probability(self) -> dict[str, float]:
         """The structure intensity probability of the cases that do not use ``structure_intensity``."""
@@ -146,6 +153,9 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.structure_intensity_vs_max = 0.99
         self.structure_intensity_by_case: dict[str, float] = {}
         self.structure_intensity_options: dict[str, float] = {}
+        self.intensity_remap = 0.0
+        self.intensity_remap_points = 4
+        self.intensity_remap_by_case: dict[str, float] = {}
         # vstk_nnunet.augmentation.LoadedCase, shared by the training dataset and the transform,
         # while the probability differs per case (set by apply_settings)
         self._loaded_case = None
@@ -172,7 +182,9 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.structure_intensity = settings.structure_intensity
         self.structure_intensity_vs_max = settings.structure_intensity_vs_max
         self.structure_intensity_by_case = settings.case_probability()
-        if self.structure_intensity_by_case:
+        self.intensity_remap, self.intensity_remap_points = settings.intensity_remap, settings.intensity_remap_points
+        self.intensity_remap_by_case = settings.remap_case_probability()
+        if self.structure_intensity_by_case or self.intensity_remap_by_case:
             from .augmentation import LoadedCase
 
             self._loaded_case = LoadedCase()
@@ -210,8 +222,9 @@ class nnUNetTrainerVstk(nnUNetTrainer):
     def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, **kwargs):
         """nnU-Net's training transforms, plus the label-guided structure intensity
-        augmentation when ``structure_intensity`` > 0 (see :mod:`vstk_nnunet.augmentation`)."""
-        from .augmentation import with_structure_intensity
+        augmentation when ``structure_intensity`` > 0 and the intensity remap when
+        ``intensity_remap`` > 0 (see :mod:`vstk_nnunet.augmentation`)."""
+        from .augmentation import with_intensity_remap, with_structure_intensity
 
         transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
                                                      mirror_axes, do_dummy_2d_data_aug, **kwargs)
@@ -225,12 +238,19 @@ class nnUNetTrainerVstk(nnUNetTrainer):
                      "".join(f", {k} {v:g}" for k, v in self.structure_intensity_options.items() if v),
                      "" if not by_case else f"; probability {next(iter(by_case.values())):g} on "
                                             f"{len(by_case)} pseudo-labelled case(s)")
-        return with_structure_intensity(transforms, self.label_manager.foreground_labels, self.structure_intensity,
-                                        upper, by_case, self._loaded_case, **self.structure_intensity_options)
+        transforms = with_structure_intensity(transforms, self.label_manager.foreground_labels,
+                                              self.structure_intensity, upper, by_case, self._loaded_case,
+                                              **self.structure_intensity_options)
+        if self.intensity_remap > 0:
+            log.info("intensity remap augmentation on: probability %g, %d control points%s", self.intensity_remap,
+                     self.intensity_remap_points, "" if not self.intensity_remap_by_case else
+                     f"; none on {len(self.intensity_remap_by_case)} pseudo-labelled case(s)")
+        return with_intensity_remap(transforms, self.intensity_remap, self.intensity_remap_points,
+                                    self.intensity_remap_by_case, self._loaded_case)
 
     def get_tr_and_val_datasets(self):
-        """nnU-Net's datasets; the training one notes each case it loads when the structure
-        intensity probability differs per case (the transform reads the note)."""
+        """nnU-Net's datasets; the training one notes each case it loads when an augmentation's
+        probability differs per case (the transforms read the note)."""
         from .augmentation import NotingDataset
 
         train, validation = super().get_tr_and_val_datasets()

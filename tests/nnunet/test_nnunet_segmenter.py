@@ -341,40 +341,53 @@ def _trainer_on(workdir: Path, bf16: bool = False, **settings):
 @pytest.mark.slow
 def test_pseudo_labelled_cases_get_their_own_structure_intensity_probability(round0):
     """In nnU-Net's own training loader and transforms: the note names each patch's case, the
-    pseudo-labelled cases' structures are never recoloured (probability 0), the others' always (1)."""
-    from vstk_nnunet.augmentation import NotingDataset, StructureIntensityTransform
+    pseudo-labelled cases' structures are never recoloured (probability 0), the others' always
+    (1); the intensity remap (probability 1) alters every patch of the other cases and none of
+    the pseudo-labelled ones."""
+    from vstk_nnunet.augmentation import IntensityRemapTransform, NotingDataset, StructureIntensityTransform
     from vstk_nnunet.environment import nnunet_environment
 
     pseudo = ("case1", "case4")
     trainer = _trainer_on(round0["workdir"], structure_intensity=1.0, structure_intensity_pseudo=0.0,
-                          pseudo_cases=pseudo)
+                          pseudo_cases=pseudo, intensity_remap=1.0)
     assert trainer.structure_intensity_by_case == {"case1": 0.0, "case4": 0.0}
+    assert trainer.intensity_remap_by_case == {"case1": 0.0, "case4": 0.0}
     with nnunet_environment(round0["workdir"].parent / "trainer-bf16-False", n_proc=1, n_proc_da=0):
         train, _ = trainer.get_dataloaders()
     loader = train.data_loader
     assert isinstance(loader._data, NotingDataset)
-    transform = next(t for t in loader.transforms.transforms if isinstance(t, StructureIntensityTransform))
-    assert transform.loaded is trainer._loaded_case
+    steps = loader.transforms.transforms
+    transform = next(t for t in steps if isinstance(t, StructureIntensityTransform))
+    remap = next(t for t in steps if isinstance(t, IntensityRemapTransform))
+    assert transform.loaded is trainer._loaded_case and remap.loaded is trainer._loaded_case
 
     seen: list[tuple[str, bool, bool]] = []  # (case, structure in the patch, patch recoloured)
-    apply = transform.apply
+    remapped: list[tuple[str, bool]] = []  # (case, patch remapped)
 
-    def watched(data_dict, **params):
-        before = data_dict["image"].clone()
-        out = apply(data_dict, **params)
-        present = bool(((data_dict["segmentation"] == 1) | (data_dict["segmentation"] == 2)).any())
-        seen.append((transform.loaded.identifier, present, not torch.equal(before, out["image"])))
-        return out
+    def watch(step, record):
+        apply = step.apply
 
-    transform.apply = watched
+        def watched(data_dict, **params):
+            before = data_dict["image"].clone()
+            out = apply(data_dict, **params)
+            record(data_dict, not torch.equal(before, out["image"]))
+            return out
+
+        step.apply = watched
+
+    watch(transform, lambda d, changed: seen.append(
+        (transform.loaded.identifier, bool(((d["segmentation"] == 1) | (d["segmentation"] == 2)).any()), changed)))
+    watch(remap, lambda d, changed: remapped.append((remap.loaded.identifier, changed)))
     keys = []
     for _ in range(6):
         keys += list(loader.generate_train_batch()["keys"])
     assert [case for case, _, _ in seen] == keys  # the note named the case of every patch
+    assert [case for case, _ in remapped] == keys
     assert {case for case, _, _ in seen} >= {*pseudo, "case0"}
     assert not any(changed for case, _, changed in seen if case in pseudo)
     assert all(changed for case, present, changed in seen if case not in pseudo and present)
     assert any(present for case, present, _ in seen if case in pseudo)  # they had structures to recolour
+    assert all(changed == (case not in pseudo) for case, changed in remapped)
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from vstk.errors import ConfigError
 from vstk_nnunet import NnUNetConfig
-from vstk_nnunet.augmentation import (LoadedCase, NotingDataset, StructureIntensityTransform, _smooth_noise,
+from vstk_nnunet.augmentation import (IntensityRemapTransform, LoadedCase, NotingDataset,
+                                      StructureIntensityTransform, _smooth_noise, with_intensity_remap,
                                       with_structure_intensity)
 
 
@@ -213,3 +214,81 @@ def test_invert_negates_the_inner_contrast_and_texture_adds_a_smooth_field_insid
     for name in ("structure_intensity_invert", "structure_intensity_texture"):
         with pytest.raises(ConfigError, match=f"{name}=2"):
             NnUNetConfig(**{name: 2})
+
+
+def _levels(shape=(48, 48)):
+    """A patch of four flat tissue classes 0, 1, 2, 3 (in quarters of the columns)."""
+    image = np.repeat(np.arange(4, dtype=np.float32), shape[-1] // 4)
+    return {"image": torch.from_numpy(np.broadcast_to(image, shape).copy())[None],
+            "segmentation": torch.zeros((1, *shape), dtype=torch.int16)}
+
+
+def test_the_intensity_remap_sends_each_tissue_through_one_random_curve_within_the_patch_range():
+    np.random.seed(5)
+    sample = _levels()
+    transform = IntensityRemapTransform(1.0, points=4, quantiles=(0.0, 1.0))
+    orders = set()
+    for _ in range(60):
+        image = transform(**{k: v.clone() for k, v in sample.items()})["image"][0].numpy()
+        values = image[0, ::12]  # one value per tissue class
+        # a class stays one value (a function of intensity), inside the patch's range
+        for k, value in enumerate(values):
+            np.testing.assert_allclose(image[:, 12 * k:12 * k + 12], value)
+        assert values.min() >= 0.0 - 1e-6 and values.max() <= 3.0 + 1e-6
+        orders.add(tuple(np.argsort(values)))
+    # with 4 control points at the 4 levels each class gets its own random value: the tissues'
+    # intensity order is shuffled (not only flipped)
+    assert len(orders) >= 12
+    torch.testing.assert_close(transform(**{k: v.clone() for k, v in sample.items()})["segmentation"],
+                               sample["segmentation"])
+
+
+def test_a_two_point_remap_is_linear_and_values_beyond_the_quantiles_take_the_end_values():
+    np.random.seed(2)
+    ramp = torch.linspace(-1.0, 2.0, 301).reshape(1, 7, 43)[..., :43]
+    image = IntensityRemapTransform(1.0, points=2, quantiles=(0.0, 1.0))(image=ramp.clone())["image"]
+    inside = (ramp >= -1.0) & (ramp <= 2.0)
+    fit = np.polyfit(ramp[inside].numpy(), image[inside].numpy(), 1)
+    np.testing.assert_allclose(np.polyval(fit, ramp[inside].numpy()), image[inside].numpy(), atol=1e-4)
+    clipped = IntensityRemapTransform(1.0, points=3, quantiles=(0.25, 0.75))
+    np.random.seed(4)
+    out = clipped(image=ramp.clone())["image"].reshape(-1).numpy()
+    low, high = np.quantile(ramp.reshape(-1).numpy(), [0.25, 0.75])
+    flat = ramp.reshape(-1).numpy()
+    assert np.ptp(out[flat <= low]) < 1e-5 and np.ptp(out[flat >= high]) < 1e-5
+
+
+def test_the_remap_skips_pseudo_labelled_cases_and_runs_in_nnunets_pipeline_after_the_structure_step():
+    note = LoadedCase()
+    transform = IntensityRemapTransform(1.0, case_probability={"real1": 0.0}, loaded=note)
+    sample = _sample()
+    for case, altered in (("real1", False), ("view1", True)):
+        note.identifier = case
+        out = transform(**{k: v.clone() for k, v in sample.items()})
+        assert torch.equal(out["image"], sample["image"]) != altered, case
+    np.random.seed(0)
+    half = IntensityRemapTransform(0.5)
+    changed = sum(not torch.equal(half(**{k: v.clone() for k, v in sample.items()})["image"], sample["image"])
+                  for _ in range(200))
+    assert 70 <= changed <= 130
+
+    stock = nnUNetTrainer.get_training_transforms((40, 40), (0.0, 0.0), None, (0, 1), False,
+                                                  foreground_labels=(1, 2))
+    composed = with_intensity_remap(with_structure_intensity(stock, (1, 2), 1.0), 1.0, 4)
+    names = [type(t).__name__ for t in composed.transforms]
+    at = names.index("SpatialTransform")
+    assert names[at + 1:at + 3] == ["StructureIntensityTransform", "IntensityRemapTransform"]
+    np.random.seed(0)
+    out = composed(**_sample((48, 48)))
+    assert out["image"].shape == (1, 40, 40) and torch.isfinite(out["image"]).all()
+    plain = nnUNetTrainer.get_training_transforms((40, 40), (0.0, 0.0), None, (0, 1), False,
+                                                  foreground_labels=(1, 2))
+    assert with_intensity_remap(plain, 0.0) is plain
+    with pytest.raises(ValueError, match="needs the LoadedCase"):
+        IntensityRemapTransform(1.0, case_probability={"real1": 0.0})
+    with pytest.raises(ValueError, match="2 control points"):
+        IntensityRemapTransform(1.0, points=1)
+    with pytest.raises(ConfigError, match="intensity_remap=1.5"):
+        NnUNetConfig(intensity_remap=1.5)
+    with pytest.raises(ConfigError, match="intensity_remap_points=1"):
+        NnUNetConfig(intensity_remap_points=1)
