@@ -285,8 +285,8 @@ PAPER = NnUNetConfig()
 #: intensity_remap=0.5 (random 4-point intensity curves on half the patches of the translated
 #:   views; the views swap tissue classes: some dark ceT1 CSF comes out grey, some grey tissue
 #:   bright): round 0, seed 0, scored on 6 labelled validation hrT2 that are not the test set
-#:   (the default phantom's 2 paired cases and the 4 paired and test cases of `vstk phantom
-#:   --seed 5`): VS Dice 0.309 against 0.437 without (0.376 / 0.397 for seeds 1 / 2), and the
+#:   (the default phantom's 2 paired cases, and the 2 paired and 2 test cases of a phantom of
+#:   seed 5 with 6 cases): VS Dice 0.309 against 0.437 without (0.376 / 0.397 for seeds 1 / 2), and the
 #:   cochlea was not learnt (pseudo Dice 0.00 at the last epoch). The segmenter needs the views'
 #:   intensity cues, wrong as some are: it stays off.
 #: Earlier measurements (nnU-Net 2.8.1, torch 2.14, one thread) on phantom hrT2 crops of
