@@ -260,19 +260,11 @@ def with_structure_intensity(transforms, labels: Sequence[int], probability: flo
     inserted when every probability is 0. ``options`` go to the transform (``invert``,
     ``texture``, ``texture_cell``).
     """
-    if probability <= 0.0 and not any(p > 0.0 for p in (case_probability or {}).values()):
+    if _never(probability, case_probability):
         return transforms
-    steps = transforms.transforms
-    names = [type(t).__name__ for t in steps]
-    if "SpatialTransform" not in names:
-        raise RuntimeError(f"nnU-Net's training transforms have no SpatialTransform ({names}): "
-                           "this nnU-Net version is not supported by structure_intensity")
-    at = names.index("SpatialTransform") + 1
-    if at < len(names) and names[at] == "Convert2DTo3DTransform":
-        at += 1
-    steps.insert(at, StructureIntensityTransform(labels, probability, upper_quantiles=upper_quantiles,
-                                                 case_probability=case_probability, loaded=loaded, **options))
-    return transforms
+    return _insert_after_spatial(transforms, StructureIntensityTransform(
+        labels, probability, upper_quantiles=upper_quantiles, case_probability=case_probability, loaded=loaded,
+        **options), "structure_intensity", after=("Convert2DTo3DTransform",))
 
 
 def with_intensity_remap(transforms, probability: float, points: int = 4,
@@ -280,15 +272,28 @@ def with_intensity_remap(transforms, probability: float, points: int = 4,
     """Insert :class:`IntensityRemapTransform` into nnU-Net's composed training transforms after
     the spatial transform and the structure intensity augmentation (which it then remaps too)
     and before nnU-Net's intensity transforms. Nothing is inserted when every probability is 0."""
-    if probability <= 0.0 and not any(p > 0.0 for p in (case_probability or {}).values()):
+    if _never(probability, case_probability):
         return transforms
+    return _insert_after_spatial(
+        transforms, IntensityRemapTransform(probability, points, case_probability=case_probability, loaded=loaded),
+        "intensity_remap", after=("Convert2DTo3DTransform", "StructureIntensityTransform"))
+
+
+def _never(probability: float, case_probability: Mapping[str, float] | None) -> bool:
+    """True when neither the probability nor any case's own probability is above 0."""
+    return probability <= 0.0 and not any(p > 0.0 for p in (case_probability or {}).values())
+
+
+def _insert_after_spatial(transforms, transform: BasicTransform, setting: str, after: Sequence[str]):
+    """Insert ``transform`` into nnU-Net's composed transforms right after its SpatialTransform
+    and the steps named in ``after`` that directly follow it."""
     steps = transforms.transforms
     names = [type(t).__name__ for t in steps]
     if "SpatialTransform" not in names:
         raise RuntimeError(f"nnU-Net's training transforms have no SpatialTransform ({names}): "
-                           "this nnU-Net version is not supported by intensity_remap")
+                           f"this nnU-Net version is not supported by {setting}")
     at = names.index("SpatialTransform") + 1
-    while at < len(names) and names[at] in ("Convert2DTo3DTransform", "StructureIntensityTransform"):
+    while at < len(names) and names[at] in after:
         at += 1
-    steps.insert(at, IntensityRemapTransform(probability, points, case_probability=case_probability, loaded=loaded))
+    steps.insert(at, transform)
     return transforms
