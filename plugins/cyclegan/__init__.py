@@ -61,8 +61,9 @@ PAPER = CycleGANConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, dec
 #: Longer translation with today's segmenter: `--set steps=1200 --set decay_steps=1200` (both
 #:   translators, 2400 steps; 977 s side by side against about 300 s), round 1 VS Dice 0.717 /
 #:   0.700 / 0.687 for nnU-Net seeds 0 / 1 / 2 against 0.468 / 0.471 / 0.537 with 800 steps
-#:   (README, "The main job"). It does not fit `vstk run`'s 15-minute budget on 2 cores, so
-#:   the profile keeps 400 + 400 steps.
+#:   (README, "The main job"; one translator training shared by the three seeds). 600 + 600
+#:   steps (one run, seed 0): VS 0.407, below 800 steps, and 15:30 wall. Neither fits
+#:   `vstk run`'s 15-minute budget on 2 cores, so the profile keeps 400 + 400 steps.
 CPU = CycleGANConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=400, decay_steps=400, ngf=16,
                      n_blocks=6, ndf=32, checkpoint_every=150, sample_every=300, batch_size=1)
 
