@@ -259,8 +259,10 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
               help="Self-training round whose model segments [the run's last].")
 @click.option("--keep-largest-vs/--all-vs-components", default=None,
               help="Keep only the largest connected VS component [as the run did].")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default=None,
+              help="Where the segmenter runs [the run's device].")
 def predict_command(run_dir: Path, images: Path, out: Path, round_index: int | None,
-                    keep_largest_vs: bool | None) -> None:
+                    keep_largest_vs: bool | None, device: str | None) -> None:
     """Segment the hrT2 images in IMAGES ({case}_hrT2.nii.gz) with the segmenter of the finished
     vstk run in RUN_DIR (its --out folder), on each image's own grid.
 
@@ -270,7 +272,8 @@ def predict_command(run_dir: Path, images: Path, out: Path, round_index: int | N
     from ..cli import _host
     from .predict import predict
 
-    summary = predict(run_dir, images, out, _host(), round_index=round_index, keep_largest_vs=keep_largest_vs)
+    summary = predict(run_dir, images, out, _host(), round_index=round_index, keep_largest_vs=keep_largest_vs,
+                      device=device)
     click.echo(f"{summary['cases']} label(s) of round {summary['round']} in {out}")
 
 

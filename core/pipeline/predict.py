@@ -54,20 +54,32 @@ def recorded_options(run_dir: Path) -> RunOptions:
     return RunOptions(**values)
 
 
+def on_device(options: RunOptions, device: str | None) -> RunOptions:
+    """``options`` with every component on ``device`` (None: as recorded): the run's
+    ``--device`` and any ``--set [NAME.]device=...`` are replaced, e.g. to predict on a CPU
+    with a model trained on a GPU."""
+    if device is None:
+        return options
+    settings = tuple((k, v) for k, v in options.settings if k.rsplit(".", 1)[-1] != "device")
+    return dataclasses.replace(options, device=device, settings=settings)
+
+
 def predict(run_dir: Path, images: Path, out: Path, host: PluginHost, *, round_index: int | None = None,
-            keep_largest_vs: bool | None = None, show: bool | None = None) -> dict[str, Any]:
+            keep_largest_vs: bool | None = None, device: str | None = None,
+            show: bool | None = None) -> dict[str, Any]:
     """Segment every ``{case}_hrT2.nii.gz`` in ``images`` with round ``round_index`` (None: the
     run's last round) of the run in ``run_dir``; write ``out/{case}_Label.nii.gz``.
 
-    ``keep_largest_vs`` None follows the run's own ``--keep-largest-vs``. Every image is read
-    and checked before the model is loaded.
+    ``keep_largest_vs`` None follows the run's own ``--keep-largest-vs``; ``device`` None the
+    run's device (see :func:`on_device`). Every image is read and checked before the model
+    is loaded.
 
     Raises:
         InputError: no run record, an image folder without hrT2, a corrupt image.
         ConfigError: a round the run did not train.
         NotTrainedError: (from the segmenter) the round's model is missing.
     """
-    options = recorded_options(run_dir)
+    options = on_device(recorded_options(run_dir), device)
     if round_index is None:
         round_index = options.rounds
     if not 0 <= round_index <= options.rounds:

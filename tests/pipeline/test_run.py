@@ -175,3 +175,14 @@ def test_predict_refuses_a_folder_without_a_finished_run_a_round_it_did_not_trai
     with pytest.raises(VstkError, match="round 1 has not been trained"):  # the run trained no segmenter
         predict(run_dir, phantom / "test", tmp_path / "labels", host)
     assert not (tmp_path / "labels").exists()
+
+    # a run trained on a GPU predicts on a CPU with --device cpu (its --device and --set device replaced)
+    from vstk.pipeline.predict import on_device
+    from vstk.pipeline.run import build_components, component_classes
+
+    on_gpu = RunOptions(out=run_dir, device="cuda", settings=(("nnunet.device", "cuda"), ("nnunet.seed", "3")))
+    moved = on_device(on_gpu, "cpu")
+    assert moved.device == "cpu" and moved.settings == (("nnunet.seed", "3"),)
+    _, segmenter, _ = build_components(moved, component_classes(moved, host))
+    assert segmenter.config.device == "cpu" and segmenter.config.seed == 3
+    assert on_device(on_gpu, None) is on_gpu
