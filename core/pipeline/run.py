@@ -97,6 +97,12 @@ class Plan:
     def pool(self) -> Path:
         return self.options.out / "pool.h5"
 
+    @property
+    def components(self) -> dict[str, Any]:
+        """Every configured plugin of the run by its name: translators, segmenter, pseudo-labeler."""
+        return {**self.translators, self.options.segmenter: self.segmenter,
+                self.options.pseudo_labeler: self.pseudo_labeler}
+
 
 def _phantom(options: RunOptions) -> Path:
     from ..phantom import PhantomConfig, generate_phantom
@@ -206,13 +212,8 @@ def stage_inputs(plan: Plan) -> dict[str, dict[str, Any]]:
 def setting_defaults(plan: Plan) -> dict[str, Any]:
     """``{"NAME.key": default}`` of every plugin's result settings: a record of an older vstk
     that lacks a setting is read as having it at its default (:func:`stages.changed_inputs`)."""
-    options = plan.options
-    defaults = {}
-    for name, translator in plan.translators.items():
-        defaults.update(stages.named_defaults(name, translator))
-    defaults.update(stages.named_defaults(options.segmenter, plan.segmenter))
-    defaults.update(stages.named_defaults(options.pseudo_labeler, plan.pseudo_labeler))
-    return defaults
+    return {key: value for name, component in plan.components.items()
+            for key, value in stages.named_defaults(name, component).items()}
 
 
 def check_inputs(plan: Plan, inputs: dict[str, dict[str, Any]]) -> None:

@@ -67,7 +67,30 @@ class NotingDataset:
         return getattr(self._dataset, name)
 
 
-class StructureIntensityTransform(BasicTransform):
+class _CaseProbabilityTransform(BasicTransform):
+    """A transform applied with a probability that may differ per training case: ``probability``
+    by default, ``case_probability[identifier]`` for the cases it names, the case of each patch
+    read from the ``loaded`` note (needed when ``case_probability`` is given)."""
+
+    def __init__(self, probability: float, case_probability: Mapping[str, float] | None,
+                 loaded: LoadedCase | None) -> None:
+        super().__init__()
+        self.case_probability = {str(k): float(v) for k, v in (case_probability or {}).items()}
+        for value in (probability, *self.case_probability.values()):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"probability must be in [0, 1], got {value}")
+        if self.case_probability and loaded is None:
+            raise ValueError("case_probability needs the LoadedCase note that names each patch's case")
+        self.probability, self.loaded = float(probability), loaded
+
+    def _patch_probability(self) -> float:
+        """The probability of the case whose patch is being transformed."""
+        if self.loaded is None:
+            return self.probability
+        return self.case_probability.get(self.loaded.identifier, self.probability)
+
+
+class StructureIntensityTransform(_CaseProbabilityTransform):
     """Give labelled structures a random intensity and inner contrast (see the module docstring).
 
     Works on one sample: ``image`` ``(C, *spatial)`` float, ``segmentation`` ``(1, *spatial)``
@@ -98,7 +121,7 @@ class StructureIntensityTransform(BasicTransform):
                  upper_quantiles: Mapping[int, float] | None = None,
                  case_probability: Mapping[str, float] | None = None, loaded: LoadedCase | None = None,
                  invert: float = 0.0, texture: float = 0.0, texture_cell: tuple[float, float] = (2.0, 6.0)) -> None:
-        super().__init__()
+        super().__init__(probability, case_probability, loaded)
         if not 0.0 <= invert <= 1.0:
             raise ValueError(f"invert must be in [0, 1], got {invert}")
         if texture < 0.0 or not 1.0 <= texture_cell[0] <= texture_cell[1]:
@@ -106,15 +129,7 @@ class StructureIntensityTransform(BasicTransform):
                              f"got {texture} and {texture_cell}")
         self.invert, self.texture = float(invert), float(texture)
         self.texture_cell = (float(texture_cell[0]), float(texture_cell[1]))
-        self.case_probability = {str(k): float(v) for k, v in (case_probability or {}).items()}
-        for value in (probability, *self.case_probability.values()):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"probability must be in [0, 1], got {value}")
-        if self.case_probability and loaded is None:
-            raise ValueError("case_probability needs the LoadedCase note that names each patch's case")
-        self.loaded = loaded
         self.labels = tuple(int(v) for v in labels)
-        self.probability = float(probability)
         self.contrast = (float(contrast[0]), float(contrast[1]))
         self.quantiles = (float(quantiles[0]), float(quantiles[1]))
         self.upper = {int(k): float(v) for k, v in (upper_quantiles or {}).items()}
@@ -127,9 +142,7 @@ class StructureIntensityTransform(BasicTransform):
 
     def apply(self, data_dict: dict, **params) -> dict:
         image, segmentation = data_dict.get("image"), data_dict.get("segmentation")
-        probability = self.probability
-        if self.loaded is not None:
-            probability = self.case_probability.get(self.loaded.identifier, probability)
+        probability = self._patch_probability()
         if image is None or segmentation is None or probability == 0.0:
             return data_dict
         levels: list[dict[float, float]] | None = None  # per channel, computed once when needed
@@ -141,7 +154,8 @@ class StructureIntensityTransform(BasicTransform):
             if box is None:
                 continue
             if levels is None:
-                levels = [self._levels_of(image[c]) for c in range(image.shape[0])]
+                levels = [dict(zip(self._levels, _patch_quantiles(image[c], self._levels)))
+                          for c in range(image.shape[0])]
             inner, weight = mask[box], _soften(mask[box])
             upper = self.upper.get(label, self.quantiles[1])
             for channel, level in enumerate(levels):
@@ -157,15 +171,8 @@ class StructureIntensityTransform(BasicTransform):
                 image[channel][box] = region + weight.to(region.dtype) * (recoloured - region)
         return data_dict
 
-    def _levels_of(self, values: torch.Tensor) -> dict[float, float]:
-        sample = values.reshape(-1).float()
-        if sample.numel() > _QUANTILE_SAMPLE:  # the bounds of a random draw: a strided sample will do
-            sample = sample[:: sample.numel() // _QUANTILE_SAMPLE + 1]
-        found = torch.quantile(sample, torch.tensor(self._levels, dtype=sample.dtype)).tolist()
-        return dict(zip(self._levels, found))
 
-
-class IntensityRemapTransform(BasicTransform):
+class IntensityRemapTransform(_CaseProbabilityTransform):
     """Pass the whole patch through a random, possibly non-monotonic intensity curve.
 
     Translated views get more than the target structures' intensity wrong: at small budgets a
@@ -185,31 +192,20 @@ class IntensityRemapTransform(BasicTransform):
 
     def __init__(self, probability: float, points: int = 4, quantiles: tuple[float, float] = (0.01, 0.99),
                  case_probability: Mapping[str, float] | None = None, loaded: LoadedCase | None = None) -> None:
-        super().__init__()
-        self.case_probability = {str(k): float(v) for k, v in (case_probability or {}).items()}
-        for value in (probability, *self.case_probability.values()):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"probability must be in [0, 1], got {value}")
+        super().__init__(probability, case_probability, loaded)
         if int(points) < 2:
             raise ValueError(f"an intensity curve needs at least 2 control points, got {points}")
-        if self.case_probability and loaded is None:
-            raise ValueError("case_probability needs the LoadedCase note that names each patch's case")
-        self.probability, self.points, self.loaded = float(probability), int(points), loaded
+        self.points = int(points)
         self.quantiles = (float(quantiles[0]), float(quantiles[1]))
 
     def apply(self, data_dict: dict, **params) -> dict:
         image = data_dict.get("image")
-        probability = self.probability
-        if self.loaded is not None:
-            probability = self.case_probability.get(self.loaded.identifier, probability)
+        probability = self._patch_probability()
         if image is None or probability == 0.0 or np.random.uniform() >= probability:
             return data_dict
         for channel in range(image.shape[0]):
             values = image[channel]
-            sample = values.reshape(-1).float()
-            if sample.numel() > _QUANTILE_SAMPLE:
-                sample = sample[:: sample.numel() // _QUANTILE_SAMPLE + 1]
-            low, high = torch.quantile(sample, torch.tensor(self.quantiles, dtype=sample.dtype)).tolist()
+            low, high = _patch_quantiles(values, self.quantiles)
             if not high > low:  # a flat patch: nothing to remap
                 continue
             curve = torch.from_numpy(np.random.uniform(size=self.points).astype(np.float32))
@@ -219,6 +215,15 @@ class IntensityRemapTransform(BasicTransform):
             mapped = curve[left] * (1.0 - fraction) + curve[left + 1] * fraction
             image[channel] = (low + mapped * (high - low)).to(values.dtype)
         return data_dict
+
+
+def _patch_quantiles(values: torch.Tensor, levels: Sequence[float]) -> list[float]:
+    """The patch's intensity quantiles at ``levels`` (fractions), from a strided sample of at
+    most about ``_QUANTILE_SAMPLE`` voxels: bounds of random draws need no exact quantiles."""
+    sample = values.reshape(-1).float()
+    if sample.numel() > _QUANTILE_SAMPLE:
+        sample = sample[:: sample.numel() // _QUANTILE_SAMPLE + 1]
+    return torch.quantile(sample, torch.tensor(list(levels), dtype=sample.dtype)).tolist()
 
 
 def _bounding_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
