@@ -1,0 +1,15 @@
+"""Procedural inner-ear MRI phantom written as a CrossMoDA-layout folder (no downloads).
+
+``solids`` (implicit shapes and random fields), ``anatomy`` (the subjects), ``rendering``
+(ceT1/hrT2 images on a site's grids), ``dataset`` (the folder and its manifest), ``overview``
+(the PNG).
+"""
+
+from .dataset import MANIFEST, OWNER_MARKER, TARGET_LABELS, PhantomConfig, generate_phantom, load_manifest
+from .overview import save_overview_png
+from .rendering import CONTRASTS, SITES, AcquisitionProtocol, site_protocols
+
+__all__ = [
+    "CONTRASTS", "MANIFEST", "OWNER_MARKER", "SITES", "TARGET_LABELS", "AcquisitionProtocol", "PhantomConfig",
+    "generate_phantom", "load_manifest", "save_overview_png", "site_protocols",
+]
