@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from vstk.errors import ConfigError
 from vstk.plugins import load_plugins
+from vstk.protocols import Translator
 from vstk.testing import CHECKS, ConformanceError, check_translator
 from vstk.volume import Volume
 
@@ -68,6 +71,97 @@ class GridLosingCycleGAN(CycleGAN):
     def translate_volume(self, volume, *, progress=None):
         out = super().translate_volume(volume, progress=progress)
         return Volume(out.array, out.spacing, out.origin)
+
+
+class SettingsForgettingCycleGAN(CycleGAN):
+    """Loads a checkpoint's weights but keeps the settings it was built with."""
+
+    name = "forgetful"
+
+    def load(self, checkpoint):
+        config = self.config
+        super().load(checkpoint)
+        self.config = config
+
+
+class ElsewhereCycleGAN(CycleGAN):
+    """Renames its final checkpoint, so the pipeline cannot find a finished training."""
+
+    name = "elsewhere"
+
+    def train(self, source, target, workdir, **kwargs):
+        path = super().train(source, target, workdir, **kwargs).rename(Path(workdir) / "final.pt")
+        self.checkpoint = path
+        return path
+
+
+class EagerCycleGAN(CycleGAN):
+    """Builds its generator with random weights at once: it translates before any training."""
+
+    name = "eager"
+
+    def __init__(self, config=None, device=None):
+        super().__init__(config, device)
+        self.generator = self.build_generator().eval()
+
+
+class DuckTranslator:
+    """Every member vstk.Translator declares, and nothing from vstk's base class."""
+
+    name = "duck"
+    config_class = object
+    config = None
+    checkpoint = None
+
+    @classmethod
+    def profile(cls, name, **overrides): ...
+
+    def train(self, source, target, workdir, *, progress=None, distributed=None): ...
+
+    def load(self, checkpoint): ...
+
+    def translate_volume(self, volume): ...
+
+
+def test_the_protocol_declares_what_the_pipeline_reads_and_nothing_else():
+    assert isinstance(DuckTranslator(), Translator)  # no translate_batch: the core never calls it
+    for member in ("config", "checkpoint", "translate_volume", "load"):
+        lacking = type("Lacking", (DuckTranslator,), {member: property(lambda self: _raise())})
+        assert not isinstance(lacking(), Translator), member
+
+
+def _raise():
+    raise AttributeError("not here")
+
+
+def test_a_load_that_keeps_the_old_settings_fails_the_round_trip(tmp_path):
+    with pytest.raises(ConformanceError, match=r"- round_trip: after load\(\) into the 'cpu' profile, config holds "
+                                               r"other settings than the training \(centre: 'ears' instead of 'head'; decay_steps: 400 instead of 2; "
+                                               r"n_blocks: 6 instead of 1; ndf: 32 instead of 4; \d+ more\) "
+                                               r"\(fix: store the training config in the checkpoint"):
+        check_translator(SettingsForgettingCycleGAN, workdir=tmp_path, checks=("round_trip",))
+
+
+def test_a_final_checkpoint_under_another_name_fails_the_train_check(tmp_path):
+    with pytest.raises(ConformanceError) as info:
+        check_translator(ElsewhereCycleGAN, workdir=tmp_path, checks=("round_trip",))
+    lines = str(info.value).splitlines()
+    assert lines[1] == (f"- train: train() returned {tmp_path / 'train' / 'final.pt'}, but the pipeline looks for "
+                        f"the final checkpoint at WORK/translator.pt (fix: write it there)")
+    assert len(lines) == 2  # round_trip, which needs train, is skipped, not failed
+
+
+def test_a_translator_with_weights_before_training_fails_the_geometry_check(tmp_path):
+    with pytest.raises(ConformanceError, match=r"- volume_geometry: translate_volume\(\) translated before train\(\) "
+                                               r"or load\(\) gave the translator weights"):
+        check_translator(EagerCycleGAN, workdir=tmp_path, checks=("volume_geometry",))
+
+
+def test_a_subset_of_checks_runs_what_it_needs_and_says_what_passed(tmp_path):
+    report = check_translator(CycleGAN, workdir=tmp_path, checks=("round_trip",))
+    messages = {r.name: r.message for r in report.results}
+    assert list(messages) == ["profiles", "train", "round_trip"]
+    assert messages["round_trip"] == "identical outputs and settings after load(), also into the default profile"
 
 
 def test_a_translator_that_ignores_its_seed_fails_the_seed_check(tmp_path):

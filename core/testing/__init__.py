@@ -1,8 +1,11 @@
 """Conformance kit for translator plugins, usable from any plugin's own test suite.
 
-One call trains the translator a few steps on tiny phantom slices and checks what the
-pipeline relies on (registration, profiles, training, save/load round trip, volume
-geometry, seeded reproducibility, clear errors for corrupt checkpoints)::
+One call trains the translator a few steps on tiny phantom slices and checks every member
+of :class:`vstk.Translator` as the pipeline uses it (registration, profiles with an int
+``config.seed``, training into ``WORK/translator.pt`` with progress, ``checkpoint`` None
+until weights exist, a save/load round trip restoring weights and settings, volumes
+translated onto their own grid, seeded reproducibility, clear errors for corrupt
+checkpoints)::
 
     from vstk.testing import check_translator
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..config import result_settings
 from ..errors import CheckpointError, VstkError
 from ..volume import Volume, read_nifti
 
@@ -38,6 +39,13 @@ TINY_SETTINGS: dict[str, Any] = {
 #: runs of the same weights on the same input agree to the last bit; this only absorbs
 #: a different summation order in a library kernel.
 IDENTICAL_RTOL = 1e-6
+
+#: The final checkpoint's name in a translator's work folder: the pipeline looks for it to
+#: skip a finished training (vstk.translation.trainer.FINAL, not imported: it imports torch).
+FINAL_CHECKPOINT = "translator.pt"
+
+#: What the kit checks on the class itself (the rest of vstk.Translator is per instance).
+CLASS_MEMBERS = ("name", "config_class", "profile", "train", "load", "translate_volume")
 
 
 class ConformanceError(AssertionError):
@@ -181,7 +189,7 @@ def _check_profiles(run: _Run) -> str:
     from ..protocols import Translator
 
     cls = run.cls
-    for attribute in ("name", "config_class", "profile", "train", "load", "translate_batch", "translate_volume"):
+    for attribute in CLASS_MEMBERS:
         if not hasattr(cls, attribute):
             raise _Failed(f"class {cls.__qualname__} has no {attribute!r} (fix: implement the vstk.Translator "
                           f"protocol; subclassing vstk.translation.base.SliceTranslator gives all of it)")
@@ -199,6 +207,9 @@ def _check_profiles(run: _Run) -> str:
         if not hasattr(config, "seed"):
             raise _Failed(f"config_class {cls.config_class.__name__} has no 'seed' field (fix: add one; the pool "
                           f"records it as provenance)")
+        if not isinstance(config.seed, int) or isinstance(config.seed, bool):
+            raise _Failed(f"profile {profile!r} has seed={config.seed!r}, not an int (fix: declare `seed: int = 0`; "
+                          f"the pool records int(config.seed))")
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     settings = {k: v for k, v in TINY_SETTINGS.items() if k in fields} | dict(run.overrides)
     run.config = _call(f"profile({run.profile!r}) with the kit's tiny settings {settings}",
@@ -206,6 +217,16 @@ def _check_profiles(run: _Run) -> str:
                        lambda: cls.profile(run.profile, **settings))
     instance = _call(f"{cls.__qualname__}(config, device={run.device!r})", "accept (config, device)",
                      lambda: run.new())
+    for attribute in ("config", "checkpoint"):
+        if not hasattr(instance, attribute):
+            raise _Failed(f"{cls.__qualname__} instances have no {attribute!r} attribute (fix: set self.{attribute} "
+                          f"in __init__; the pipeline reads it)")
+    if instance.config != run.config:
+        raise _Failed(f"instance.config is not the config it was built with (fix: keep the config passed to "
+                      f"__init__ as self.config; the pool records it as provenance)")
+    if instance.checkpoint is not None:
+        raise _Failed(f"a new instance has checkpoint={instance.checkpoint!r} (fix: None until train() or load() "
+                      f"gives it weights; the pipeline reads it to know whether to load)")
     if not isinstance(instance, Translator):
         raise _Failed(f"{cls.__qualname__} instances do not satisfy vstk.Translator (fix: implement every "
                       f"protocol member)")
@@ -215,11 +236,29 @@ def _check_profiles(run: _Run) -> str:
 def _check_train(run: _Run) -> str:
     run.source, run.target, run.probe = make_phantom_data(run.workdir / "phantom")
     translator = run.new()
-    path = _call("train() on tiny phantom volumes", "train must accept lists of vstk.Volume and a work folder",
-                 lambda: translator.train(run.source, run.target, run.workdir / "train"))
+    workdir = run.workdir / "train"
+    calls: list[tuple[Any, ...]] = []
+
+    def progress(done: Any, total: Any, message: Any = "") -> None:
+        calls.append((done, total, message))
+
+    path = _call("train(source, target, workdir, progress=..., distributed=None) on tiny phantom volumes",
+                 "train must accept lists of vstk.Volume, a work folder and the keywords progress and distributed",
+                 lambda: translator.train(run.source, run.target, workdir, progress=progress, distributed=None))
     if path is None or not Path(path).is_file():
         raise _Failed(f"train() returned {path!r}, not the path of an existing checkpoint file "
-                      f"(fix: return the final checkpoint, e.g. WORK/translator.pt)")
+                      f"(fix: return the final checkpoint, WORK/{FINAL_CHECKPOINT})")
+    if Path(path).resolve() != (workdir / FINAL_CHECKPOINT).resolve():
+        raise _Failed(f"train() returned {path}, but the pipeline looks for the final checkpoint at "
+                      f"WORK/{FINAL_CHECKPOINT} (fix: write it there)")
+    if translator.checkpoint is None or Path(translator.checkpoint).resolve() != Path(path).resolve():
+        raise _Failed(f"after train(), checkpoint is {translator.checkpoint!r}, not the checkpoint train() returned "
+                      f"(fix: hold the trained weights and set self.checkpoint to that file)")
+    bad = [c for c in calls if not all(isinstance(v, t) for v, t in zip(c, (int, int, str)))]
+    if not calls or bad:
+        seen = f"a call {bad[0]!r}" if bad else "no call"
+        raise _Failed(f"train() made {seen} of progress (fix: call progress(done_steps, total_steps, message) "
+                      f"with two ints and a str as training advances)")
     run.checkpoint = Path(path)
     output = _translate(translator, run.probe, "right after train()")
     if output.shape != run.probe.shape:
@@ -236,6 +275,9 @@ def _check_round_trip(run: _Run) -> str:
     same_config = run.new()
     _call(f"load({run.checkpoint.name}) into a translator with the training config",
           "load() must read what train() wrote", lambda: same_config.load(run.checkpoint))
+    if same_config.checkpoint is None or Path(same_config.checkpoint).resolve() != run.checkpoint.resolve():
+        raise _Failed(f"after load({run.checkpoint.name}), checkpoint is {same_config.checkpoint!r} (fix: set "
+                      f"self.checkpoint to the loaded file)")
     loaded = _translate(same_config, run.probe, "after load()")
     if not _same(run.trained_output, loaded):
         raise _Failed(f"outputs after save/load differ from the trained translator's by up to "
@@ -246,19 +288,37 @@ def _check_round_trip(run: _Run) -> str:
     _call(f"load({run.checkpoint.name}) into a translator built from the default {run.profile!r} profile",
           "load() must restore the architecture from the checkpoint (vstk translate apply builds from a profile)",
           lambda: default.load(run.checkpoint))
+    trained, restored = result_settings(run.config), result_settings(default.config)
+    changed = sorted(k for k in set(trained) | set(restored) if trained.get(k) != restored.get(k))
+    if changed:
+        shown = "; ".join([f"{k}: {restored.get(k)!r} instead of {trained.get(k)!r}" for k in changed[:4]]
+                          + ([f"{len(changed) - 4} more"] if len(changed) > 4 else []))
+        raise _Failed(f"after load() into the {run.profile!r} profile, config holds other settings than the "
+                      f"training ({shown}) (fix: store the training config in the checkpoint and set self.config "
+                      f"from it in load(); vstk run compares these settings before reusing a checkpoint)")
     from_profile = _translate(default, run.probe, f"after load() into the {run.profile!r} profile")
     if not _same(run.trained_output, from_profile):
         raise _Failed(f"a translator built from profile {run.profile!r} translates differently after load() "
                       f"(max difference {_max_difference(run.trained_output, from_profile):.3g}) (fix: store the "
                       f"training config in the checkpoint and restore it in load())")
-    return "identical outputs after load(), also into the default profile"
+    return "identical outputs and settings after load(), also into the default profile"
 
 
 def _check_volume_geometry(run: _Run) -> str:
     assert run.checkpoint is not None and run.probe is not None
     translator = run.new()
-    _call("load()", "load() must read what train() wrote", lambda: translator.load(run.checkpoint))
     volume = _regridded(run.probe)
+    try:
+        translator.translate_volume(volume)
+    except CheckpointError:
+        pass
+    except Exception as exc:  # anything else is what the check is about
+        raise _Failed(f"translate_volume() without weights raised {_describe(exc)} (fix: raise "
+                      f"vstk.CheckpointError saying to train or load first)") from exc
+    else:
+        raise _Failed("translate_volume() translated before train() or load() gave the translator weights "
+                      "(fix: raise vstk.CheckpointError while checkpoint is None)")
+    _call("load()", "load() must read what train() wrote", lambda: translator.load(run.checkpoint))
     before = volume.array.copy()
     out = _call("translate_volume() on a rotated, anisotropic, odd-sized grid",
                 "translate slices in the input's own frame and merge them back onto its grid",
@@ -277,7 +337,7 @@ def _check_volume_geometry(run: _Run) -> str:
                       f"{int(np.sum(~np.isfinite(array))) if np.issubdtype(array.dtype, np.floating) else 0} NaN/Inf")
     if float(array.max()) == float(array.min()):
         raise _Failed(f"every translated voxel is {float(array.min())} (fix: translate the image, not a constant)")
-    return f"shape {out.shape}, spacing, origin and direction kept"
+    return f"shape {out.shape}, spacing, origin and direction kept; no translation without weights"
 
 
 def _check_seed(run: _Run) -> str:

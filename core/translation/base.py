@@ -110,7 +110,18 @@ def pick_device(device: str | None = None) -> str:
 
 
 class SliceTranslator:
-    """Base of the in-tree and example translator plugins (implements vstk.Translator)."""
+    """Base of the in-tree and example translator plugins (implements vstk.Translator).
+
+    Attributes:
+        config: the settings in use (after :meth:`load`: those the checkpoint was trained with).
+        device: where the networks run (``"cpu"``, ``"cuda:0"``, ...).
+        checkpoint: the file the current weights came from (:meth:`train` loads its final
+            checkpoint, :meth:`load` and :meth:`load_official` the given one); None while
+            the instance has no weights. This is what ``vstk.Translator`` declares.
+        generator: the inference network, in eval mode on ``device``, set together with
+            ``checkpoint`` (None before). Kept for code that reads it; whether a translator
+            has weights is ``checkpoint is not None`` (the protocol's member).
+    """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = TranslatorConfig
