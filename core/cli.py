@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from .cli_options import format_table, plugin_host
 from .errors import VstkError
 
 log = logging.getLogger("vstk")
@@ -23,31 +24,11 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "data": "vstk.cli:data_group",
     "translate": "vstk.translation.cli:translate_group",
     "evaluate": "vstk.cli:evaluate_command",
-    "pool": "vstk.pool.cli:pool_group",
+    "pool": "vstk.pipeline.cli:pool_group",
     "run": "vstk.pipeline.cli:run_command",
     "predict": "vstk.pipeline.cli:predict_command",
     "bench": "vstk.pipeline.cli:bench_command",
 }
-
-
-_SCRIPT_HOST = None
-
-
-def _host(ctx: click.Context | None = None):
-    """The plugin host of this invocation (loaded once, honouring VSTK_DISABLE_PLUGINS)."""
-    from .plugins import load_plugins, parse_disabled
-
-    ctx = ctx or click.get_current_context(silent=True)
-    if ctx is None:  # called from a script: one host per process
-        global _SCRIPT_HOST
-        if _SCRIPT_HOST is None:
-            _SCRIPT_HOST = load_plugins(parse_disabled(os.environ.get("VSTK_DISABLE_PLUGINS")))
-        return _SCRIPT_HOST
-    root = ctx.find_root()
-    root.meta.setdefault("vstk.host", None)
-    if root.meta["vstk.host"] is None:
-        root.meta["vstk.host"] = load_plugins(parse_disabled(os.environ.get("VSTK_DISABLE_PLUGINS")))
-    return root.meta["vstk.host"]
 
 
 class VstkGroup(click.Group):
@@ -63,7 +44,7 @@ class VstkGroup(click.Group):
         if self._plugin_commands_added or ctx.parent is not None:
             return
         self._plugin_commands_added = True
-        host = _host(ctx)
+        host = plugin_host(ctx)
         before = set(self.commands) | set(self._lazy)
         collector = click.Group()
         host.call_add_commands(collector)
@@ -124,7 +105,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def plugins_command(as_json: bool) -> None:
     """List installed plugins: name, kind, distribution, version, status."""
-    rows = [info.as_dict() for info in _host().infos()]
+    rows = [info.as_dict() for info in plugin_host().infos()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -132,15 +113,6 @@ def plugins_command(as_json: bool) -> None:
         click.echo("no plugins installed")
         return
     click.echo(format_table(rows, ["name", "kind", "distribution", "version", "status"]))
-
-
-def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A plain-text table with a header rule (used by several commands)."""
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns).rstrip(),
-             "  ".join("-" * widths[c] for c in columns)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 # --- vstk phantom -------------------------------------------------------------------------
@@ -223,6 +195,7 @@ def evaluate_command(pred_dir: Path, label_dir: Path, json_path: Path | None) ->
 
     Empty masks: both empty -> Dice 1, ASSD 0; one empty -> Dice 0, ASSD = image diagonal (mm).
     """
+    from .atomic import write_json_atomic
     from .evaluation.evaluate import evaluate_folders, summary_table, volume_table
 
     evaluation = evaluate_folders(pred_dir, label_dir)
@@ -235,8 +208,7 @@ def evaluate_command(pred_dir: Path, label_dir: Path, json_path: Path | None) ->
     click.echo("")
     click.echo(volume_table({name: (evaluation.summary(), evaluation.volume_ratios())}))
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(evaluation.as_dict(), indent=2))
+        write_json_atomic(json_path, evaluation.as_dict())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import dataclasses
 import difflib
 import importlib.metadata
 import logging
-from typing import Any, Iterable, Iterator
+import os
+from typing import Any, Iterable, Iterator, Mapping
 
 import pluggy
 
@@ -230,6 +231,15 @@ class PluginHost:
         for impl in self.pm.hook.vstk_add_commands.get_hookimpls():
             impl.function(cli=cli)
 
+    def profiles(self) -> list[str]:
+        """Every profile name a registered translator or segmenter declares (its ``profiles``)."""
+        names: set[str] = set()
+        for kind in ("translator", "segmenter"):
+            registry = self.registry(kind)
+            for name in registry.names():
+                names.update(getattr(registry.get(name), "profiles", None) or ())
+        return sorted(names)
+
     def notify_pool_entry(self, **kwargs: Any) -> None:
         self.pm.hook.vstk_pool_entry_written(**kwargs)
 
@@ -245,3 +255,11 @@ def load_plugins(disabled: Iterable[str] = ()) -> PluginHost:
     host.load_entry_points(disabled=disabled)
     return host
 
+
+
+def host_from_environment(environ: Mapping[str, str] | None = None) -> PluginHost:
+    """A host with every installed plugin loaded, except those ``VSTK_DISABLE_PLUGINS``
+    names in ``environ`` (default: this process's environment); what the command line and
+    its worker processes use."""
+    environ = os.environ if environ is None else environ
+    return load_plugins(parse_disabled(environ.get("VSTK_DISABLE_PLUGINS")))

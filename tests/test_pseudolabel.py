@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from vstk.errors import ConfigError
 from vstk.labels import COCHLEA, VS
-from vstk.pipeline.components import configure
+from vstk.components import configure
 from vstk.protocols import Prediction
 from vstk.volume import Volume
 from vstk_pseudolabel import (

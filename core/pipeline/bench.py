@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import re
 import shutil
 import sys
@@ -33,204 +32,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..atomic import write_json_atomic
 from ..crossmoda import discover, load_case, read_image
 from ..errors import ConfigError, InputError
-from ..plugins import PluginHost
+from ..plugins import PluginHost, host_from_environment
 from ..progress import progress_bar
 from ..protocols import TrainingCase
 from ..resources import usable_cores
-from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
 from ..volume import Volume, read_nifti, write_nifti
-from . import stages
-from .components import split_settings
-from .run import (Plan, RunOptions, _train_translators_side_by_side, check_inputs, plan_run, reusable_record,
-                  stage_inputs, timed)
+from . import records, stages
+from .bench_model import NONE, SUPERVISED, BenchOptions, BenchPlan, Method, Replicate
+from .bench_report import write_bench_report
+from .plan import RunOptions, component_classes, phantom_data, plan_run
+from .predictions import write_predictions
+from .run import stage_inputs
 
 log = logging.getLogger(__name__)
-
-NONE = "none"
-SUPERVISED = "supervised"
-STRUCTURE_METRICS = ("VS_dice", "VS_assd", "cochlea_dice", "cochlea_assd", "mean_dice", "mean_assd")
-TEST_METRICS = ("VS_dice", "cochlea_dice", "mean_dice")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """One row of the benchmark: what its segmenter trains on.
-
-    Attributes:
-        name: row name (``none``, a translator, ``a+b`` for a combination, ``supervised``).
-        views: the pool views it trains on (empty for ``none`` and ``supervised``).
-    """
-
-    name: str
-    views: tuple[str, ...] = ()
-
-    @property
-    def training_data(self) -> str:
-        if self.name == NONE:
-            return "ceT1 as is"
-        if self.name == SUPERVISED:
-            return "labelled hrT2"
-        return " + ".join(self.views) + (" views" if len(self.views) > 1 else " view")
-
-
-@dataclasses.dataclass(frozen=True)
-class Replicate:
-    """One segmenter training of a row: the method, and the segmenter seed given by ``--seeds``
-    (None without ``--seeds``: the segmenter config's own seed, in the row's own folder)."""
-
-    method: Method
-    seed: int | None = None
-
-    @property
-    def key(self) -> str:
-        """The name of its stages and worker: the method's, with ``-s{seed}`` under ``--seeds``."""
-        return self.method.name if self.seed is None else f"{self.method.name}-s{self.seed}"
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchOptions:
-    """Everything ``vstk bench`` needs; see ``vstk bench --help`` for the meaning of each."""
-
-    out: Path
-    translators: tuple[str, ...] = ("cyclegan", "qsattn")
-    combos: tuple[tuple[str, ...], ...] = ()
-    data: Path | None = None
-    test: Path | None = None
-    test_labels: Path | None = None
-    target_labels: Path | None = None
-    paired: Path | None = None
-    profile: str = "cpu"
-    rounds: int = 0
-    segmenter: str = "nnunet"
-    pseudo_labeler: str = "all"
-    settings: tuple[tuple[str, str], ...] = ()
-    device: str | None = None
-    phantom_cases: int = 10
-    phantom_seed: int = 0
-    ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
-    ear_size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
-    jobs: int = 1
-    seeds: tuple[int, ...] = ()
-    progress: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.jobs < 1:
-            raise ConfigError(f"--jobs {self.jobs} must be 1 or more")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"--seeds {','.join(str(s) for s in self.seeds)}: a seed is named twice")
-        if any(seed < 0 for seed in self.seeds):
-            raise ConfigError(f"--seeds {','.join(str(s) for s in self.seeds)}: seeds are 0 or more")
-        if not self.translators:
-            raise ConfigError("no translator named", fix="e.g. --translators cyclegan,qsattn")
-        if len(set(self.translators)) != len(self.translators):
-            raise ConfigError(f"a translator is named twice in --translators {','.join(self.translators)}")
-        for name in self.translators:
-            if name in (NONE, SUPERVISED):
-                raise ConfigError(f"--translators: {name!r} is the name of a reference row of the benchmark",
-                                  fix=f"drop it: the {NONE} and {SUPERVISED} rows are always part of the table")
-            if not _NAME.match(name):
-                raise ConfigError(f"--translators: {name!r} is not a translator name",
-                                  fix="separate translators with ',' and combinations with '+' (--combos)")
-        seen = set()
-        for combo in self.combos:
-            label = "+".join(combo)
-            if len(combo) < 2 or len(set(combo)) != len(combo):
-                raise ConfigError(f"--combos {label}: a combination joins two or more different translators",
-                                  fix="e.g. --combos cyclegan+qsattn")
-            outside = [name for name in combo if name not in self.translators]
-            if outside:
-                raise ConfigError(f"--combos {label}: {outside[0]!r} is not in --translators "
-                                  f"{','.join(self.translators)}",
-                                  fix=f"add {outside[0]} to --translators or drop it from the combination")
-            if frozenset(combo) in seen:
-                raise ConfigError(f"--combos {label}: the same combination is named twice")
-            seen.add(frozenset(combo))
-        if self.rounds < 0:
-            raise ConfigError(f"--rounds {self.rounds} must be 0 or more")
-        if self.test_labels is not None and self.test is None:
-            raise ConfigError("--test-labels needs --test")
-        if self.data is not None and (self.test is None or self.test_labels is None):
-            raise ConfigError("vstk bench scores every method on labelled test hrT2: --data needs --test and "
-                              "--test-labels", fix="pass both, or leave out --data to use the built-in phantom")
-        if self.data is None and any(p is not None for p in (self.test, self.target_labels, self.paired)):
-            raise ConfigError("--test, --test-labels, --target-labels and --paired go with --data",
-                              fix="pass --data too, or none of them to use the built-in phantom")
-
-    def methods(self) -> tuple[Method, ...]:
-        """Every row in table order: the floor, translators, combinations, the ceiling."""
-        rows = [Method(NONE)] + [Method(name, (name,)) for name in self.translators]
-        rows += [Method("+".join(combo), tuple(combo)) for combo in self.combos]
-        return tuple(rows + [Method(SUPERVISED)])
-
-    def replicates(self, methods: Sequence[Method]) -> tuple[Replicate, ...]:
-        """Every segmenter training, row by row: one per method, or one per method and seed."""
-        seeds: Sequence[int | None] = self.seeds or (None,)
-        return tuple(Replicate(method, seed) for method in methods for seed in seeds)
-
-
-@dataclasses.dataclass
-class BenchPlan:
-    """The resolved benchmark, checked before any training."""
-
-    options: BenchOptions
-    run: Plan
-    methods: tuple[Method, ...]
-    replicates: tuple[Replicate, ...]
-    segmenters: dict[str, Any]  # by replicate key
-    test_labels: Path
-    labelled_targets: tuple[Any, ...]
-    paired: tuple[Any, ...]
-    notes: list[str]
-
-    @property
-    def out(self) -> Path:
-        return self.options.out
-
-    def method_dir(self, replicate: Replicate) -> Path:
-        folder = self.out / "methods" / replicate.method.name
-        return folder if replicate.seed is None else folder / f"seed{replicate.seed}"
-
-    def replicates_of(self, method: Method) -> list[Replicate]:
-        return [r for r in self.replicates if r.method == method]
-
-    def rounds_of(self, method: Method) -> int:
-        """Self-training rounds of a method (the supervised ceiling has no unlabelled hrT2 left)."""
-        return 0 if method.name == SUPERVISED else self.options.rounds
-
-
-def parse_combos(values: str | Iterable[str]) -> tuple[tuple[str, ...], ...]:
-    """``"a+b,a+c"`` (or several such strings) -> ``(("a", "b"), ("a", "c"))``."""
-    items = [values] if isinstance(values, str) else list(values)
-    combos = []
-    for item in items:
-        for part in item.split(","):
-            if part.strip():
-                combos.append(tuple(name.strip() for name in part.split("+") if name.strip()))
-    return tuple(combos)
-
-
-def _phantom(options: BenchOptions) -> Path:
-    """The benchmark's own phantom (with training hrT2 labels for the supervised row)."""
-    from ..phantom import MANIFEST, PhantomConfig, generate_phantom
-
-    root = options.out / "phantom"
-    if not (root / MANIFEST).exists():
-        log.info("generating phantom data in %s", root)
-        generate_phantom(root, PhantomConfig(cases=options.phantom_cases, seed=options.phantom_seed,
-                                             target_labels=True), workers=usable_cores())
-    return root
-
-
-def _check_components(options: BenchOptions, host: PluginHost) -> None:
-    """Unknown plugin names and unknown ``--set`` keys fail before any data is generated."""
-    components = {name: host.get("translator", name) for name in options.translators}
-    components[options.segmenter] = host.get("segmenter", options.segmenter)
-    components[options.pseudo_labeler] = host.get("pseudo-labeler", options.pseudo_labeler)
-    split_settings(dict(options.settings), components)
-
 
 def _dataset_name(method: str) -> str:
     return (re.sub(r"[^A-Za-z0-9]+", "-", method).strip("-") or "method")[:64]
@@ -261,16 +78,17 @@ def method_config(base: Any, replicate: Replicate, segmenter: str) -> Any:
 
 def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
     """Resolve plugins, configs and data; raise on any bad input before training starts."""
-    _check_components(options, host)
+    component_classes(options, host)  # unknown names and --set keys fail before the phantom is made
     options.out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     data, test, test_labels = options.data, options.test, options.test_labels
     target_labels, paired_dir = options.target_labels, options.paired
     if data is None:
-        root = _phantom(options)
-        data, test, test_labels = root / "train", root / "test", root / "test_labels"
         from ..phantom import TARGET_LABELS
 
+        # the benchmark's own phantom has labels of the training hrT2, for the supervised row
+        root = phantom_data(options.out, cases=options.phantom_cases, seed=options.phantom_seed, target_labels=True)
+        data, test, test_labels = root / "train", root / "test", root / "test_labels"
         target_labels = root / TARGET_LABELS if (root / TARGET_LABELS).is_dir() else None
         paired_dir = root / "paired"
     run_options = RunOptions(out=options.out, translators=options.translators, data=data, test=test,
@@ -373,7 +191,7 @@ def pseudo_labels(plan: BenchPlan, replicate: Replicate, round_index: int, show:
         selected = plan.run.pseudo_labeler.select(predictions)
         for item in selected:
             write_nifti(item.label, folder / f"{item.case_id}_Label.nii.gz")
-        stages.write_json_atomic(folder / "selected.json", {item.case_id: float(item.confidence) for item in selected})
+        write_json_atomic(folder / "selected.json", {item.case_id: float(item.confidence) for item in selected})
     chosen = json.loads((folder / "selected.json").read_text())
     return _ear_cases(((f"pseudo_r{round_index}__{case}", images[case],
                         read_nifti(folder / f"{case}_Label.nii.gz")) for case in chosen), plan,
@@ -384,14 +202,10 @@ def _predict(plan: BenchPlan, replicate: Replicate, images: Callable[[], dict[st
              show: bool | None) -> dict[str, Any]:
     folder = plan.method_dir(replicate) / "predictions"
     shutil.rmtree(folder, ignore_errors=True)  # no prediction of an earlier test set stays behind
-    test_images = images()
-    with progress_bar(len(test_images) * 2, f"predict {replicate.key}", enabled=show) as bar:
-        predictions = stages.predict_full(plan.segmenters[replicate.key], test_images, plan.run.ear_rule,
-                                          round_index=plan.rounds_of(replicate.method), progress=bar)
-    for prediction in predictions:
-        case = prediction.case_id
-        write_nifti(prediction.label, folder / f"{case.removesuffix('_hrT2')}_Label.nii.gz")
-    return {"cases": len(predictions), "folder": str(folder)}
+    written = write_predictions(plan.segmenters[replicate.key], plan.run.ear_rule, images(), folder,
+                                round_index=plan.rounds_of(replicate.method), keep_largest_vs=False, show=show,
+                                title=f"predict {replicate.key}")
+    return {"cases": len(written), "folder": str(folder)}
 
 
 def row_inputs(plan: BenchPlan, replicate: Replicate) -> dict[str, dict[str, Any]]:
@@ -401,25 +215,25 @@ def row_inputs(plan: BenchPlan, replicate: Replicate) -> dict[str, dict[str, Any
     rounds, and for the test stages the test set and rounds."""
     method, options = replicate.method, plan.options
     if method.name == NONE:
-        training: dict[str, Any] = {"training": "ceT1", "data.ceT1": stages.case_ids(plan.run.train.source)}
+        training: dict[str, Any] = {"training": "ceT1", "data.ceT1": records.case_ids(plan.run.train.source)}
     elif method.name == SUPERVISED:
-        training = {"training": "labelled hrT2", "data.hrT2_labelled": stages.case_ids(plan.labelled_targets),
-                    "data.hrT2_labels": stages.file_digest(c.label for c in plan.labelled_targets)}
+        training = {"training": "labelled hrT2", "data.hrT2_labelled": records.case_ids(plan.labelled_targets),
+                    "data.hrT2_labels": records.file_digest(c.label for c in plan.labelled_targets)}
     else:
         training = {"training": "views", "views": list(method.views),
-                    "data.ceT1": stages.case_ids(plan.run.train.source)}
+                    "data.ceT1": records.case_ids(plan.run.train.source)}
     segmenter = plan.segmenters[replicate.key]
-    segment = {**training, "segmenter": options.segmenter, **stages.named_settings(options.segmenter, segmenter),
+    segment = {**training, "segmenter": options.segmenter, **records.named_settings(options.segmenter, segmenter),
                "ear_offset_mm": list(options.ear_offset_mm), "ear_size_mm": list(options.ear_size_mm)}
-    labeler = stages.named_settings(options.pseudo_labeler, plan.run.pseudo_labeler)
-    inputs = {f"segment-{replicate.key}-r0": stages.first_round_settings(segment, options.segmenter, segmenter)}
+    labeler = records.named_settings(options.pseudo_labeler, plan.run.pseudo_labeler)
+    inputs = {f"segment-{replicate.key}-r0": records.first_round_settings(segment, options.segmenter, segmenter)}
     for round_index in range(1, plan.rounds_of(method) + 1):
         inputs[f"segment-{replicate.key}-r{round_index}"] = {
-            **segment, "data.hrT2": stages.case_ids(plan.run.train.target), "pseudo_labeler": options.pseudo_labeler,
+            **segment, "data.hrT2": records.case_ids(plan.run.train.target), "pseudo_labeler": options.pseudo_labeler,
             **labeler}
-    tested = {"test.hrT2": stages.case_ids(plan.run.test.target), "rounds": plan.rounds_of(method)}
+    tested = {"test.hrT2": records.case_ids(plan.run.test.target), "rounds": plan.rounds_of(method)}
     inputs[f"predict-{replicate.key}"] = tested
-    inputs[f"evaluate-{replicate.key}"] = {**tested, "test.labels": stages.file_digest(
+    inputs[f"evaluate-{replicate.key}"] = {**tested, "test.labels": records.file_digest(
         c.label for c in plan.run.test.target if c.label)}
     return inputs
 
@@ -428,7 +242,7 @@ def _refuse_older_layout(plan: BenchPlan) -> None:
     """A benchmark OUT of a vstk before recorded stage inputs gave each row its own dataset id
     (and its rows' records say nothing of their settings): it cannot be resumed safely."""
     for replicate in plan.replicates:
-        done = stages.stage_done(plan.run.state, f"segment-{replicate.key}-r0")
+        done = records.stage_done(plan.run.state, f"segment-{replicate.key}-r0")
         if done is not None and "inputs" not in done:
             raise ConfigError(f"{plan.out} holds a benchmark of an older vstk: its row {replicate.key} was trained "
                               "without recording its settings, in an nnU-Net dataset of the older numbering",
@@ -446,52 +260,23 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
     show = options.progress
     stages_done: dict[str, dict[str, Any]] = {}
 
-    def stage(name: str, work: Callable[[], dict[str, Any] | None], *, announce_skip: bool = True,
-              inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-        stages_done[name] = timed(plan.run, name, work, announce_skip=announce_skip, inputs=inputs)
+    def stage(name: str, work: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        stages_done[name] = records.timed(plan.run, name, work)
         return stages_done[name]
 
     # a rerun must not skip translators or segmenters of other settings (the test stages are redone)
     _refuse_older_layout(plan)
     translator_inputs = {k: v for k, v in stage_inputs(plan.run).items() if k.startswith("translator-")}
     rows = {k: v for r in plan.replicates for k, v in _training_stages(row_inputs(plan, r)).items()}
-    check_inputs(plan.run, {**translator_inputs, **rows})
+    records.check_inputs(plan.run, {**translator_inputs, **rows})
 
-    inputs: dict[str, list[Volume]] = {}
-
-    def training_inputs() -> tuple[list[Volume], list[Volume]]:
-        if not inputs:
-            inputs["sources"] = [read_image(c.ceT1) for c in plan.run.train.source]
-            inputs["targets"] = [read_image(c.hrT2) for c in plan.run.train.target]
-        return inputs["sources"], inputs["targets"]
-
-    side_by_side = _train_translators_side_by_side(plan.run, show, translator_inputs)  # else the loop below
-    checkpoints: dict[str, Path] = {}
-    loaded: set[str] = set()
-    for name, translator in plan.run.translators.items():
-        workdir = plan.out / "translators" / name
-        checkpoints[name] = workdir / "translator.pt"
-
-        def train_one(name=name, translator=translator, workdir=workdir) -> dict[str, Any]:
-            sources, targets = training_inputs()
-            with progress_bar(0, f"train {name}", enabled=show) as bar:
-                path = stages.train_translator(translator, sources, targets, workdir, progress=bar,
-                                               same_settings=True)
-            loaded.add(name)
-            return {"checkpoint": str(path)}
-
-        stage(f"translator-{name}", train_one, announce_skip=name not in side_by_side,
-              inputs=translator_inputs[f"translator-{name}"])
-
-    def translators_ready() -> dict[str, Any]:
-        for name, translator in plan.run.translators.items():
-            if name not in loaded:
-                translator.load(checkpoints[name])
-                loaded.add(name)
-        return plan.run.translators
+    checkpoints = stages.train_translators(plan.run.translators, plan.run.translator_work, plan.run.train.source,
+                                           plan.run.train.target, show=show, plan=plan.run, inputs=translator_inputs)
+    for name in plan.run.translators:
+        stages_done[f"translator-{name}"] = records.stage_done(plan.run.state, f"translator-{name}")
 
     def pool_stage(names: Sequence[str], extend: bool) -> dict[str, Any]:
-        timed = {name: _TimedTranslator(t) for name, t in translators_ready().items() if name in names}
+        timed = {name: _TimedTranslator(t) for name, t in plan.run.translators.items() if name in names}
         total = len(plan.run.train.source) * len(timed) + (0 if extend else len(plan.run.train.target))
         with progress_bar(total, "pool", enabled=show) as bar:
             stages.build_pool(plan.run.pool, timed, checkpoints, plan.run.train.source, plan.run.train.target,
@@ -504,13 +289,13 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
 
     in_pool = set(Pool(plan.run.pool).views())
     for name in plan.run.translators:  # translators added to the command since the pool was built
-        if name not in in_pool or stages.stage_done(plan.run.state, f"pool-{name}"):
+        if name not in in_pool or records.stage_done(plan.run.state, f"pool-{name}"):
             stage(f"pool-{name}", lambda name=name: pool_stage([name], extend=True))
     if plan.paired:
-        done = stages.stage_done(plan.run.state, "fidelity")
+        done = records.stage_done(plan.run.state, "fidelity")
         if done is not None and set(done["methods"]) != {NONE, *plan.run.translators}:
             (plan.run.state / "fidelity.json").unlink()  # other translators than this command's: score again
-        stage("fidelity", lambda: fidelity_stage(plan, translators_ready(), show))
+        stage("fidelity", lambda: fidelity_stage(plan, plan.run.translators, show))
 
     pending = [r for r in plan.replicates if _pending(plan, r)]
     if options.jobs > 1 and len(pending) > 1:
@@ -518,8 +303,6 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
     images = _TestImages(plan)
     for replicate in plan.replicates:  # finished ones (all of them after the processes) are only read back
         stages_done.update(run_replicate(plan, replicate, images, show))
-
-    from .bench_report import write_bench_report
 
     return write_bench_report(plan, stages_done)
 
@@ -540,7 +323,7 @@ class _TestImages:
 def _pending(plan: BenchPlan, replicate: Replicate) -> bool:
     """True when a stage of the replicate is missing or must be redone (the test stages, as
     :func:`run_replicate` decides)."""
-    return any(reusable_record(plan.run, name, wanted, redo_if_changed=not name.startswith("segment-")) is None
+    return any(records.reusable_record(plan.run, name, wanted, redo_if_changed=not name.startswith("segment-")) is None
                for name, wanted in row_inputs(plan, replicate).items())
 
 
@@ -564,12 +347,12 @@ def run_replicate(plan: BenchPlan, replicate: Replicate, test_images: Callable[[
 
     for round_index in range(plan.rounds_of(method) + 1):
         name = f"segment-{replicate.key}-r{round_index}"
-        done[name] = timed(plan.run, name, lambda r=round_index: segment(r), inputs=inputs[name])
+        done[name] = records.timed(plan.run, name, lambda r=round_index: segment(r), inputs=inputs[name])
     name = f"predict-{replicate.key}"
-    done[name] = timed(plan.run, name, lambda: _predict(plan, replicate, test_images, show), inputs=inputs[name],
+    done[name] = records.timed(plan.run, name, lambda: _predict(plan, replicate, test_images, show), inputs=inputs[name],
                        redo_if_changed=True)
     name = f"evaluate-{replicate.key}"
-    done[name] = timed(plan.run, name, lambda: evaluate_folders(plan.method_dir(replicate) / "predictions",
+    done[name] = records.timed(plan.run, name, lambda: evaluate_folders(plan.method_dir(replicate) / "predictions",
                                                                 plan.test_labels).as_dict(),
                        inputs=inputs[name], redo_if_changed=True)
     return done
@@ -607,8 +390,6 @@ def _replicates_in_processes(options: BenchOptions, replicates: Sequence[Replica
 
 def _replicate_worker(options: BenchOptions, key: str, log_file: Path | None) -> None:
     """Entry point of a worker process: plan again (same options), run one replicate's stages."""
-    from ..cli import _host
-
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "vstk_bench_row", False)]:
         root.removeHandler(handler)  # a reused worker process: the previous row's handler
@@ -625,7 +406,7 @@ def _replicate_worker(options: BenchOptions, key: str, log_file: Path | None) ->
     # the rows share the cores: a segmenter that uses torch's default threads gets its share
     torch.set_num_threads(max(1, usable_cores() // options.jobs))
     options = dataclasses.replace(options, progress=False)
-    plan = plan_bench(options, _host())
+    plan = plan_bench(options, host_from_environment())
     replicate = next(r for r in plan.replicates if r.key == key)
     run_replicate(plan, replicate, _TestImages(plan), show=False)
 
@@ -653,12 +434,3 @@ def fidelity_stage(plan: BenchPlan, translators: dict[str, Any], show: bool | No
     return {"methods": scores, "cases": len(plan.paired)}
 
 
-def finite(value: Any) -> Any:
-    """NaN and infinities as None (JSON has neither), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value

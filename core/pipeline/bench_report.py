@@ -14,9 +14,10 @@ import numpy as np
 
 from ..config import to_json_dict
 from ..evaluation.evaluate import Evaluation, paired_t_test
-from .bench import NONE, STRUCTURE_METRICS, SUPERVISED, TEST_METRICS, BenchPlan, finite
-from .report import dice_boxplot, translation_figure
-from .stages import dataclass_dict, write_json_atomic
+from ..atomic import write_json_atomic
+from .bench_model import NONE, STRUCTURE_METRICS, SUPERVISED, TEST_METRICS, BenchPlan, finite
+from .records import dataclass_dict
+from .report import dice_boxplot, pyplot, translation_figure
 
 log = logging.getLogger(__name__)
 
@@ -264,9 +265,7 @@ def pvalue_figure(tests: dict[str, dict[str, Any]], path: Path) -> Path:
     """Heat maps of the paired t-test p-values (VS, cochlea, mean Dice), one cell per pair."""
     from matplotlib.colors import LogNorm
 
-    from .report import _plt
-
-    plt = _plt()
+    plt = pyplot()
     names = tests["mean_dice"]["methods"]
     n = len(names)
     fig, axes = plt.subplots(1, len(tests), figsize=(2.2 + 1.9 * len(tests) * max(3, 0.55 * n + 1.2) / 2.4,
@@ -310,7 +309,7 @@ def write_bench_report(plan: BenchPlan, stages: dict[str, dict[str, Any]]) -> di
         "ttest": pvalue_figure(data["paired_t_tests"], folder / "ttest_pvalues.png"),
     }
     figures["views"] = translation_figure(plan.run, folder / "translated_views.png")
-    write_json_atomic(plan.out / "bench.json", data)
+    write_json_atomic(plan.out / "bench.json", data, default=str)
     (plan.out / "bench.md").write_text(markdown(plan, data, figures))
     log.info("bench report: %s", plan.out / "bench.md")
     return data

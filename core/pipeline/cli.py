@@ -1,126 +1,31 @@
-"""``vstk run``, ``vstk bench`` and ``vstk pool build`` / ``add-view``: the commands that compose plugins."""
+"""``vstk run``, ``vstk bench``, ``vstk predict`` and ``vstk pool build`` / ``add-view``: the
+commands that compose plugins."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Iterator
 
 import click
 
+from ..cli_options import (collect_settings, config_option, default_profile, device_option, ear_options, ear_settings,
+                           log_to_file, plugin_host, profile_option, set_option, translators_option)
+from ..pool.cli import pool_group
+
 log = logging.getLogger(__name__)
-
-translators_option = click.option("--translators", "translators", required=True,
-                                  help="Comma-separated translator plugins, e.g. cyclegan,qsattn.")
-profile_option = click.option("--profile", type=click.Choice(["cpu", "paper"]), default=None,
-                              help="Settings profile of every component [paper with a GPU, else cpu].")
-set_option = click.option("--set", "settings", multiple=True, metavar="[NAME.]KEY=VALUE",
-                          help="Override a setting: NAME.key=value for one component, key=value for every "
-                               "component that has it (repeatable).")
-config_option = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-                             default=None, help='JSON file of settings: {"NAME": {"key": value}} or {"key": value}.')
-device_option = click.option("--device", default=None, help="cpu or cuda[:N] [cuda if available].")
-
-
-def _mm_triple(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float, float] | None:
-    if value is None:
-        return None
-    try:
-        numbers = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        numbers = ()
-    if len(numbers) != 3:
-        example = "44,40,34" if param.name == "ear_size" else "27,-6,2"
-        raise click.BadParameter(f"{value!r} is not three numbers in mm (x,y,z), e.g. {example}")
-    if param.name == "ear_size" and min(numbers) <= 0:
-        raise click.BadParameter(f"{value!r}: every size must be positive, e.g. 44,40,34")
-    return numbers  # type: ignore[return-value]
-
-
-def ear_options(command):
-    """``--ear-offset`` / ``--ear-size``: the boxes around the inner ears (vstk.roi.EarRule)."""
-    command = click.option("--ear-size", callback=_mm_triple, default=None, metavar="X,Y,Z",
-                           help="Size of each ear box in mm [44,40,34].")(command)
-    return click.option("--ear-offset", callback=_mm_triple, default=None, metavar="X,Y,Z",
-                        help="Centre of the right-hand ear box in mm from the field-of-view centre, along the "
-                             "image axes; the other ear is mirrored in x [27,-6,2, fitted to the phantom: "
-                             "set it for your site's protocol].")(command)
-
-
-def _ear_kwargs(ear_offset, ear_size) -> dict[str, Any]:
-    from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
-
-    return {"ear_offset_mm": ear_offset or DEFAULT_OFFSET_MM, "ear_size_mm": ear_size or DEFAULT_SIZE_MM}
-
-
-def collect_settings(settings: tuple[str, ...], config_file: Path | None) -> tuple[tuple[str, str], ...]:
-    """``--config`` then ``--set`` (later wins) as ``(("name.key" | "key", value), ...)``."""
-    from ..config import load_config_file, parse_overrides
-
-    merged: dict[str, Any] = {}
-    if config_file is not None:
-        for key, value in load_config_file(config_file).items():
-            if isinstance(value, dict):
-                merged.update({f"{key}.{k}": v for k, v in value.items()})
-            else:
-                merged[key] = value
-    merged.update(parse_overrides(settings))
-    return tuple((k, v if isinstance(v, str) else _json_value(v)) for k, v in merged.items())
-
-
-@contextlib.contextmanager
-def log_to_file(path: Path) -> Iterator[None]:
-    """Log INFO and above to ``path`` while the block runs (the console keeps WARNING)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    if root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-        for other in root.handlers:
-            if other is not handler and other.level == logging.NOTSET:
-                other.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
-def _json_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def _translators(names: str, profile: str, settings, device):
-    from ..cli import _host
-    from .components import configure, split_settings
-    from .run import parse_translators
-
-    host = _host()
-    classes = {name: host.get("translator", name) for name in parse_translators(names)}
-    routed = split_settings(dict(settings), classes)
-    return host, {name: cls(configure(cls, profile, routed[name]), device=device) for name, cls in classes.items()}
-
-
-def _resolve_profile(profile: str | None, device: str | None) -> str:
-    from ..translation.cli import default_profile
-
-    return default_profile(profile, device)
 
 
 def _pool_job(translators: str, data: Path, work: Path, pool: Path, profile: str | None, settings, config_file,
               device: str | None, extend: bool, shard: str | None = None) -> Path:
-    from ..crossmoda import discover, read_image
+    from ..crossmoda import discover
     from ..progress import progress_bar
-    from . import stages
+    from ..components import configured_translators
+    from .plan import parse_translators
+    from .stages import build_pool, train_translators
 
-    profile = _resolve_profile(profile, device)
-    host, models = _translators(translators, profile, collect_settings(settings, config_file), device)
+    host = plugin_host()
+    models = configured_translators(host, parse_translators(translators), default_profile(profile, device),
+                                    dict(collect_settings(settings, config_file)), device=device)
     folder = discover(data, require_source=True, require_target=not extend)
     spec = None
     planned = models
@@ -138,22 +43,14 @@ def _pool_job(translators: str, data: Path, work: Path, pool: Path, profile: str
                                   "is missing", fix=f"train it first in one job: vstk translate train -t {name} "
                                                     f"--data {data} --out {work}")
         models = {name: model for name, model in models.items() if name in needed}
-    sources = targets = None
-    checkpoints = {}
-    for name, model in models.items():
-        workdir = work / name
-        if not (workdir / "translator.pt").exists():
-            if sources is None:
-                sources = [read_image(c.ceT1) for c in folder.source]
-                targets = [read_image(c.hrT2) for c in discover(data, require_target=True).target]
-            log.info("no checkpoint for %s in %s: training it", name, workdir)
-        with progress_bar(0, f"train {name}") as bar:
-            checkpoints[name] = stages.train_translator(model, sources, targets, workdir, progress=bar)
+    untrained = [name for name in models if not (work / name / "translator.pt").exists()]
+    training = discover(data, require_source=True, require_target=True) if untrained and extend else folder
+    checkpoints = train_translators(models, work, training.source, training.target)
     total = len(folder.source) * len(models) + (0 if extend else len(folder.target))
     with progress_bar(total, "pool") as bar:
         # Every translator names a view of a sharded build's plan, used by this shard or not.
-        return stages.build_pool(pool, planned, checkpoints, folder.source, folder.target, host, extend=extend,
-                                 progress=bar, shard=spec)
+        return build_pool(pool, planned, checkpoints, folder.source, folder.target, host, extend=extend,
+                          progress=bar, shard=spec)
 
 
 @click.command("build")
@@ -231,17 +128,17 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
     started stage is refused (give them a new --out). Writes OUT/predictions/{case}_Label.nii.gz,
     OUT/evaluation.json, OUT/report.md and a log file OUT/vstk.log.
     """
-    from ..cli import _host
-    from .run import RunOptions, parse_translators, run
+    from .plan import RunOptions, parse_translators
+    from .run import run
 
     with log_to_file(out / "vstk.log"):
         options = RunOptions(out=out, translators=parse_translators(translators), data=data, test=test,
-                             test_labels=test_labels, profile=_resolve_profile(profile, device), rounds=rounds,
+                             test_labels=test_labels, profile=default_profile(profile, device), rounds=rounds,
                              segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                              settings=collect_settings(settings, config_file), device=device,
                              phantom_cases=phantom_cases, keep_largest_vs=keep_largest_vs,
-                             **_ear_kwargs(ear_offset, ear_size))
-        summary = run(options, _host())
+                             **ear_settings(ear_offset, ear_size))
+        summary = run(options, plugin_host())
     if "evaluate" in summary:
         record = summary["evaluate"]  # records of older versions keep the scores at the top
         models = record.get("scores", {k: v for k, v in record.items() if isinstance(v, dict)})
@@ -269,10 +166,9 @@ def predict_command(run_dir: Path, images: Path, out: Path, round_index: int | N
     The run's record (RUN_DIR/run.json) gives the segmenter, profile, settings and ear boxes;
     score the labels with `vstk evaluate OUT LABELS`.
     """
-    from ..cli import _host
     from .predict import predict
 
-    summary = predict(run_dir, images, out, _host(), round_index=round_index, keep_largest_vs=keep_largest_vs,
+    summary = predict(run_dir, images, out, plugin_host(), round_index=round_index, keep_largest_vs=keep_largest_vs,
                       device=device)
     click.echo(f"{summary['cases']} label(s) of round {summary['round']} in {out}")
 
@@ -323,19 +219,19 @@ def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, 
     translation fidelity, time), OUT/bench.json and OUT/figures/*.png. Rerunning the same
     command resumes and skips finished stages; a rerun of other settings is refused.
     """
-    from ..cli import _host
-    from .bench import BenchOptions, bench, parse_combos
-    from .run import parse_translators
+    from .bench import bench
+    from .bench_model import BenchOptions, parse_combos
+    from .plan import parse_translators
 
     options = BenchOptions(out=out, translators=parse_translators(translators), combos=parse_combos(combos),
                            data=data, test=test, test_labels=test_labels, target_labels=target_labels,
-                           paired=paired, profile=_resolve_profile(profile, device), rounds=rounds,
+                           paired=paired, profile=default_profile(profile, device), rounds=rounds,
                            segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                            settings=collect_settings(settings, config_file), device=device,
                            phantom_cases=phantom_cases, jobs=jobs, seeds=_parse_seeds(seeds),
-                           **_ear_kwargs(ear_offset, ear_size))
+                           **ear_settings(ear_offset, ear_size))
     with log_to_file(out / "vstk.log"):
-        data_out = bench(options, _host())
+        data_out = bench(options, plugin_host())
     for name, method in data_out["methods"].items():
         spread = method["seeds"]
         click.echo(f"{name}: mean Dice {method['summary']['mean_dice']['mean']:.3f}"
@@ -360,3 +256,9 @@ def _parse_seeds(value: str | None) -> tuple[int, ...]:
     if not seeds:
         raise ConfigError("--seeds names no seed", fix="e.g. --seeds 0,1,2, or leave it out")
     return seeds
+
+
+# `vstk pool` is the pool's own group (info, export, merge) with the two commands that compose
+# translator plugins into a pool: the pool package stays below the pipeline.
+pool_group.add_command(build_command)
+pool_group.add_command(add_view_command)

@@ -19,7 +19,8 @@ from typing import Any
 from ..crossmoda import discover, load_case, read_image
 from ..errors import ConfigError, InputError
 from ..plugins import PluginHost
-from .run import RunOptions, build_components, component_classes, ear_rule, write_predictions
+from .plan import RunOptions, component_classes, ear_rule, run_components
+from .predictions import write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def predict(run_dir: Path, images: Path, out: Path, host: PluginHost, *, round_i
     if out.resolve() == Path(images).resolve():
         raise ConfigError(f"the output folder {out} is the image folder",
                           fix="write the labels to another folder (--out)")
-    _, segmenter, _ = build_components(options, component_classes(options, host))
+    segmenter = run_components(options, component_classes(options, host)).segmenter
     volumes = {c.case_id: read_image(c.hrT2) for c in folder.target}
     keep = options.keep_largest_vs if keep_largest_vs is None else keep_largest_vs
     written = write_predictions(segmenter, ear_rule(options), volumes, out, round_index=round_index,

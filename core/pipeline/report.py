@@ -13,24 +13,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..evaluation.evaluate import evaluate_folders, paired_t_test, summary_table, volume_table
 from ..labels import COCHLEA, VS
 from ..roi import ear_boxes
+from .predictions import prediction_dirs
 
 log = logging.getLogger(__name__)
-
-
-def _prediction_dirs(plan) -> dict[str, Path]:
-    from .run import prediction_dirs
-
-    return prediction_dirs(plan)
 
 
 def evaluate_run(plan) -> dict[str, Any]:
     """Score every prediction folder of the run against the test labels -> evaluation.json."""
     labels = _label_dir(plan)
     results = {}
-    for name, folder in _prediction_dirs(plan).items():
+    for name, folder in prediction_dirs(plan).items():
         results[name] = evaluate_folders(folder, labels).as_dict()
     names = list(results)
     tests = {}
@@ -41,7 +37,7 @@ def evaluate_run(plan) -> dict[str, Any]:
             vb = [results[b]["cases"][c][metric] for c in sorted(results[b]["cases"])]
             tests[f"{a} vs {b}: {metric}"] = paired_t_test(va, vb)
     data = {"models": results, "paired_t_tests": tests, "label_dir": str(labels)}
-    (plan.out / "evaluation.json").write_text(json.dumps(data, indent=2))
+    write_json_atomic(plan.out / "evaluation.json", data)
     return {"scores": {name: {m: r["summary"][m]["mean"] for m in ("VS_dice", "cochlea_dice", "mean_dice")}
                        for name, r in results.items()}}
 
@@ -97,7 +93,8 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
     return path
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot for files (the Agg backend), in matplotlib's own style."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +111,7 @@ DICE_PANELS = (("VS_dice", "VS"), ("cochlea_dice", "cochlea"))
 def dice_boxplot(cases_by_model: dict[str, dict[str, dict[str, float]]], path: Path,
                  panels: Sequence[tuple[str, str]] = DICE_PANELS) -> Path:
     """Fig. 2: per-case Dice of VS and cochlea (``panels``: metric and title), one box per model."""
-    plt = _plt()
+    plt = pyplot()
     width = 4 + 1.2 * len(cases_by_model) * len(panels) / 2
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.6), sharey=True, squeeze=False)
     for ax, (metric, title) in zip(axes[0], panels):
@@ -151,7 +148,7 @@ def translation_figure(plan, path: Path) -> Path:
     """Fig. 4: for two labelled cases, ceT1 and every translated view; a real hrT2 beside them."""
     from ..pool import Pool
 
-    plt = _plt()
+    plt = pyplot()
     pool = Pool(plan.pool)
     views = pool.views()
     cases = pool.cases(views[0])[:2]
@@ -191,10 +188,10 @@ def contour_figure(plan, path: Path, max_cases: int = 4) -> Path:
     from ..crossmoda import load_case
     from ..volume import read_nifti
 
-    plt = _plt()
+    plt = pyplot()
     cases = [c for c in plan.test.target if c.label is not None][:max_cases]
     fig, axes = plt.subplots(len(cases), 2, figsize=(6.4, 3.0 * len(cases)), squeeze=False)
-    final = _prediction_dirs(plan)[f"round {plan.options.rounds}"]
+    final = prediction_dirs(plan)[f"round {plan.options.rounds}"]
     for r, case in enumerate(cases):
         image, truth = load_case(case, "hrT2")
         prediction = read_nifti(final / f"{case.case_id}_Label.nii.gz").array

@@ -1,24 +1,31 @@
-"""The stages of the main job as plain functions."""
+"""The stages of the main job as plain functions of explicit inputs: train the translators,
+build the pool, cut ear crops for the segmenter, predict whole images, store pseudo labels.
+
+:mod:`vstk.pipeline.run` and :mod:`vstk.pipeline.bench` chain them (with stage records,
+:mod:`vstk.pipeline.records`); ``vstk pool build`` uses the first two alone."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ..config import result_defaults, result_settings, to_json_dict
+from ..config import result_settings, to_json_dict
 from ..crossmoda import CaseFiles, load_case, read_image
 from ..errors import ConfigError
 from ..plugins import PluginHost
+from ..progress import progress_bar
 from ..protocols import Prediction, ProgressFn, TrainingCase
+from ..resources import usable_cores
 from ..roi import Box, EarRule, crop, ear_boxes, paste
 from ..volume import Volume
-from .components import plugin_provenance
+from ..components import plugin_provenance
+from .records import changed_inputs, mark_done, mark_started, stage_done, timed
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,86 @@ def train_translator(translator: Any, sources: Sequence[Volume], targets: Sequen
                                               "anew")
         return final
     return translator.train(sources, targets, workdir, progress=progress)
+
+
+def train_translators(translators: Mapping[str, Any], work: Path, source_cases: Sequence[CaseFiles],
+                      target_cases: Sequence[CaseFiles], *, show: bool | None = None, plan: Plan | None = None,
+                      inputs: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Path]:
+    """Train (or resume, or load) every translator in ``work/NAME``; return their checkpoints.
+
+    Every translator is loaded when this returns, ready to translate. The training volumes
+    are read only when a translator still has to train. With ``plan`` (``vstk run``, ``vstk
+    bench``) each translator is the recorded stage ``translator-NAME`` computed from
+    ``inputs["translator-NAME"]``, a checkpoint of other settings is refused, and on a
+    multi-core CPU the unfinished ones train side by side (:func:`train_side_by_side`).
+    Without it (``vstk pool build``) a checkpoint found is loaded with its own settings.
+    """
+    volumes: dict[str, list[Volume]] = {}
+
+    def training_volumes() -> tuple[list[Volume], list[Volume]]:
+        if not volumes:
+            volumes["sources"] = [read_image(c.ceT1) for c in source_cases]
+            volumes["targets"] = [read_image(c.hrT2) for c in target_cases]
+        return volumes["sources"], volumes["targets"]
+
+    side_by_side: set[str] = set()
+    if plan is not None:
+        side_by_side = train_side_by_side(plan, translators, work, source_cases, target_cases, show,
+                                          inputs or {})
+    checkpoints: dict[str, Path] = {}
+    loaded: set[str] = set()
+    for name, translator in translators.items():
+        workdir = work / name
+        checkpoints[name] = workdir / "translator.pt"
+
+        def train_one(name: str = name, translator: Any = translator, workdir: Path = workdir) -> dict[str, Any]:
+            sources, targets = training_volumes() if not (workdir / "translator.pt").exists() else ([], [])
+            with progress_bar(0, f"train {name}", enabled=show) as bar:
+                path = train_translator(translator, sources, targets, workdir, progress=bar,
+                                        same_settings=plan is not None)
+            loaded.add(name)
+            return {"checkpoint": str(path)}
+
+        if plan is None:
+            if not checkpoints[name].exists():
+                log.info("no checkpoint for %s in %s: training it", name, workdir)
+            train_one()
+        else:
+            timed(plan, f"translator-{name}", train_one, inputs=(inputs or {}).get(f"translator-{name}"),
+                  announce_skip=name not in side_by_side)
+        if name not in loaded:  # trained in another process, or in an earlier run
+            translator.load(checkpoints[name])
+    return checkpoints
+
+
+def train_side_by_side(plan: Plan, translators: Mapping[str, Any], work: Path, source_cases: Sequence[CaseFiles],
+                       target_cases: Sequence[CaseFiles], show: bool | None,
+                       inputs: Mapping[str, dict[str, Any]]) -> set[str]:
+    """On a multi-core CPU, train every unfinished translator at once, one process each
+    (see :mod:`vstk.pipeline.parallel`), recording each as stage ``translator-NAME``; on a
+    GPU, or for one translator, nothing happens here (they train in turn in this process).
+    Returns the names trained here."""
+    from ..translation.base import pick_device
+    from .parallel import TranslatorJob, train_in_parallel
+
+    todo = [name for name in translators
+            if stage_done(plan.state, f"translator-{name}") is None and not (work / name / "translator.pt").exists()]
+    if len(todo) < 2 or usable_cores() < 2 or pick_device(plan.options.device) != "cpu":
+        return set()
+    sources = tuple(c.ceT1 for c in source_cases)
+    targets = tuple(c.hrT2 for c in target_cases)
+    jobs = [TranslatorJob(name, type(translators[name]), translators[name].config, plan.options.device,
+                          sources, targets, work / name) for name in todo]
+    for name in todo:
+        mark_started(plan.state, f"translator-{name}", inputs[f"translator-{name}"])
+    with progress_bar(0, "train " + "+".join(todo), enabled=show) as bar:
+        results = train_in_parallel(jobs, progress=bar)
+    for name, (path, seconds) in results.items():
+        mark_done(plan.state, f"translator-{name}",
+                  {"checkpoint": str(path), "seconds": round(seconds, 1), "processes": len(jobs),
+                   "inputs": inputs[f"translator-{name}"]})
+        log.info("stage translator-%s done in %.0f s (side by side)", name, seconds)
+    return set(results)
 
 
 def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Mapping[str, Path],
@@ -198,103 +285,3 @@ def store_pseudo_labels(pool_path: Path, round_index: int, pseudo: Sequence[Any]
         for item in pseudo:
             builder.add_pseudo_label(round_index, item.case_id, item.label, float(item.confidence), made_by=made_by)
         builder.finalize()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-
-
-def stage_done(state_dir: Path, name: str) -> dict[str, Any] | None:
-    path = state_dir / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def mark_started(state_dir: Path, name: str, inputs: Mapping[str, Any]) -> None:
-    """Record what a stage is about to be computed from (``{name}.started.json``), so a rerun
-    after a kill can tell whether the half-done work on disk is of the same settings."""
-    write_json_atomic(state_dir / f"{name}.started.json", {"inputs": dict(inputs)})
-
-
-def mark_done(state_dir: Path, name: str, info: dict[str, Any]) -> None:
-    write_json_atomic(state_dir / f"{name}.json", info)
-    (state_dir / f"{name}.started.json").unlink(missing_ok=True)
-
-
-def recorded_inputs(state_dir: Path, name: str) -> tuple[dict[str, Any], Path] | None:
-    """The inputs a stage was computed (or started) from, and the record that says so; None
-    when there is no record, or an older one that kept no inputs."""
-    for path in (state_dir / f"{name}.json", state_dir / f"{name}.started.json"):
-        if path.exists():
-            inputs = json.loads(path.read_text()).get("inputs")
-            if inputs is not None:
-                return inputs, path
-    return None
-
-
-def changed_inputs(recorded: Mapping[str, Any], wanted: Mapping[str, Any],
-                   defaults: Mapping[str, Any] | None = None) -> list[str]:
-    """``key: recorded -> wanted`` for every input that differs (both flat, JSON-like).
-
-    A setting the record lacks counts as unchanged when it is wanted at its default in
-    ``defaults`` (``{key: default}``, see :func:`named_defaults`): the record was written by
-    a vstk without that setting, which did what its default does."""
-    wanted = json.loads(json.dumps(dict(wanted), default=str))
-    defaults = defaults or {}
-    missing = "(not set)"
-
-    def same(key: str) -> bool:
-        if key not in recorded and key in wanted and key in defaults:
-            return wanted[key] == defaults[key]
-        return recorded.get(key, missing) == wanted.get(key, missing)
-
-    return [f"{key}: {json.dumps(recorded.get(key, missing))} -> {json.dumps(wanted.get(key, missing))}"
-            for key in sorted(set(recorded) | set(wanted)) if not same(key)]
-
-
-def dataclass_dict(value: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(value), default=str))
-
-
-def case_ids(cases) -> str:
-    """A short, stable name of a list of cases: their number and a digest of their ids."""
-    ids = sorted(c.case_id for c in cases)
-    return f"{len(ids)} cases, ids sha256 {hashlib.sha256(chr(10).join(ids).encode()).hexdigest()[:16]}"
-
-
-def file_digest(paths) -> str:
-    """SHA-256 of the files' names and bytes (the test labels: small, and corrected in place)."""
-    digest = hashlib.sha256()
-    for path in sorted(paths, key=lambda p: p.name):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def at_most_six(changed: list[str]) -> str:
-    """Changed settings for one line: another --profile changes dozens, the rest are counted."""
-    return "; ".join(changed[:6] + ([f"{len(changed) - 6} more"] if len(changed) > 6 else []))
-
-
-def named_settings(name: str, component: Any) -> dict[str, Any]:
-    """A component's result settings as flat stage inputs, ``{"NAME.key": value}``."""
-    return {f"{name}.{key}": value for key, value in result_settings(getattr(component, "config", None)).items()}
-
-
-def self_training_keys(name: str, component: Any) -> set[str]:
-    """``{"NAME.key"}`` of the settings that change only the self-training rounds: the fields
-    the component's config class names in ``self_training_fields``."""
-    return {f"{name}.{key}" for key in getattr(type(getattr(component, "config", None)), "self_training_fields", ())}
-
-
-def first_round_settings(settings: Mapping[str, Any], name: str, component: Any) -> dict[str, Any]:
-    """``settings`` without the segmenter's self-training-only settings: what a round-0 stage
-    is computed from."""
-    later = self_training_keys(name, component)
-    return {key: value for key, value in settings.items() if key not in later}
-
-
-def named_defaults(name: str, component: Any) -> dict[str, Any]:
-    """The class defaults of those settings, ``{"NAME.key": default}`` (see :func:`changed_inputs`)."""
-    return {f"{name}.{key}": value for key, value in result_defaults(getattr(component, "config", None)).items()}

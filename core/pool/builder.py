@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator, Literal
 import h5py
 import numpy as np
 
+from ..atomic import fsync_path, write_json_atomic
 from ..errors import InputError, PoolError
 from ..labels import LABEL_NAMES, to_vstk_labels
 from ..protocols import ProgressFn
@@ -77,15 +78,6 @@ class _Entry:
 
 def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _fsync_path(path: Path, *, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _vstk_version() -> str:
@@ -342,7 +334,7 @@ class PoolBuilder:
                 self._clear_staging()
             else:
                 return
-        self._write_json_atomic(manifest, wanted)
+        write_json_atomic(manifest, wanted, sort_keys=True, durable=self.durable)
 
     def _clear_staging(self) -> None:
         for child in self.staging_dir.iterdir():
@@ -352,13 +344,6 @@ class PoolBuilder:
                 shutil.rmtree(child)
             else:
                 child.unlink()
-
-    def _write_json_atomic(self, path: Path, data: dict[str, Any]) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        if self.durable:
-            _fsync_path(tmp)
-        os.replace(tmp, path)
 
     def _index_base(self) -> tuple[float, float, float]:
         """Read the layout of the finished pool at ``path`` (no voxels); return its target spacing."""
@@ -511,10 +496,10 @@ class PoolBuilder:
                 f.attrs["vstk_staged_key"] = json.dumps(list(key))
                 f.attrs[S.ATTR_COMPLETE] = np.int64(1)  # last: marks the staged entry complete
             if self.durable:
-                _fsync_path(tmp)
+                fsync_path(tmp)
             os.replace(tmp, final)
             if self.durable:
-                _fsync_path(final.parent, directory=True)
+                fsync_path(final.parent, directory=True)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -659,10 +644,10 @@ class PoolBuilder:
         try:
             self._assemble(tmp, entries)
             if self.durable:
-                _fsync_path(tmp)
+                fsync_path(tmp)
             os.replace(tmp, self.path)
             if self.durable:
-                _fsync_path(self.path.parent, directory=True)
+                fsync_path(self.path.parent, directory=True)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

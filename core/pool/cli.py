@@ -1,7 +1,7 @@
 """``vstk pool ...`` commands: a click group for the top-level CLI to mount.
 
-Mount with ``cli.add_command(pool_group)`` (or a lazy ``"pool": "vstk.pool.cli:pool_group"``
-entry). Errors are raised as :class:`~vstk.errors.VstkError`; the top-level group prints
+``vstk pool build`` / ``add-view`` compose translator plugins and are added to this group by
+:mod:`vstk.pipeline.cli`, which the top-level CLI mounts as ``vstk pool``. Errors are raised as :class:`~vstk.errors.VstkError`; the top-level group prints
 them as one line with exit status 2.
 """
 
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from ..cli_options import format_table
 
 
 def _mb(n: int) -> str:
@@ -25,8 +27,6 @@ def _ratio(value: float | None) -> str:
 def format_info(info: dict[str, Any]) -> str:
     """The readable summary printed by ``vstk pool info``: header, a cases x views table of
     shapes, one row per view entry (sizes, provenance), totals per view, pseudo-label rounds."""
-    from ..cli import format_table
-
     lines = [
         f"{info['path']}",
         f"schema {info['schema']} v{info['schema_version']}, written by vstk {info['vstk_version']} "
@@ -134,13 +134,3 @@ def merge_command(shards: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     with progress_bar(0, "merge") as progress:
         path = merge_shards(shards, out, overwrite=overwrite, progress=progress)
     click.echo(f"merged {len(shards)} shard(s) into {path}")
-
-
-def _add_pipeline_commands() -> None:
-    from ..pipeline.cli import add_view_command, build_command
-
-    pool_group.add_command(build_command)
-    pool_group.add_command(add_view_command)
-
-
-_add_pipeline_commands()

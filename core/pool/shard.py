@@ -41,10 +41,11 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
+from ..atomic import fsync_path
 from ..errors import InputError, PoolError
 from ..protocols import ProgressFn
 from . import schema as S
-from .builder import LIBVER, _fsync_path, copy_pool_entry, entry_order, finish_pool_file, list_entries, \
+from .builder import LIBVER, copy_pool_entry, entry_order, finish_pool_file, list_entries, \
     start_pool_file
 from .reader import open_pool_file
 
@@ -286,10 +287,10 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, overwrite: boo
         try:
             _assemble(tmp, shards, progress)
             if durable:
-                _fsync_path(tmp)
+                fsync_path(tmp)
             os.replace(tmp, out)
             if durable:
-                _fsync_path(out.parent, directory=True)
+                fsync_path(out.parent, directory=True)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

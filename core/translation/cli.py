@@ -9,6 +9,8 @@ from typing import Any
 import click
 import numpy as np
 
+from ..cli_options import (collect_settings, default_profile, device_option, plugin_host, profile_option, set_option,
+                           translator_option)
 from ..errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -17,17 +19,15 @@ log = logging.getLogger(__name__)
 def translator_from_options(name: str, profile: str, settings: tuple[str, ...], steps: int | None,
                             device: str | None) -> Any:
     """Instantiate translator ``name`` with a profile, ``--set`` overrides and ``--steps``."""
-    from ..cli import _host
-    from ..config import parse_overrides
+    from ..components import configured_translators
 
-    cls = _host().get("translator", name)
-    overrides: dict[str, Any] = parse_overrides(settings)
+    overrides: dict[str, Any] = dict(collect_settings(settings))
     if steps is not None:
         if steps < 1:
             raise ConfigError(f"--steps {steps} must be at least 1")
         # half at the initial rate, half decaying, as CycleGAN's n_epochs / n_epochs_decay
         overrides.update(steps=steps - steps // 2, decay_steps=steps // 2, epochs="none", decay_epochs="none")
-    return cls(cls.profile(profile, **overrides), device=device)
+    return configured_translators(plugin_host(), [name], profile, overrides, device=device)[name]
 
 
 def looks_like_label(path: Path, array: np.ndarray) -> bool:
@@ -47,24 +47,6 @@ def read_source_image(path: Path):
         raise InputError("this looks like a label map (at most 4 integer values), not a ceT1 image", path=path,
                          fix="pass the *_ceT1.nii.gz image")
     return image
-
-
-translator_option = click.option("--translator", "-t", "translator", required=True, help="Translator plugin name.")
-profile_option = click.option("--profile", type=click.Choice(["cpu", "paper"]), default=None,
-                              help="Settings profile [cpu without a GPU, else paper].")
-set_option = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-                          help="Override one setting of the profile (repeatable), e.g. --set ngf=32.")
-device_option = click.option("--device", default=None, help="cpu or cuda[:N] [cuda if available].")
-
-
-def default_profile(profile: str | None, device: str | None) -> str:
-    if profile:
-        return profile
-    if device and device.startswith("cuda"):
-        return "paper"
-    import torch
-
-    return "paper" if torch.cuda.is_available() else "cpu"
 
 
 @click.group("translate")

@@ -195,10 +195,10 @@ def test_rerun_skips_finished_stages(phantom, bench_out):
 
 
 def test_a_benchmark_of_an_older_vstk_is_refused(tmp_path):
-    from vstk.pipeline import stages
+    from vstk.pipeline import records
 
     out = tmp_path / "old"
-    stages.mark_done(out / "state", "segment-none-r0", {"training_cases": 4, "seconds": 1.0})  # no inputs
+    records.mark_done(out / "state", "segment-none-r0", {"training_cases": 4, "seconds": 1.0})  # no inputs
     phantom = out / "phantom"
     generate_phantom(phantom, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3,
                                             target_labels=True))

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from vstk.errors import ConfigError
-from vstk.pipeline.components import configure, route_default, split_settings
+from vstk.components import configure, route_default, split_settings
 from vstk.plugins import load_plugins
 from vstk_nnunet.config import CPU
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from vstk.labels import VS, keep_largest_components
-from vstk.pipeline import stages
-from vstk.pipeline.run import timed, predict_inputs, remove_stale_predictions
+from vstk.pipeline import records
+from vstk.pipeline.predictions import predict_inputs, remove_stale_predictions
+from vstk.pipeline.records import timed
 
 
 def test_keeping_the_largest_vs_component_removes_the_smaller_vs_parts_and_nothing_else():
@@ -49,11 +50,11 @@ def test_a_rerun_predicts_again_exactly_when_what_the_predictions_depend_on_chan
     _predict(_plan(out), calls)
     assert len(calls) == 1  # unchanged: skipped
     if change == "older record":  # vstk before stage inputs: predicted once more, then on record
-        record = stages.stage_done(out / "state", "predict")
-        stages.mark_done(out / "state", "predict", {k: v for k, v in record.items() if k != "inputs"})
+        record = records.stage_done(out / "state", "predict")
+        records.mark_done(out / "state", "predict", {k: v for k, v in record.items() if k != "inputs"})
     plan = _plan(out, keep_largest_vs=change == "keep_largest_vs", rounds=0 if change == "rounds" else 1,
                  tests=("a_hrT2", "c_hrT2") if change == "test images" else ("a_hrT2", "b_hrT2"))
-    with caplog.at_level(logging.INFO, logger="vstk.pipeline.run"):
+    with caplog.at_level(logging.INFO, logger="vstk.pipeline.records"):
         _predict(plan, calls)
     assert len(calls) == 2 and "stage predict again: " in caplog.text
     if change == "keep_largest_vs":

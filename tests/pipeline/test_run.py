@@ -149,8 +149,9 @@ def test_bad_inputs_fail_before_training(phantom, tmp_path):
 def test_predict_refuses_a_folder_without_a_finished_run_a_round_it_did_not_train_and_bad_images(phantom, tmp_path):
     from vstk.errors import ConfigError, InputError, VstkError
     from vstk.pipeline.predict import predict, recorded_options
-    from vstk.pipeline.run import RunOptions
-    from vstk.pipeline.stages import dataclass_dict, write_json_atomic
+    from vstk.atomic import write_json_atomic
+    from vstk.pipeline.plan import RunOptions
+    from vstk.pipeline.records import dataclass_dict
     from vstk.plugins import load_plugins
 
     host = load_plugins()
@@ -178,11 +179,11 @@ def test_predict_refuses_a_folder_without_a_finished_run_a_round_it_did_not_trai
 
     # a run trained on a GPU predicts on a CPU with --device cpu (its --device and --set device replaced)
     from vstk.pipeline.predict import on_device
-    from vstk.pipeline.run import build_components, component_classes
+    from vstk.pipeline.plan import component_classes, run_components
 
     on_gpu = RunOptions(out=run_dir, device="cuda", settings=(("nnunet.device", "cuda"), ("nnunet.seed", "3")))
     moved = on_device(on_gpu, "cpu")
     assert moved.device == "cpu" and moved.settings == (("nnunet.seed", "3"),)
-    _, segmenter, _ = build_components(moved, component_classes(moved, host))
+    segmenter = run_components(moved, component_classes(moved, host)).segmenter
     assert segmenter.config.device == "cpu" and segmenter.config.seed == 3
     assert on_device(on_gpu, None) is on_gpu

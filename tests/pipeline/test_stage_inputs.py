@@ -10,15 +10,10 @@ import pytest
 from vstk.config import result_settings
 from vstk.errors import ConfigError
 from vstk.phantom import PhantomConfig, generate_phantom
-from vstk.pipeline import stages
-from vstk.pipeline.run import (
-    RunOptions,
-    _phantom,
-    timed,
-    check_inputs,
-    plan_run,
-    stage_inputs,
-)
+from vstk.pipeline import records, stages
+from vstk.pipeline.plan import RunOptions, phantom_data, plan_run
+from vstk.pipeline.records import check_inputs, timed
+from vstk.pipeline.run import stage_inputs
 from vstk.plugins import load_plugins
 from vstk_cyclegan import CPU as CYCLEGAN_CPU
 from vstk_nnunet.config import CPU as NNUNET_CPU
@@ -122,7 +117,7 @@ def test_another_profile_is_refused_in_one_readable_line(phantom, tmp_path, host
 def test_an_interrupted_stage_is_checked_by_its_started_record(phantom, tmp_path, host):
     out = tmp_path / "out"
     first = plan(phantom, out, host, ("steps", "3"))
-    stages.mark_started(first.state, "translator-cyclegan", stage_inputs(first)["translator-cyclegan"])
+    records.mark_started(first.state, "translator-cyclegan", stage_inputs(first)["translator-cyclegan"])
     changed = plan(phantom, out, host, ("steps", "5"))
     with pytest.raises(ConfigError, match=r"stage translator-cyclegan was started with cyclegan.steps: 3 -> 5"):
         check_inputs(changed, stage_inputs(changed))
@@ -132,7 +127,7 @@ def test_an_interrupted_stage_is_checked_by_its_started_record(phantom, tmp_path
 
 def test_records_without_inputs_are_accepted(phantom, tmp_path, host):
     out = tmp_path / "out"
-    stages.mark_done(out / "state", "segment-r0", {"seconds": 1.0})  # written before inputs were recorded
+    records.mark_done(out / "state", "segment-r0", {"seconds": 1.0})  # written before inputs were recorded
     old = plan(phantom, out, host, ("nnunet.seed", "4"))
     check_inputs(old, stage_inputs(old))
 
@@ -145,16 +140,16 @@ def test_cheap_stages_are_redone_when_their_inputs_change(phantom, tmp_path, hos
     timed(p, "predict", lambda: calls.append(2) or {}, inputs={"test.hrT2": "a"}, redo_if_changed=True)
     assert calls == [1]
     timed(p, "predict", lambda: calls.append(3) or {}, inputs={"test.hrT2": "b"}, redo_if_changed=True)
-    assert calls == [1, 3] and stages.stage_done(p.state, "predict")["inputs"] == {"test.hrT2": "b"}
+    assert calls == [1, 3] and records.stage_done(p.state, "predict")["inputs"] == {"test.hrT2": "b"}
 
 
 def test_a_phantom_of_other_size_is_refused(tmp_path):
     out = tmp_path / "out"
     generate_phantom(out / "phantom", PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3))
     with pytest.raises(ConfigError, match="has 2 cases of seed 0, not 10 of seed 0") as error:
-        _phantom(RunOptions(out=out))
+        phantom_data(out, cases=RunOptions(out=out).phantom_cases, seed=0)
     assert "--phantom-cases 2" in error.value.fix
-    assert _phantom(RunOptions(out=out, phantom_cases=2)) == out / "phantom"
+    assert phantom_data(out, cases=2, seed=0) == out / "phantom"
 
 
 def test_a_final_translator_of_other_settings_is_not_used(phantom, tmp_path, host):
@@ -207,8 +202,8 @@ def test_a_setting_added_after_a_record_counts_as_unchanged_only_at_its_default(
     with pytest.raises(ConfigError, match=r"segment-r0 was finished with nnunet.structure_intensity_texture: 0.0 -> "
                                           r"0.3 \(recorded -> now\) \(and in segment-r1\)"):
         check_inputs(textured, stage_inputs(textured))
-    assert stages.changed_inputs({"a": 1}, {"a": 1, "b": 2}, {"b": 2}) == []
-    assert stages.changed_inputs({"a": 1, "b": 3}, {"a": 1, "b": 2}, {"b": 2}) == ["b: 3 -> 2"]
+    assert records.changed_inputs({"a": 1}, {"a": 1, "b": 2}, {"b": 2}) == []
+    assert records.changed_inputs({"a": 1, "b": 3}, {"a": 1, "b": 2}, {"b": 2}) == ["b: 3 -> 2"]
 
 
 def test_settings_of_the_self_training_rounds_only_are_not_round_0_inputs(phantom, tmp_path, host):

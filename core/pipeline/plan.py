@@ -1,0 +1,173 @@
+"""The run's options and its plan: data, components and ear boxes, resolved and checked
+before anything trains (shared by ``vstk run``, ``vstk bench`` and ``vstk predict``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..crossmoda import DataFolder, discover, load_case
+from ..errors import ConfigError, InputError
+from ..plugins import PluginHost
+from ..resources import usable_cores
+from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule
+from ..components import Components, build_components, resolve_classes
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Everything ``vstk run`` needs; see ``vstk run --help`` for the meaning of each."""
+
+    out: Path
+    translators: tuple[str, ...] = ("cyclegan", "qsattn")
+    data: Path | None = None
+    test: Path | None = None
+    test_labels: Path | None = None
+    profile: str = "cpu"
+    rounds: int = 1
+    segmenter: str = "nnunet"
+    pseudo_labeler: str = "all"
+    settings: tuple[tuple[str, str], ...] = ()
+    device: str | None = None
+    phantom_cases: int = 10
+    phantom_seed: int = 0
+    ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
+    ear_size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
+    keep_largest_vs: bool = False
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.translators:
+            raise ConfigError("no translator named", fix="e.g. --translators cyclegan,qsattn")
+        if len(set(self.translators)) != len(self.translators):
+            raise ConfigError(f"a translator is named twice in {','.join(self.translators)}")
+        if self.rounds < 0:
+            raise ConfigError(f"--rounds {self.rounds} must be 0 or more")
+        if self.test_labels is not None and self.test is None:
+            raise ConfigError("--test-labels needs --test")
+
+
+@dataclasses.dataclass
+class Plan:
+    """The resolved run: folders, components and their configs, checked before training."""
+
+    options: RunOptions
+    train: DataFolder
+    test: DataFolder | None
+    translators: dict[str, Any]
+    segmenter: Any
+    pseudo_labeler: Any
+    ear_rule: EarRule
+
+    @property
+    def out(self) -> Path:
+        return self.options.out
+
+    @property
+    def state(self) -> Path:
+        return self.options.out / "state"
+
+    @property
+    def pool(self) -> Path:
+        return self.options.out / "pool.h5"
+
+    @property
+    def translator_work(self) -> Path:
+        """``WORK/NAME/translator.pt`` holds each translator's training."""
+        return self.options.out / "translators"
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """Every configured plugin of the run by its name: translators, segmenter, pseudo-labeler."""
+        return {**self.translators, self.options.segmenter: self.segmenter,
+                self.options.pseudo_labeler: self.pseudo_labeler}
+
+
+def parse_translators(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``"a,b"`` (or a sequence of names) -> ``("a", "b")``."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(n.strip() for n in names if n.strip())
+
+
+def phantom_data(out: Path, *, cases: int, seed: int, target_labels: bool = False) -> Path:
+    """The built-in phantom of a run or benchmark in ``OUT/phantom``, generated on first use.
+
+    A phantom already there is used only when it was made with the same ``cases`` and ``seed``
+    (and, when ``target_labels`` is asked for, with labels of the training hrT2).
+    """
+    from ..phantom import MANIFEST, PhantomConfig, generate_phantom
+
+    root = out / "phantom"
+    record = root / MANIFEST
+    if not record.exists():
+        log.info("generating phantom data in %s", root)
+        generate_phantom(root, PhantomConfig(cases=cases, seed=seed, target_labels=target_labels),
+                         workers=usable_cores())
+        return root
+    made = json.loads(record.read_text()).get("config", {})
+    if (made.get("cases"), made.get("seed")) != (cases, seed):
+        raise ConfigError(f"the phantom in {root} has {made.get('cases')} cases of seed {made.get('seed')}, "
+                          f"not {cases} of seed {seed}",
+                          fix=f"give this phantom a new --out, or run with --phantom-cases {made.get('cases')}")
+    if target_labels and not made.get("target_labels"):
+        raise ConfigError(f"the phantom in {root} was made without labels of the training hrT2",
+                          fix="give the benchmark a new --out")
+    return root
+
+
+def validate_folder(folder: DataFolder, *, with_source: bool) -> None:
+    """Read every file once so a bad one stops the run before any training."""
+    cases: list[tuple[Any, str]] = [(c, "hrT2") for c in folder.target]
+    if with_source:
+        cases += [(c, "ceT1") for c in folder.source]
+    for case, modality in cases:
+        load_case(case, modality)
+
+
+def component_classes(options: Any, host: PluginHost) -> dict[str, dict[str, type]]:
+    """The plugin classes that ``options`` (a :class:`RunOptions` or anything with its
+    ``translators``, ``segmenter``, ``pseudo_labeler`` and ``settings``) names, by kind; an
+    unknown name, or a ``--set`` key no component has, raises before any data is read."""
+    return resolve_classes(host, translators=options.translators, segmenter=options.segmenter,
+                           pseudo_labeler=options.pseudo_labeler, settings=dict(options.settings))
+
+
+def run_components(options: RunOptions, classes: dict[str, dict[str, type]]) -> Components:
+    """The run's configured components: the profile, the ``--set`` settings routed to each,
+    the run's ``--device`` for every component that has the setting, and the translators' ear
+    frames following the run's ear boxes."""
+    return build_components(classes, options.profile, dict(options.settings), device=options.device,
+                            run_wide={"device": options.device,
+                                      "ear_offset_mm": ",".join(str(v) for v in options.ear_offset_mm)},
+                            segmenter_workdir=options.out / "segmenter")
+
+
+def ear_rule(options: RunOptions) -> EarRule:
+    return EarRule(options.ear_offset_mm, options.ear_size_mm)
+
+
+def plan_run(options: RunOptions, host: PluginHost) -> Plan:
+    """Resolve plugins, configs and data; raise on any bad input before training starts."""
+    classes = component_classes(options, host)  # unknown plugin names fail before any data is read
+    data, test, test_labels = options.data, options.test, options.test_labels
+    if data is None:
+        root = phantom_data(options.out, cases=options.phantom_cases, seed=options.phantom_seed)
+        data, test, test_labels = root / "train", root / "test", root / "test_labels"
+    train = discover(data, require_source=True, require_target=True)
+    test_folder = None
+    if test is not None:
+        test_folder = discover(test, labels=test_labels, require_target=True)
+        if test_labels is not None and not any(c.label for c in test_folder.target):
+            raise InputError("no test label matches a test image", path=test_labels,
+                             fix="test labels must be named {case}_Label.nii.gz for {case}_hrT2.nii.gz")
+    validate_folder(train, with_source=True)
+    if test_folder is not None:
+        validate_folder(test_folder, with_source=False)
+    built = run_components(options, classes)
+    return Plan(options, train, test_folder, built.translators, built.segmenter, built.pseudo_labeler,
+                ear_rule(options))
