@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +13,8 @@ from vstk.translation.networks import NLayerDiscriminator, ResnetGenerator, init
 from vstk.translation.schedule import TrainSchedule
 from vstk.translation.trainer import ModelBase
 
-from . import CycleGANConfig
+if TYPE_CHECKING:  # the package imports this module: only the annotations need its config
+    from . import CycleGANConfig
 
 
 def build_generator(config: CycleGANConfig) -> ResnetGenerator:

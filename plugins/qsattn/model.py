@@ -8,6 +8,8 @@ gradients are the same.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
@@ -18,7 +20,8 @@ from vstk.translation.qs_attention import query_selected_attention
 from vstk.translation.schedule import TrainSchedule
 from vstk.translation.trainer import ModelBase
 
-from . import QSAttnConfig
+if TYPE_CHECKING:  # the package imports this module: only the annotations need its config
+    from . import QSAttnConfig
 
 
 def build_generator(config: QSAttnConfig) -> ResnetGenerator:

@@ -9,6 +9,8 @@ the unflipped sources, so those are encoded separately, without gradients.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
@@ -18,7 +20,8 @@ from vstk.translation.patchnce import PatchNCELoss, PatchSampleMLP
 from vstk.translation.schedule import TrainSchedule
 from vstk.translation.trainer import ModelBase
 
-from . import CUTConfig
+if TYPE_CHECKING:  # the package imports this module: only the annotations need its config
+    from . import CUTConfig
 
 
 def build_generator(config: CUTConfig) -> ResnetGenerator:

@@ -14,6 +14,8 @@ is unused there).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import itertools
 
 import torch
@@ -23,8 +25,10 @@ from torch import Tensor, nn
 from vstk.translation.schedule import TrainSchedule
 from vstk.translation.trainer import ModelBase
 
-from . import NiceGANConfig
 from .networks import NiceDecoder, NiceDiscriminator, NiceEncoder, NiceTranslator
+
+if TYPE_CHECKING:  # the package imports this module: only the annotations need its config
+    from . import NiceGANConfig
 
 
 def build_translator(config: NiceGANConfig) -> NiceTranslator:
