@@ -14,9 +14,8 @@ is unused there).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import itertools
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
