@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import ConfigError
-from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
-from .plan import Plan
+from .plan import JobOptions, Plan
 
 NONE = "none"
 SUPERVISED = "supervised"
@@ -57,30 +56,15 @@ class Replicate:
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchOptions:
+class BenchOptions(JobOptions):
     """Everything ``vstk bench`` needs; see ``vstk bench --help`` for the meaning of each."""
 
-    out: Path
-    translators: tuple[str, ...] = ("cyclegan", "qsattn")
     combos: tuple[tuple[str, ...], ...] = ()
-    data: Path | None = None
-    test: Path | None = None
-    test_labels: Path | None = None
     target_labels: Path | None = None
     paired: Path | None = None
-    profile: str = "cpu"
-    rounds: int = 0
-    segmenter: str = "nnunet"
-    pseudo_labeler: str = "all"
-    settings: tuple[tuple[str, str], ...] = ()
-    device: str | None = None
-    phantom_cases: int = 10
-    phantom_seed: int = 0
-    ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
-    ear_size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
+    rounds: int = 0  # the benchmark compares round-0 segmenters unless asked
     jobs: int = 1
     seeds: tuple[int, ...] = ()
-    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -89,10 +73,7 @@ class BenchOptions:
             raise ConfigError(f"--seeds {','.join(str(s) for s in self.seeds)}: a seed is named twice")
         if any(seed < 0 for seed in self.seeds):
             raise ConfigError(f"--seeds {','.join(str(s) for s in self.seeds)}: seeds are 0 or more")
-        if not self.translators:
-            raise ConfigError("no translator named", fix="e.g. --translators cyclegan,qsattn")
-        if len(set(self.translators)) != len(self.translators):
-            raise ConfigError(f"a translator is named twice in --translators {','.join(self.translators)}")
+        super().__post_init__()
         for name in self.translators:
             if name in (NONE, SUPERVISED):
                 raise ConfigError(f"--translators: {name!r} is the name of a reference row of the benchmark",
@@ -114,10 +95,6 @@ class BenchOptions:
             if frozenset(combo) in seen:
                 raise ConfigError(f"--combos {label}: the same combination is named twice")
             seen.add(frozenset(combo))
-        if self.rounds < 0:
-            raise ConfigError(f"--rounds {self.rounds} must be 0 or more")
-        if self.test_labels is not None and self.test is None:
-            raise ConfigError("--test-labels needs --test")
         if self.data is not None and (self.test is None or self.test_labels is None):
             raise ConfigError("vstk bench scores every method on labelled test hrT2: --data needs --test and "
                               "--test-labels", fix="pass both, or leave out --data to use the built-in phantom")

@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class RunOptions:
-    """Everything ``vstk run`` needs; see ``vstk run --help`` for the meaning of each."""
+class JobOptions:
+    """What ``vstk run`` and ``vstk bench`` share: the data (the built-in phantom without
+    ``data``), the components and their settings, self-training rounds, and the ear boxes."""
 
     out: Path
     translators: tuple[str, ...] = ("cyclegan", "qsattn")
@@ -38,18 +39,24 @@ class RunOptions:
     phantom_seed: int = 0
     ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
     ear_size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
-    keep_largest_vs: bool = False
     progress: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.translators:
             raise ConfigError("no translator named", fix="e.g. --translators cyclegan,qsattn")
         if len(set(self.translators)) != len(self.translators):
-            raise ConfigError(f"a translator is named twice in {','.join(self.translators)}")
+            raise ConfigError(f"a translator is named twice in --translators {','.join(self.translators)}")
         if self.rounds < 0:
             raise ConfigError(f"--rounds {self.rounds} must be 0 or more")
         if self.test_labels is not None and self.test is None:
             raise ConfigError("--test-labels needs --test")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions(JobOptions):
+    """Everything ``vstk run`` needs; see ``vstk run --help`` for the meaning of each."""
+
+    keep_largest_vs: bool = False
 
 
 @dataclasses.dataclass
