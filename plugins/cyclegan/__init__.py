@@ -36,34 +36,12 @@ class CycleGANConfig(TranslatorConfig):
 
 PAPER = CycleGANConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay_epochs=200,
                        ngf=64, n_blocks=9, checkpoint_every=5000, sample_every=5000)
-#: 96 x 96 slices at 0.55 mm around each ear, narrow networks, 400 + 400 steps: about 0.4 s a
-#: step on one core, 5-6 minutes with both translators side by side on 2 cores (450 + 450
-#: until the segmenter's structure intensity augmentation and a slower day left `vstk run`
-#: at 16 minutes; the measurements below are of 900 steps). Measured on
-#: the phantom (benchmarks/translation_quality.py, CycleGAN, equal time): 96 px x 900 steps
-#: 11.3 dB PSNR / SSIM 0.29, 128 px at 0.41 mm x 600 steps 8.2 dB / 0.19 (histogram
-#: matching 8.2 dB / 0.08); 128 px x 1200 steps (twice the time) 13.0 dB / 0.32.
-#: Identity loss as in the paper (0.5). Without it (lambda_identity 0) translation fidelity
-#: rises but the segmentation that matters falls; measured on the phantom (translation
-#: quality on the paired cases; Dice of `vstk run` with the cpu nnU-Net on the test hrT2):
-#: identity 0.5: 11.26 dB / SSIM 0.287, VS intensity +0.28 (ceT1's bright tumour kept),
-#:   two views (+ QS-Attn) round 0 VS Dice 0.371;
-#: identity 0: 12.85 dB / 0.315, VS -0.55 (a crude inversion: tumour dark, bone bright),
-#:   two views round 0 VS Dice 0.000;
-#: identity 0, 1800 steps: 17.90 dB / 0.407, VS -0.46, alone VS Dice 0.000 (the segmenter
-#:   learnt its views, pseudo Dice 0.87, and found nothing on real hrT2).
-#: identity 0.5, 1800 steps (twice the time): 13.98 dB / 0.344, VS -0.08, two views round 0
-#:   VS Dice 0.087: after translation, Dice is not predicted by fidelity on this phantom.
-#: Again with today's segmenter (structure intensity augmentation, bfloat16, 1000 + 400
-#:   iterations), `vstk run --translators cyclegan,qsattn --set cyclegan.lambda_identity=0`
-#:   (the same QS-Attn): round 1 VS 0.578 / cochlea 0.062 (round 0: 0.403 / 0.000) against
-#:   0.508 / 0.822 with identity 0.5: the VS gains, the cochlea is lost. Identity stays 0.5.
-#: Longer translation with today's segmenter: `--set steps=1200 --set decay_steps=1200` (both
-#:   translators, 2400 steps; 977 s side by side against about 300 s), round 1 VS Dice 0.717 /
-#:   0.700 / 0.687 for nnU-Net seeds 0 / 1 / 2 against 0.468 / 0.471 / 0.537 with 800 steps
-#:   (README, "The main job"; one translator training shared by the three seeds). 600 + 600
-#:   steps (one run, seed 0): VS 0.407, below 800 steps, and 15:30 wall. Neither fits
-#:   `vstk run`'s 15-minute budget on 2 cores, so the profile keeps 400 + 400 steps.
+#: Sized for `vstk run` to fit 15 minutes on 2 CPU cores; each value's measurement is in docs/results.md:
+#:   96 x 96 slices at 0.55 mm around each ear: more fidelity per second of training than 128 px
+#:     (docs/results.md#slice-size-and-step-count-of-the-cpu-profile);
+#:   400 + 400 steps: longer training gives better views but overruns the budget (docs/results.md#translator-steps);
+#:   ngf 16, 6 blocks, ndf 32: narrow networks, about 0.4 s a step on one core (the same two anchors);
+#:   lambda_identity stays at the paper's 0.5: without it the cochlea is lost (docs/results.md#identity-loss).
 CPU = CycleGANConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=400, decay_steps=400, ngf=16,
                      n_blocks=6, ndf=32, checkpoint_every=150, sample_every=300, batch_size=1)
 

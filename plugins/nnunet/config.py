@@ -222,78 +222,22 @@ class NnUNetConfig:
 #: every round trained from scratch.
 PAPER = NnUNetConfig()
 
-#: A narrow 2D U-Net (features 16..128) for the ear boxes on 2 CPU cores: 1000 iterations of
-#: batch 12 in round 0, 400 more per warm-started self-training round, all cores (torch's
-#: default threads), bfloat16 where the CPU has AMX, fitting `vstk run`'s 15-minute budget,
-#: with the label-guided structure intensity augmentation (beyond the paper, whose nnU-Net is
-#: stock: ``paper`` keeps it off). nnU-Net itself plans batch 47 for the 2d ear crops:
-#: 3.7 s/iteration on one thread, against 0.8 s with batch 12.
-#: bfloat16 (benchmarks/nnunet_precision_speed.py on a vstk run's round-0 pool, 2 threads, a
-#:   Sapphire Rapids CPU with AMX, whole training steps with loading and augmentation): float32
-#:   0.344 s/iteration, bfloat16 0.203 (ratio 1.67); the budget was 600 + 250 iterations in
-#:   float32. Without AMX, ``auto`` trains in float32 (1000 + 400 iterations then take about
-#:   1.6 times the time).
-#: Measured with benchmarks/segmenter_ceiling.py (nnU-Net trained on the LABELLED phantom hrT2
-#: ear crops, scored on the 5 test hrT2 as `vstk run` scores):
-#:   learning rate 0.03: nnU-Net's 0.01 is tuned for 250,000 iterations; after 300 iterations
-#:     VS Dice was 0.000 with 0.01, 0.757 with 0.03, 0.727 with 0.05; cochlea 0.000 in all.
-#:   the cochlea needs more iterations: 1000 iterations, VS 0.872 / cochlea 0.813 (pseudo Dice
-#:     of the cochlea above 0 from iteration ~800); with foreground oversampling 0.66 the
-#:     cochlea appears from iteration ~600 and ends at VS 0.877 / cochlea 0.879.
-#:   threads, 2 idle-ish cores, alternating runs of 45 iterations: 1 thread 0.50-0.55
-#:     s/iteration, 2 threads 0.36-0.41, 1 thread + 1 augmentation worker 0.50-0.52,
-#:     2 threads + 1 worker 0.36. (With other jobs on the cores two spinning OpenMP threads
-#:     can run several times slower: set num_threads=1 on a shared machine.)
-#: Structure intensity augmentation (structure_intensity=1: every VS and cochlea in a training
-#:   patch gets a random intensity): the translated views carry the structures at wrong
-#:   intensities (paired phantom cases, benchmarks/translation_quality.py: VS +0.28 CycleGAN /
-#:   +0.83 QS-Attn, cochlea -1.02 / -0.67, in units of the hrT2 range), so the segmenter is
-#:   made to find them by shape and context. Same two-view pool (translators of 900 steps),
-#:   test hrT2, round 1 (round 0): off VS 0.426 (0.371) / cochlea 0.000; 0.5 VS 0.524 (0.457)
-#:   / 0.000; 1.0 VS 0.514 (0.397) / cochlea 0.189 (0.000), the first cochleae found on real
-#:   hrT2. The outcome varies a lot from run to run: a rerun of 1.0 after a change that only
-#:   moved floating-point rounding gave VS 0.385 / cochlea 0.537 (the closing notes of issue 5
-#:   give the spread over segmenter seeds).
-#: With bfloat16 and 1000 + 400 iterations (`vstk run`, default phantom, round 1 (round 0),
-#:   seeds 0 / 1 / 2 on one pool, structure_intensity_pseudo=1): VS 0.508 / 0.392 / 0.528
-#:   (0.465 / 0.443 / 0.507), cochlea
-#:   0.822 / 0.559 / 0.726 (0.783 / 0.527 / 0.689) (600 + 250 float32 iterations: VS 0.362,
-#:   cochlea 0.000 with seed 0). The cochlea's pseudo Dice on the translated views rises above
-#:   0 only after ~775 iterations of round 0.
-#:   structure_intensity_vs_max=0.75 (seeds 1 / 2, round 0): VS 0.371 / 0.330 against 0.443 /
-#:   0.507 without it, so it stays at 0.99.
-#: What the augmentation costs on real hrT2 (benchmarks/segmenter_ceiling.py on the default
-#:   phantom's labelled training hrT2, seeds 0 / 1 / 2): structure_intensity=0 VS 0.895 /
-#:   0.774 / 0.912, cochlea 0.866 / 0.882 / 0.876; with 1 (seed 0) VS 0.820 / cochlea 0.751,
-#:   and `vstk bench --seeds 0,1,2`'s supervised row VS 0.743 / cochlea 0.811 seed-averaged.
-#:   It mostly costs the 27 mm3 intrameatal test tumour (0.75 / 0.10 / 0.77 without, 0.53 /
-#:   0.00 / 0.00 with). On the translated views it is what finds the structures at all.
-#: structure_intensity_pseudo=0 (no such augmentation on the pseudo-labelled real hrT2 of the
-#:   self-training rounds, which already look like the test images): round 1 retrained from
-#:   the same round 0 per seed (`vstk run`, default phantom, the timed run's translators),
-#:   seeds 0 / 1 / 2 / 3 / 4, round-1 mean Dice 0.638 / 0.530 / 0.636 / 0.589 / 0.510 (VS
-#:   0.468 / 0.471 / 0.537 / 0.428 / 0.299) against 0.665 / 0.476 / 0.627 / 0.567 / 0.515 (VS
-#:   0.508 / 0.392 / 0.528 / 0.402 / 0.291) with 1; round 0 0.624 / 0.485 / 0.598 / 0.556 /
-#:   0.499 (VS 0.465 / 0.443 / 0.507 / 0.426 / 0.352). Mean +0.011 (paired t-test p = 0.47:
-#:   within the seed noise), but round 1 >= round 0 for all five seeds (with 1: four) and the
-#:   VS falls in round 1 for one seed instead of three. So 0 in this profile.
-#: structure_intensity_texture=0.3 with structure_intensity_invert=0.5 (a smooth random
-#:   texture inside the structure, inverted inner contrast half of the time), on an H200
-#:   (benchmarks/device_seeds.sh, seeds 0 / 1 / 2, round 1): mean Dice 0.449 / 0.464 / 0.466
-#:   (VS 0.236 / 0.446 / 0.268) against 0.666 / 0.674 / 0.615 (VS 0.529 / 0.582 / 0.487);
-#:   invert 0.5 alone 0.563 / 0.627 / 0.623 (VS 0.399 / 0.635 / 0.555). Both stay off.
-#: intensity_remap=0.5 (random 4-point intensity curves on half the patches of the translated
-#:   views; the views swap tissue classes: some dark ceT1 CSF comes out grey, some grey tissue
-#:   bright): round 0, seed 0, scored on 6 labelled validation hrT2 that are not the test set
-#:   (the default phantom's 2 paired cases, and the 2 paired and 2 test cases of a phantom of
-#:   seed 5 with 6 cases): VS Dice 0.309 against 0.437 without (0.376 / 0.397 for seeds 1 / 2), and the
-#:   cochlea was not learnt (pseudo Dice 0.00 at the last epoch). The segmenter needs the views'
-#:   intensity cues, wrong as some are: it stays off.
-#: Earlier measurements (nnU-Net 2.8.1, torch 2.14, one thread) on phantom hrT2 crops of
-#: 32 x 64 x 160 voxels: 2d f8-64 learnt VS only after about 400 iterations; 3d_fullres f8-64
-#: (batch 2) 2.8 s/iteration, VS 0.00 after 150. Synthetic 24 x 64 x 64 cases (tests/nnunet):
-#: 2d f16-128 VS 0.995 / cochlea 0.98 after 750 iterations; 3d f8-64 1.2 s/it, VS 0.94 /
-#: cochlea 0.00 after 150; 3d f4-32 learnt nothing in 150.
+#: A narrow 2D U-Net for the ear boxes, sized for `vstk run` to fit 15 minutes on 2 CPU cores, with
+#: the label-guided structure intensity augmentation (beyond the paper: ``paper`` keeps stock
+#: nnU-Net). Why each value (R = docs/results.md, where the measurements are):
+#:   2d, features 16..128, batch 12: nnU-Net's planned batch 47 takes 4.6 times as long per
+#:     iteration (R#nnu-net-budget-on-2-cpu-cores);
+#:   initial_lr 0.03: 0.01 learns nothing in a few hundred iterations (R#nnu-net-budget-on-2-cpu-cores);
+#:   40 + 16 epochs x 25 iterations, warm start: the cochlea needs about 800 iterations, and bfloat16
+#:     made 1000 + 400 fit the budget (R#nnu-net-budget-on-2-cpu-cores, R#cpu-flags-amx-or-not);
+#:   oversample_foreground 0.66: the tiny cochleae are learnt sooner (R#nnu-net-budget-on-2-cpu-cores);
+#:   structure_intensity 1: the views carry the structures at wrong intensities (R#structure_intensity);
+#:   structure_intensity_pseudo 0: round 1 >= round 0 for all five seeds (R#structure_intensity_pseudo);
+#:   num_threads None (all cores), n_proc_da 0: the fastest on 2 idle cores
+#:     (R#nnu-net-budget-on-2-cpu-cores); set num_threads=1 on a shared machine;
+#:   cpu_precision auto: bfloat16 where the CPU has AMX, 1.67 times faster (R#cpu-flags-amx-or-not);
+#:   mirroring off, n_proc_preprocessing 1: see their entries above (7x slower prediction; worker
+#:     start-up); val_iterations_per_epoch 2, save_every 4: little time outside training (not measured).
 CPU = NnUNetConfig(
     configuration="2d",
     num_epochs=40,

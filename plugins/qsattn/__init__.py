@@ -63,7 +63,8 @@ class QSAttnConfig(TranslatorConfig):
 
 PAPER = QSAttnConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay_epochs=200, ngf=64,
                      n_blocks=9, checkpoint_every=5000, sample_every=5000)
-#: The CycleGAN cpu profile's slices and steps (see vstk_cyclegan.CPU for the measurements).
+#: The CycleGAN cpu profile's slices, steps and widths, for the same 15-minute budget
+#: (docs/results.md#translator-steps); 128 patches and a 128-wide head: halved with the networks (not measured).
 CPU = QSAttnConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=400, decay_steps=400, ngf=16,
                    n_blocks=6, ndf=32, num_patches=128, netf_nc=128, checkpoint_every=150, sample_every=300)
 
