@@ -18,11 +18,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vstk.atomic import write_json_atomic
 from vstk.errors import ConfigError, InputError
 
 from .config import NnUNetConfig
 from .errors import NnUNetRunError
-from .layout import PLANS_NAME, RoundLayout, link_or_copy, read_json, write_json_atomic
+from .layout import PLANS_NAME, RoundLayout, link_or_copy, read_json
 
 log = logging.getLogger(__name__)
 

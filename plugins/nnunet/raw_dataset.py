@@ -8,12 +8,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vstk.atomic import write_json_atomic
 from vstk.errors import InputError
 from vstk.labels import LABEL_NAMES
 from vstk.protocols import TrainingCase
 from vstk.volume import write_nifti
 
-from .layout import FILE_ENDING, RoundLayout, link_or_copy, read_json, write_json_atomic
+from .layout import FILE_ENDING, RoundLayout, link_or_copy, read_json
 
 # nnU-Net file names are "{case}_0000.nii.gz" and, preprocessed, "{case}.b2nd" / "{case}_seg.b2nd":
 # no path separators or dots, and no "_seg" suffix (it would clash with another case's label file).
