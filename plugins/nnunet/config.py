@@ -224,18 +224,21 @@ PAPER = NnUNetConfig()
 
 #: A narrow 2D U-Net for the ear boxes, sized for `vstk run` to fit 15 minutes on 2 CPU cores, with
 #: the label-guided structure intensity augmentation (beyond the paper: ``paper`` keeps stock
-#: nnU-Net). Why each value (R = docs/results.md, where the measurements are):
+#: nnU-Net). Why each value, with the measurements in docs/results.md:
 #:   2d, features 16..128, batch 12: nnU-Net's planned batch 47 takes 4.6 times as long per
-#:     iteration (R#nnu-net-budget-on-2-cpu-cores);
-#:   initial_lr 0.03: 0.01 learns nothing in a few hundred iterations (R#nnu-net-budget-on-2-cpu-cores);
-#:   40 + 16 epochs x 25 iterations, warm start: the cochlea needs about 800 iterations, and bfloat16
-#:     made 1000 + 400 fit the budget (R#nnu-net-budget-on-2-cpu-cores, R#cpu-flags-amx-or-not);
-#:   oversample_foreground 0.66: the tiny cochleae are learnt sooner (R#nnu-net-budget-on-2-cpu-cores);
-#:   structure_intensity 1: the views carry the structures at wrong intensities (R#structure_intensity);
-#:   structure_intensity_pseudo 0: round 1 >= round 0 for all five seeds (R#structure_intensity_pseudo);
+#:     iteration (docs/results.md#nnu-net-budget-on-2-cpu-cores);
+#:   initial_lr 0.03: 0.01 learns nothing in a few hundred iterations (the same anchor);
+#:   40 + 16 epochs x 25 iterations, warm start: the cochlea needs about 800 iterations, and
+#:     bfloat16 made 1000 + 400 fit the budget (the same anchor, docs/results.md#cpu-flags-amx-or-not);
+#:   oversample_foreground 0.66: the tiny cochleae are learnt sooner (the same anchor);
+#:   structure_intensity 1: the views carry the structures at wrong intensities
+#:     (docs/results.md#structure_intensity);
+#:   structure_intensity_pseudo 0: round 1 >= round 0 for all five seeds
+#:     (docs/results.md#structure_intensity_pseudo);
 #:   num_threads None (all cores), n_proc_da 0: the fastest on 2 idle cores
-#:     (R#nnu-net-budget-on-2-cpu-cores); set num_threads=1 on a shared machine;
-#:   cpu_precision auto: bfloat16 where the CPU has AMX, 1.67 times faster (R#cpu-flags-amx-or-not);
+#:     (docs/results.md#nnu-net-budget-on-2-cpu-cores); set num_threads=1 on a shared machine;
+#:   cpu_precision auto: bfloat16 where the CPU has AMX, 1.67 times faster
+#:     (docs/results.md#cpu-flags-amx-or-not);
 #:   mirroring off, n_proc_preprocessing 1: see their entries above (7x slower prediction; worker
 #:     start-up); val_iterations_per_epoch 2, save_every 4: little time outside training (not measured).
 CPU = NnUNetConfig(
