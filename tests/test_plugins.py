@@ -180,3 +180,29 @@ def test_plugin_commands_are_added_to_the_cli(tmp_path):
     result = _vstk(["hello"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "hello from a plugin"
+
+
+def test_profile_choices_are_the_profiles_the_registered_components_declare():
+    import click
+
+    from vstk.cli_options import ProfileName
+
+    class Profiled:
+        name = "profiled"
+        profiles = {"cpu": object(), "laptop": object()}
+
+    class ProfiledPlugin:
+        @vstk.hookimpl
+        def vstk_register_translators(self, registry):
+            registry.add(Profiled)
+
+    host = PluginHost()
+    host.register(ProfiledPlugin(), "profiled")
+    assert host.profiles() == ["cpu", "laptop"]
+    ctx = click.Context(click.Command("run"))
+    ctx.meta["vstk.host"] = host
+    assert ProfileName().convert("laptop", None, ctx) == "laptop"  # a plugin's own profile is a choice
+    with pytest.raises(click.BadParameter, match="'paper' is not a profile of the installed plugins: use one of "
+                                                 "cpu, laptop"):
+        ProfileName().convert("paper", None, ctx)
+    assert {"cpu", "paper"} <= set(load_plugins().profiles())  # the in-tree translators and segmenter
