@@ -69,7 +69,8 @@ def vstk_add_commands(cli: "click.Group") -> None:
     """Add sub-commands to the ``vstk`` command line.
 
     Called once when the CLI starts a plugin-aware command. Add commands with
-    ``cli.add_command(command)``; a name that already exists is rejected.
+    ``cli.add_command(command)``; a name that already exists is ignored with a warning (the
+    built-in or first command keeps it).
 
     :param cli: the top-level click group.
     :returns: nothing; the return value is ignored.
