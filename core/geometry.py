@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import format_value
 from .volume import Volume
 
 DEFAULT_SPACING: tuple[float, float, float] = (0.41, 0.41, 1.5)
@@ -72,7 +73,7 @@ class SliceGeometry:
         if self.crop is not None and self.crop < 4:
             raise ValueError(f"crop must be at least 4 pixels, got {self.crop}")
         if len(self.spacing) != 2 or min(self.spacing) <= 0:
-            raise ValueError(f"in-plane spacing needs two positive values (mm), got {self.spacing}")
+            raise ValueError(f"in-plane spacing needs two positive values (mm), got {format_value(self.spacing)}")
 
     @property
     def pixel_spacing(self) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, format_value
 
 BACKGROUND, VS, COCHLEA = 0, 1, 2
 LABEL_NAMES: dict[int, str] = {BACKGROUND: "background", VS: "VS", COCHLEA: "cochlea"}
@@ -47,7 +47,8 @@ def to_vstk_labels(array: np.ndarray, *, scheme: str = "crossmoda2022",
         hint = ("if this is a CrossMoDA 2023 label (1 intra-, 2 extra-meatal VS, 3 cochlea) "
                 "use --label-scheme crossmoda2023" if scheme == "crossmoda2022" and bad == [3]
                 else f"labels must be in {allowed}")
-        raise InputError(f"label values {bad} outside {allowed} (scheme {scheme})", path=path, fix=hint)
+        raise InputError(f"label values {format_value(bad)} outside {allowed} (scheme {scheme})", path=path,
+                         fix=hint)
     lut = np.zeros(max(mapping) + 1, dtype=np.uint8)
     for src, dst in mapping.items():
         lut[src] = dst

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_write
-from .errors import InputError
+from .errors import InputError, format_value
 
 # Geometry comparisons: two grids are the same if they agree to this tolerance (mm / cosine).
 GEOMETRY_ATOL = 1e-3
@@ -52,7 +52,7 @@ class Volume:
         if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
             raise ValueError("spacing and origin need 3 values, direction 9")
         if min(self.spacing) <= 0:
-            raise ValueError(f"spacing must be positive, got {self.spacing}")
+            raise ValueError(f"spacing must be positive (mm), got {format_value(self.spacing)}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -82,11 +82,11 @@ class Volume:
     def grid_mismatch(self, other: "Volume", atol: float = GEOMETRY_ATOL) -> str | None:
         """Describe how the grids differ, or None when they match."""
         if self.shape != other.shape:
-            return f"size {self.size_xyz} vs {other.size_xyz} (x, y, z)"
+            return f"size {format_value(self.size_xyz)} vs {format_value(other.size_xyz)} (x, y, z)"
         for name in ("spacing", "origin", "direction"):
-            a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            a, b = getattr(self, name), getattr(other, name)
             if not np.allclose(a, b, atol=atol, rtol=0):
-                return f"{name} {tuple(np.round(a, 4))} vs {tuple(np.round(b, 4))}"
+                return f"{name} {format_value(a)} vs {format_value(b)}"
         return None
 
     def index_to_physical(self, index_zyx: Sequence[float]) -> np.ndarray:

@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 
 from ..atomic import fsync_path, write_json_atomic
-from ..errors import InputError, PoolError
+from ..errors import InputError, PoolError, format_value
 from ..labels import LABEL_NAMES, to_vstk_labels
 from ..protocols import ProgressFn
 from ..volume import Volume
@@ -243,8 +243,8 @@ class PoolBuilder:
                     target_spacing = DEFAULT_TARGET_SPACING
                 if target_spacing is not None and not np.allclose(S.check_target_spacing(target_spacing),
                                                                   self.target_spacing):
-                    raise PoolError(f"target spacing {tuple(target_spacing)} differs from the existing pool's "
-                                    f"{self.target_spacing}", path=self.path,
+                    raise PoolError(f"target spacing {format_value(tuple(target_spacing))} differs from the "
+                                    f"existing pool's {format_value(self.target_spacing)}", path=self.path,
                                     fix="keep the pool's spacing, or rebuild it with --overwrite (overwrite=True)")
                 if mode == "build":
                     log.info("pool %s exists: its entries count as done (overwrite=True rebuilds it)", self.path)
@@ -320,8 +320,9 @@ class PoolBuilder:
                                 f"{found.get('mode')!r} run, not {self.mode!r}", path=self.path,
                                 fix=f"finish that run first, or delete {self.staging_dir}")
             if not np.allclose(found.get("target_spacing", []), self.target_spacing):
-                raise PoolError(f"staged entries were made for target spacing {tuple(found['target_spacing'])}, "
-                                f"not {self.target_spacing}", path=self.path,
+                raise PoolError(f"staged entries were made for target spacing "
+                                f"{format_value(tuple(found['target_spacing']))}, not "
+                                f"{format_value(self.target_spacing)}", path=self.path,
                                 fix=f"resume with the same spacing, or delete {self.staging_dir}")
             if found.get("root_attrs", {}) != self.root_attrs:
                 raise PoolError(f"staged entries in {self.staging_dir} were made with root attributes "

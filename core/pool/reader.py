@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from ..errors import PoolError
+from ..errors import PoolError, format_value
 from ..volume import Volume
 from . import schema as S
 from .codec import SliceReader, default_threads
@@ -203,8 +203,11 @@ class Pool:
         return S.volume_from(array, dataset.attrs)
 
     def _slice(self, dataset: h5py.Dataset, k: int) -> np.ndarray:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < dataset.shape[0]:
-            raise PoolError(f"slice {k!r} is outside 0..{dataset.shape[0] - 1} of {dataset.name}",
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise PoolError(f"slice index {k!r} of {dataset.name} is a {type(k).__name__}, not an integer",
+                            path=self.path, fix="index axial slices from 0 to shape[0] - 1")
+        if not 0 <= k < dataset.shape[0]:
+            raise PoolError(f"slice {format_value(k)} is outside 0..{dataset.shape[0] - 1} of {dataset.name}",
                             path=self.path, fix="index axial slices from 0 to shape[0] - 1")
         with self._reading(dataset):
             return self._reader(dataset).read(int(k))

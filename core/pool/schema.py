@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import InputError, PoolError
+from ..errors import InputError, PoolError, format_value
 from ..labels import LABEL_NAMES
 from ..volume import GEOMETRY_ATOL, Volume
 
@@ -155,12 +155,11 @@ def grid_mismatch(a: Mapping[str, Any], shape_a: tuple[int, ...], b: Mapping[str
     Uses the tolerance of :meth:`vstk.Volume.same_grid` (``GEOMETRY_ATOL`` mm / cosine).
     """
     if tuple(shape_a) != tuple(shape_b):
-        return f"size {tuple(shape_a)[::-1]} vs {tuple(shape_b)[::-1]} (x, y, z)"
+        return f"size {format_value(tuple(shape_a)[::-1])} vs {format_value(tuple(shape_b)[::-1])} (x, y, z)"
     for name in GEOMETRY_ATTRS:
         va, vb = np.asarray(a[name], dtype=np.float64), np.asarray(b[name], dtype=np.float64)
         if va.shape != vb.shape or not np.allclose(va, vb, atol=GEOMETRY_ATOL, rtol=0):
-            text = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
-            return f"{name} {text(va)} vs {text(vb)}"
+            return f"{name} {format_value(tuple(va))} vs {format_value(tuple(vb))}"
     return None
 
 
@@ -212,7 +211,8 @@ def normalise_provenance(provenance: Mapping[str, Any], *, view: str, case_id: s
     attrs["translator_config"] = canonical_json(config)
     seed = provenance["seed"]
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InputError(f"provenance seed of {where} must be an integer, got {seed!r}",
+        raise InputError(f"provenance seed of {where} must be an integer, got {format_value(seed)} "
+                         f"({type(seed).__name__})",
                          fix="pass the seed the translator ran with")
     attrs["seed"] = np.int64(seed)
     extra = {k: v for k, v in provenance.items() if k not in PROVENANCE_KEYS}
@@ -245,7 +245,7 @@ def check_confidence(confidence: float, *, case_id: str, round_index: int) -> fl
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise InputError(f"confidence {confidence!r} of pseudo label round {round_index}, case {case_id!r} "
+        raise InputError(f"confidence {format_value(confidence)} of pseudo label round {round_index}, case {case_id!r} "
                          "is not in [0, 1]", fix="pass the pseudo-labeler's confidence in [0, 1]")
     return value
 
@@ -257,7 +257,7 @@ def check_target_spacing(spacing: Any) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"target spacing {spacing!r} is not three positive values in mm (x, y, z)",
+        raise InputError(f"target spacing {format_value(spacing)} is not three positive values in mm (x, y, z)",
                          fix="e.g. (0.41, 0.41, 1.5)")
     return values  # type: ignore[return-value]
 

@@ -42,7 +42,7 @@ import h5py
 import numpy as np
 
 from ..atomic import fsync_path
-from ..errors import InputError, PoolError
+from ..errors import InputError, PoolError, format_value
 from ..protocols import ProgressFn
 from . import schema as S
 from .builder import LIBVER, copy_pool_entry, entry_order, finish_pool_file, list_entries, \
@@ -197,7 +197,8 @@ def check_shards(paths: Sequence[str | Path]) -> list[_Shard]:
                 raise PoolError(f"{what} {mine} differs from {theirs} of {first.path}", path=shard.path,
                                 fix="build every shard with the same vstk")
         if not np.allclose(shard.spacing, first.spacing):
-            raise PoolError(f"target spacing {shard.spacing} differs from {first.spacing} of {first.path}",
+            raise PoolError(f"target spacing {format_value(shard.spacing)} differs from "
+                            f"{format_value(first.spacing)} of {first.path}",
                             path=shard.path, fix="build every shard with the same target spacing")
         if shard.plan != first.plan or shard.spec.count != first.spec.count:
             raise PoolError(f"shard {shard.spec} belongs to another build than {first.path} (shard {first.spec}): "

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vstk.atomic import write_json_atomic
-from vstk.errors import InputError
+from vstk.errors import InputError, format_value
 from vstk.labels import LABEL_NAMES
 from vstk.protocols import TrainingCase
 from vstk.volume import write_nifti
@@ -57,7 +57,7 @@ def validate_cases(cases: Sequence[TrainingCase]) -> None:
         values = np.unique(case.label.array)
         bad = [v for v in values.tolist() if v not in allowed]
         if bad:
-            raise InputError(f"the label of case {case_id!r} has values {bad}; allowed are {allowed} "
+            raise InputError(f"the label of case {case_id!r} has values {format_value(bad)}; allowed are {allowed} "
                              f"({', '.join(LABEL_NAMES.values())})",
                              fix="map the labels to vstk's scheme (vstk.labels.to_vstk_labels)")
         if not np.all(np.isfinite(case.image.array)):
