@@ -89,8 +89,8 @@ class TemplateModel(ModelBase):
         (loss_gan + loss_structure).backward()
         self._optimizers["G"].step()
 
-        # D: real hrT2 against the detached translation, halved (as in CycleGAN) so that D
-        # learns no faster than G.
+        # D: real hrT2 against the detached translation, halved as in CycleGAN, which slows
+        # D down relative to G.
         discriminator.requires_grad_(True)
         self._optimizers["D"].zero_grad(set_to_none=True)
         loss_real = self.gan_loss(discriminator(real_b), True)
