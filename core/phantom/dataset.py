@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..atomic import write_json_atomic
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, format_value
 from ..labels import BACKGROUND, COCHLEA, VS
 from ..volume import write_nifti
 from .anatomy import TISSUE_TO_LABEL, build_subject, subject_rng
@@ -95,14 +95,15 @@ class PhantomConfig:
         for name in ("cases", "test_cases", "paired_cases"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, np.integer)) or value < 2):
-                raise ConfigError(f"PhantomConfig.{name} must be an integer >= 2, got {value!r}",
+                raise ConfigError(f"PhantomConfig.{name} must be an integer >= 2, got {format_value(value)}",
                                   fix="every split needs 2 cases so that both sites (ldn, etz) occur")
         if not 0.2 <= self.resolution_scale <= 2.0:
-            raise ConfigError(f"PhantomConfig.resolution_scale must be in [0.2, 2], got {self.resolution_scale!r}",
+            raise ConfigError("PhantomConfig.resolution_scale must be in [0.2, 2], got "
+                              f"{format_value(self.resolution_scale)}",
                               fix="use 1.0 for CrossMoDA-like grids, 0.5 for a quick test set")
         for name in ("noise_fraction", "bias_strength", "pose_rotation_deg", "pose_shift_mm"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"PhantomConfig.{name} must be >= 0, got {getattr(self, name)!r}",
+                raise ConfigError(f"PhantomConfig.{name} must be >= 0, got {format_value(getattr(self, name))}",
                                   fix="use 0 to switch the effect off")
 
     @property
