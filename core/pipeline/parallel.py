@@ -49,9 +49,13 @@ class TranslatorJob:
 
     def total_steps(self) -> int:
         config = self.config
-        if getattr(config, "epochs", None) is None and getattr(config, "decay_epochs", None) is None:
-            return int(config.steps) + int(config.decay_steps)
-        return 0  # counted in epochs over the slice set: unknown until the slices are cut
+        steps, decay_steps = getattr(config, "steps", None), getattr(config, "decay_steps", None)
+        if getattr(config, "epochs", None) is None and getattr(config, "decay_epochs", None) is None \
+                and steps is not None and decay_steps is not None:
+            return int(steps) + int(decay_steps)
+        # counted in epochs over the slice set (unknown until the slices are cut), or a plugin's
+        # config that schedules its training otherwise: the progress bar shows no total
+        return 0
 
 
 def _watch_parent(parent: int) -> None:

@@ -129,6 +129,9 @@ def apply_command(translator: str, checkpoint: Path, official: bool, source: Pat
 
     model = translator_from_options(translator, "cpu", settings, None, device)
     if official:
+        if not hasattr(model, "load_official"):
+            raise ConfigError(f"the translator {translator!r} cannot read official checkpoints (it has no load_official)",
+                              fix="leave out --official and pass a translator.pt of vstk translate train")
         model.load_official(checkpoint)
     else:
         model.load(checkpoint)
