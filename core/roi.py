@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .labels import LABEL_NAMES
 from .volume import Volume
 
 
@@ -107,3 +108,44 @@ def paste(part: np.ndarray, box: Box, shape: Sequence[int], into: np.ndarray | N
 def ear_boxes(volume: Volume, rule: EarRule) -> list[Box]:
     """The two ear boxes of ``volume`` under ``rule``."""
     return [box_around(volume, centre, rule.size_mm) for centre in rule.centres(volume)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outside:
+    """Labelled voxels of one label value that no ear box holds.
+
+    Attributes:
+        value: the label value (1 VS, 2 cochlea).
+        voxels: how many of its voxels lie outside every box.
+        total: how many voxels it has.
+        farthest_mm: the largest distance of such a voxel from the nearest box, in mm.
+    """
+
+    value: int
+    voxels: int
+    total: int
+    farthest_mm: float
+
+    def describe(self) -> str:
+        """``"12 of 300 cochlea voxels lie outside the ear boxes, up to 4.2 mm"``."""
+        name = LABEL_NAMES.get(self.value, f"label-{self.value}")
+        return (f"{self.voxels} of {self.total} {name} voxels lie outside the ear boxes, "
+                f"up to {self.farthest_mm:.1f} mm")
+
+
+def labels_outside(label: Volume, boxes: Sequence[Box]) -> list[Outside]:
+    """Every label value with voxels outside all of ``boxes`` (boxes in ``label``'s voxels)."""
+    found = []
+    spacing_zyx = np.asarray(label.spacing, dtype=np.float64)[::-1]
+    for value in (int(v) for v in np.unique(label.array) if v != 0):
+        points = np.argwhere(label.array == value)
+        nearest = np.full(len(points), np.inf)
+        for box in boxes:
+            start = np.asarray(box.start)
+            end = start + np.asarray(box.size) - 1
+            gap = np.maximum(np.maximum(start - points, points - end), 0) * spacing_zyx
+            nearest = np.minimum(nearest, np.sqrt((gap ** 2).sum(axis=1)))
+        out = nearest > 0
+        if out.any():
+            found.append(Outside(value, int(out.sum()), len(points), float(nearest[out].max())))
+    return found

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vstk.roi import DEFAULT_OFFSET_MM, Box, EarRule, box_around, crop, ear_boxes, paste
+from vstk.roi import DEFAULT_OFFSET_MM, Box, EarRule, box_around, crop, ear_boxes, labels_outside, paste
 from vstk.volume import Volume
 
 from conftest import make_image
@@ -43,3 +43,17 @@ def test_box_around_is_centred():
     image = make_image(shape=(11, 21, 31), spacing=(1.0, 1.0, 1.0))
     box = box_around(image, image.centre, (11, 7, 5))
     assert box == Box((3, 7, 10), (5, 7, 11))
+
+
+def test_labels_outside_counts_the_voxels_no_box_holds_and_how_far_they_lie():
+    label = np.zeros((10, 10, 10), dtype=np.uint8)
+    label[5, 5, 5] = 1  # inside the box
+    label[5, 5, 9] = 1  # 3 voxels past the box's last x index (6): 3 * 0.5 mm
+    label[1, 1, 1] = 2  # 3 voxels before its start on every axis: (3 * 2, 3 * 0.5, 3 * 0.5) mm
+    volume = Volume(label, (0.5, 0.5, 2.0), (0.0, 0.0, 0.0))
+    vs, cochlea = labels_outside(volume, [Box((4, 4, 4), (3, 3, 3))])
+    assert (vs.value, vs.voxels, vs.total, vs.farthest_mm) == (1, 1, 2, 1.5)
+    assert (cochlea.value, cochlea.voxels, cochlea.total) == (2, 1, 1)
+    assert np.isclose(cochlea.farthest_mm, np.sqrt(6.0 ** 2 + 1.5 ** 2 + 1.5 ** 2))
+    assert cochlea.describe() == "1 of 1 cochlea voxels lie outside the ear boxes, up to 6.4 mm"
+    assert labels_outside(volume, [Box((0, 0, 0), (10, 10, 10))]) == []  # one box holding everything

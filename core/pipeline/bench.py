@@ -43,7 +43,7 @@ from ..volume import Volume, read_nifti, write_nifti
 from . import records, stages
 from .bench_model import NONE, SUPERVISED, BenchOptions, BenchPlan, Method, Replicate
 from .bench_report import write_bench_report
-from .plan import RunOptions, component_classes, phantom_data, plan_run
+from .plan import RunOptions, check_labels_inside, component_classes, phantom_data, plan_run
 from .predictions import write_predictions
 from .run import stage_inputs
 
@@ -106,8 +106,8 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
         if not labelled_targets:
             raise InputError("no label matches a training hrT2 image", path=target_labels,
                              fix="name them {case}_Label.nii.gz for {case}_hrT2.nii.gz in --data")
-        for case in labelled_targets:
-            load_case(case, "hrT2")  # a label off its image's grid stops here, not after hours
+        for case in labelled_targets:  # a label off its grid or its ear boxes stops here, not after hours
+            check_labels_inside(case.hrT2, *load_case(case, "hrT2"), run_plan.ear_rule)
         if len(labelled_targets) < len(folder.target):
             notes.append(f"{SUPERVISED}: {len(labelled_targets)} of {len(folder.target)} training hrT2 are "
                          "labelled; it trains on those.")

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..crossmoda import DataFolder, discover, load_case
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, format_value
 from ..plugins import PluginHost
 from ..resources import usable_cores
-from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule
+from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule, ear_boxes, labels_outside
+from ..volume import Volume
 from ..components import Components, build_components, resolve_classes
 
 log = logging.getLogger(__name__)
@@ -127,13 +128,33 @@ def phantom_data(out: Path, *, cases: int, seed: int, target_labels: bool = Fals
     return root
 
 
-def validate_folder(folder: DataFolder, *, with_source: bool) -> None:
-    """Read every file once so a bad one stops the run before any training."""
+def validate_folder(folder: DataFolder, *, with_source: bool, rule: EarRule | None = None) -> None:
+    """Read every file once so a bad one stops the run before any training; with ``rule``,
+    every labelled voxel of a labelled ceT1 must lie inside its ear boxes
+    (:func:`check_labels_inside`), and a test label outside them is logged."""
     cases: list[tuple[Any, str]] = [(c, "hrT2") for c in folder.target]
     if with_source:
         cases += [(c, "ceT1") for c in folder.source]
     for case, modality in cases:
-        load_case(case, modality)
+        image, label = load_case(case, modality)
+        if rule is None or label is None:
+            continue
+        if modality == "ceT1":
+            check_labels_inside(getattr(case, modality), image, label, rule)
+        else:
+            for outside in labels_outside(label, ear_boxes(image, rule)):
+                log.warning("%s: %s; the predictions are background there", getattr(case, modality),
+                            outside.describe())
+
+
+def check_labels_inside(path: Path, image: Volume, label: Volume, rule: EarRule) -> None:
+    """Refuse a training label that the ear crops would cut: every labelled voxel must lie in
+    one of the image's ear boxes (nothing is dropped without a word)."""
+    outside = labels_outside(label, ear_boxes(image, rule))
+    if outside:
+        raise InputError(f"{'; '.join(o.describe() for o in outside)} (boxes of {format_value(rule.size_mm)} mm "
+                         f"at {format_value(rule.offset_mm)} mm from the field-of-view centre)", path=path,
+                         fix="move or widen the boxes (--ear-offset / --ear-size) so that they hold every label")
 
 
 def component_classes(options: Any, host: PluginHost) -> dict[str, dict[str, type]]:
@@ -172,9 +193,9 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
         if test_labels is not None and not any(c.label for c in test_folder.target):
             raise InputError("no test label matches a test image", path=test_labels,
                              fix="test labels must be named {case}_Label.nii.gz for {case}_hrT2.nii.gz")
-    validate_folder(train, with_source=True)
+    rule = ear_rule(options)
+    validate_folder(train, with_source=True, rule=rule)
     if test_folder is not None:
-        validate_folder(test_folder, with_source=False)
+        validate_folder(test_folder, with_source=False, rule=rule)
     built = run_components(options, classes)
-    return Plan(options, train, test_folder, built.translators, built.segmenter, built.pseudo_labeler,
-                ear_rule(options))
+    return Plan(options, train, test_folder, built.translators, built.segmenter, built.pseudo_labeler, rule)

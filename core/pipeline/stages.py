@@ -14,12 +14,12 @@ import numpy as np
 
 from ..config import result_settings, to_json_dict
 from ..crossmoda import CaseFiles, load_case, read_image
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..plugins import PluginHost
 from ..progress import progress_bar
 from ..protocols import Prediction, ProgressFn, TrainingCase
 from ..resources import usable_cores
-from ..roi import Box, EarRule, crop, ear_boxes, paste
+from ..roi import Box, EarRule, crop, ear_boxes, labels_outside, paste
 from ..volume import Volume
 from ..components import plugin_provenance
 from .records import changed_inputs, mark_done, mark_started, stage_done, timed
@@ -208,10 +208,21 @@ EAR_SIDES = ("R", "L")  # box order of EarRule.centres: -x first (patient right 
 def ear_crops(image: Volume, label: Volume | None, rule: EarRule,
               case_id: str) -> list[tuple[str, Box, Volume, Volume | None]]:
     """(case id with side, box, image crop, label crop) for both ears; image padding is the
-    image's 1st intensity percentile (its background)."""
+    image's 1st intensity percentile (its background).
+
+    A label with voxels outside both boxes raises :class:`InputError`: a crop never drops a
+    label without a word (the run checks its inputs before training; this holds for every
+    other caller too).
+    """
+    boxes = ear_boxes(image, rule)
+    if label is not None:
+        outside = labels_outside(label, boxes)
+        if outside:
+            raise InputError(f"training case {case_id}: " + "; ".join(o.describe() for o in outside),
+                fix="move or widen the boxes (--ear-offset / --ear-size) so that they hold every label")
     fill = float(np.percentile(image.array, 1.0))
     return [(f"{case_id}__{side}", box, crop(image, box, fill=fill), None if label is None else crop(label, box, fill=0))
-            for side, box in zip(EAR_SIDES, ear_boxes(image, rule))]
+            for side, box in zip(EAR_SIDES, boxes)]
 
 
 def pool_training_cases(pool_path: Path, rule: EarRule, *, pseudo_round: int | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from vstk.config import result_settings
-from vstk.errors import ConfigError
+from vstk.errors import ConfigError, InputError
 from vstk.phantom import PhantomConfig, generate_phantom
 from vstk.pipeline import records, stages
 from vstk.pipeline.plan import RunOptions, phantom_data, plan_run
@@ -226,3 +226,23 @@ def test_settings_of_the_self_training_rounds_only_are_not_round_0_inputs(phanto
     record_path.write_text(json.dumps(record))
     same = plan(phantom, out, host)
     check_inputs(same, stage_inputs(same))
+
+
+def test_a_run_whose_ear_boxes_would_cut_a_training_label_stops_before_training(phantom, tmp_path, host):
+    options = dict(out=tmp_path / "out", translators=("cyclegan",), data=phantom / "train")
+    with pytest.raises(InputError, match=r"voxels lie outside the ear boxes, up to [0-9.]+ mm") as error:
+        plan_run(RunOptions(**options, ear_offset_mm=(70.0, -6.0, 2.0)), host)  # boxes beside the head
+    assert error.value.path.name.endswith("_ceT1.nii.gz") and "--ear-offset" in error.value.fix
+    plan_run(RunOptions(**options), host)  # the default boxes hold every label of the phantom
+    assert not (tmp_path / "out" / "translators").exists()
+
+
+def test_ear_crops_refuse_to_drop_labelled_voxels(phantom):
+    from vstk.crossmoda import discover, load_case
+    from vstk.roi import EarRule
+
+    image, label = load_case(discover(phantom / "train", require_source=True).source[0], "ceT1")
+    with pytest.raises(InputError, match="training case view__a: .* voxels lie outside the ear boxes"):
+        stages.ear_crops(image, label, EarRule(size_mm=(8.0, 8.0, 8.0)), "view__a")
+    crops = stages.ear_crops(image, label, EarRule(), "view__a")
+    assert sum(int((c[3].array > 0).sum()) for c in crops) == int((label.array > 0).sum())
