@@ -40,8 +40,14 @@ class CaseFiles:
 
     @property
     def site(self) -> str | None:
-        match = _SITE.match(self.case_id)
-        return match.group("site") if match else None
+        return site_of(self.case_id)
+
+
+def site_of(case_id: str) -> str | None:
+    """The acquisition site of a CrossMoDA 2022 case id (``crossmoda2022_ldn_7`` -> ``ldn``;
+    London ``ldn``, Tilburg ``etz``), or None for other names."""
+    match = _SITE.match(case_id)
+    return match.group("site") if match else None
 
 
 @dataclasses.dataclass(frozen=True)

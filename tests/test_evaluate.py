@@ -93,3 +93,29 @@ def test_paired_t_test_detects_a_consistent_difference():
     a = np.array([0.8, 0.82, 0.79, 0.85, 0.81])
     assert paired_t_test(a, a - 0.05 + np.array([0.001, -0.002, 0.0, 0.002, -0.001]))["p"] < 0.001
     assert paired_t_test(a, a)["p"] == 1.0
+
+
+def test_scores_are_also_summarised_per_crossmoda_site(tmp_path):
+    truth = make_label(make_image())
+    no_cochlea = truth.array.copy()
+    no_cochlea[no_cochlea == 2] = 0
+    write_pair(tmp_path, "crossmoda2022_ldn_1", truth, truth)
+    write_pair(tmp_path, "crossmoda2022_ldn_2", truth, truth)
+    write_pair(tmp_path, "crossmoda2022_etz_3", truth, truth.with_array(no_cochlea))
+    evaluation = evaluate_folders(tmp_path / "pred", tmp_path / "labels")
+    sites = evaluation.by_site()
+    assert list(sites) == ["etz", "ldn"]
+    assert sites["ldn"].summary()["cochlea_dice"] == {"mean": 1.0, "std": 0.0, "n": 2}
+    assert sites["etz"].summary()["cochlea_dice"]["mean"] == 0.0
+    assert evaluation.summary()["cochlea_dice"]["mean"] == pytest.approx(2 / 3)
+    assert evaluation.as_dict()["summary_by_site"]["etz"]["mean_dice"]["mean"] == 0.5
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "pred"), str(tmp_path / "labels")])
+    assert result.exit_code == 0, result.output
+    assert "| pred, etz | 1.000 +- 0.000 |" in result.output and "| pred, ldn | 1.000 +- 0.000 |" in result.output
+
+
+def test_cases_of_other_names_have_no_site_summary(tmp_path):
+    truth = make_label(make_image())
+    write_pair(tmp_path, "a", truth, truth)
+    evaluation = evaluate_folders(tmp_path / "pred", tmp_path / "labels")
+    assert evaluation.by_site() == {} and evaluation.as_dict()["summary_by_site"] == {}

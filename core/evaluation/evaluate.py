@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..crossmoda import read_label
+from ..crossmoda import read_label, site_of
 from ..errors import InputError
 from ..labels import STRUCTURES
 from .metrics import segmentation_scores
@@ -63,8 +63,19 @@ class Evaluation:
             out[name] = float(np.median(ratios)) if ratios else None
         return out
 
+    def by_site(self) -> dict[str, "Evaluation"]:
+        """The cases of each acquisition site (CrossMoDA reports London and Tilburg apart), in
+        name order; empty when no case id names a site."""
+        sites: dict[str, dict[str, dict[str, float]]] = {}
+        for case, scores in self.cases.items():
+            site = site_of(case)
+            if site is not None:
+                sites.setdefault(site, {})[case] = scores
+        return {site: Evaluation(sites[site]) for site in sorted(sites)}
+
     def as_dict(self) -> dict[str, Any]:
         return {"cases": self.cases, "summary": self.summary(), "volume_ratio_median": self.volume_ratios(),
+                "summary_by_site": {site: part.summary() for site, part in self.by_site().items()},
                 "convention": "both masks empty: Dice 1, ASSD 0; one empty: Dice 0, ASSD = image diagonal (mm)"}
 
 

@@ -74,6 +74,10 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
         "Empty masks: " + next(iter(models.values()))["convention"] + ".",
         "",
     ]
+    by_site = {f"{name}, {site}": summary for name, m in models.items()
+               for site, summary in m.get("summary_by_site", {}).items()}  # evaluations of older runs have none
+    if by_site:
+        lines += ["## Test set by site (mean +- std over each site's cases)", "", summary_table(by_site), ""]
     if all("volume_ratio_median" in m for m in models.values()):  # evaluations of older runs have none
         lines += ["## Volumes (mean over cases; ratio: median over cases)", "",
                   volume_table({name: (m["summary"], m["volume_ratio_median"]) for name, m in models.items()}), "",
