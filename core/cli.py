@@ -128,13 +128,18 @@ def plugins_command(as_json: bool) -> None:
 @click.option("--target-labels", is_flag=True, default=False,
               help="Also write truth labels of the training hrT2 to OUT/train_hrT2_labels (vstk bench's "
                    "supervised reference).")
+@click.option("--geometry", type=click.Choice(["slab", "crossmoda"]), default="slab", show_default=True,
+              help="slab: small fields of view around the ears; crossmoda: whole-head ceT1 and hrT2 slabs, "
+                   "heads shifted and turned in the field of view, as the CrossMoDA data.")
+@click.option("--scale", "resolution_scale", type=click.FloatRange(0.2, 2.0), default=1.0, show_default=True,
+              help="Voxels per axis relative to the real protocols (same fields of view); 0.5 for a quick set.")
 def phantom_command(out: Path, cases: int, test_cases: int | None, paired_cases: int | None, seed: int,
-                    png: bool, target_labels: bool) -> None:
+                    png: bool, target_labels: bool, geometry: str, resolution_scale: float) -> None:
     """Write a procedural CrossMoDA-layout phantom data set to OUT."""
     from .phantom import PhantomConfig, generate_phantom, save_overview_png
 
     config = PhantomConfig(cases=cases, test_cases=test_cases, paired_cases=paired_cases, seed=seed,
-                           target_labels=target_labels)
+                           target_labels=target_labels, geometry=geometry, resolution_scale=resolution_scale)
     summary = generate_phantom(out, config, progress=lambda message: log.info("%s", message),
                                workers=min(2, os.cpu_count() or 1))
     click.echo(f"wrote phantom data to {out}: " + ", ".join(
@@ -204,7 +209,8 @@ def evaluate_command(pred_dir: Path, label_dir: Path, json_path: Path | None) ->
                                    "VS_ml", "VS_true_ml", "cochlea_ml", "cochlea_true_ml"]))
     click.echo("")
     name = pred_dir.name or "prediction"
-    click.echo(summary_table({name: evaluation.summary()}))
+    click.echo(summary_table({name: evaluation.summary(),
+                              **{f"{name}, {site}": part.summary() for site, part in evaluation.by_site().items()}}))
     click.echo("")
     click.echo(volume_table({name: (evaluation.summary(), evaluation.volume_ratios())}))
     if json_path is not None:

@@ -270,3 +270,51 @@ def test_target_labels_add_truth_on_the_training_hrt2_grids_and_change_no_image(
         assert case["files"]["Label"] == f"train_hrT2_labels/{case['stem']}_Label.nii.gz"
         # the VS is where the hrT2 shows it: grey tumour, darker than the fluid-bright cochleae
         assert np.median(image.array[label.array == 2]) > np.median(image.array[label.array == 1])
+
+
+@pytest.fixture(scope="module")
+def crossmoda(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("crossmoda") / "data"
+    generate_phantom(out, PhantomConfig(cases=2, seed=7, resolution_scale=0.3, geometry="crossmoda",
+                                        target_labels=True))
+    return out
+
+
+def test_crossmoda_geometry_has_whole_head_ceT1_and_hrT2_slabs_of_the_real_protocols(crossmoda):
+    for record in load_manifest(crossmoda)["cases"]:
+        contrast = "ceT1" if "ceT1" in record["files"] else "hrT2"
+        image = read_nifti(crossmoda / record["files"][contrast])
+        label = read_nifti(crossmoda / record["files"]["Label"])
+        assert label.same_grid(image)
+        fov = np.asarray(image.spacing) * np.asarray(image.size_xyz)
+        if contrast == "ceT1":  # London 512 x 0.4 mm, Tilburg 256 x 0.8 mm: about 205 mm, 165 mm in z
+            assert np.allclose(fov[:2], 204.8, atol=1.0) and 160 <= fov[2] <= 170, (record["stem"], fov)
+        else:  # London 384 or 448 x 0.5 mm, Tilburg 512 x 0.4 mm; a slab 40-70 mm thick
+            assert 190 <= fov[0] <= 226 and 38 <= fov[2] <= 72, (record["stem"], fov)
+        turn = np.degrees(np.arctan2(image.direction_matrix[1, 0], image.direction_matrix[0, 0]))
+        assert 0 < abs(turn) <= 8.0 + 1e-6  # an oblique grid, kept in the direction matrix
+        for side in ("left", "right"):  # both cochleae inside the image and labelled there
+            k, j, i = np.round(image.physical_to_index(record["landmarks_mm"][f"cochlea_{side}"])).astype(int)
+            assert 0 <= k < image.shape[0] and 0 <= j < image.shape[1] and 0 <= i < image.shape[2]
+        assert (label.array == 2).sum() > 0
+
+
+def test_crossmoda_geometry_puts_the_canals_far_below_a_ceT1_centre_and_near_an_hrT2_centre(crossmoda):
+    heights = {"ceT1": [], "hrT2": []}
+    for record in load_manifest(crossmoda)["cases"]:
+        contrast = "ceT1" if "ceT1" in record["files"] else "hrT2"
+        image = read_nifti(crossmoda / record["files"][contrast])
+        canals = np.mean([record["landmarks_mm"][f"fundus_{side}"] for side in ("left", "right")], axis=0)
+        heights[contrast].append(float((image.direction_matrix.T @ (canals - image.centre))[2]))
+    assert max(heights["ceT1"]) < -10.0  # several centimetres below the whole-head centre
+    assert max(abs(h) for h in heights["hrT2"]) < 15.0  # a slab planned on the canals, a few mm off
+
+
+def test_crossmoda_overview_draws_whole_volumes(crossmoda, tmp_path):
+    path = save_overview_png(crossmoda, tmp_path / "overview.png")
+    assert path.stat().st_size > 50_000
+
+
+def test_an_unknown_geometry_is_refused():
+    with pytest.raises(ConfigError, match="geometry 'whole' is not known"):
+        PhantomConfig(geometry="whole")

@@ -7,9 +7,9 @@
 
 from .dataset import MANIFEST, OWNER_MARKER, TARGET_LABELS, PhantomConfig, generate_phantom, load_manifest
 from .overview import save_overview_png
-from .rendering import CONTRASTS, SITES, AcquisitionProtocol, site_protocols
+from .rendering import CONTRASTS, GEOMETRIES, SITES, AcquisitionProtocol, crossmoda_protocols, site_protocols
 
 __all__ = [
-    "CONTRASTS", "MANIFEST", "OWNER_MARKER", "SITES", "TARGET_LABELS", "AcquisitionProtocol", "PhantomConfig",
-    "generate_phantom", "load_manifest", "save_overview_png", "site_protocols",
+    "CONTRASTS", "GEOMETRIES", "MANIFEST", "OWNER_MARKER", "SITES", "TARGET_LABELS", "AcquisitionProtocol",
+    "PhantomConfig", "crossmoda_protocols", "generate_phantom", "load_manifest", "save_overview_png", "site_protocols",
 ]

@@ -37,7 +37,8 @@ from ..errors import ConfigError, InputError, format_value
 from ..labels import BACKGROUND, COCHLEA, VS
 from ..volume import write_nifti
 from .anatomy import TISSUE_TO_LABEL, build_subject, subject_rng
-from .rendering import CONTRASTS, FOV_CENTRE, SITES, Grid, acquire, draw_pose, render, site_protocols
+from .rendering import (CONTRASTS, FOV_CENTRE, GEOMETRIES, HEAD_FOV_CENTRE, SITES, Grid, Pose, acquire,
+                        crossmoda_protocols, draw_pose, grid_frame, render, site_protocols)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ class PhantomConfig:
         target_labels: also write the truth labels of the unlabelled training hrT2 to
             ``OUT/train_hrT2_labels/`` (a supervised reference for ``vstk bench``); the images
             are the same either way.
+        geometry: ``slab``: every image a small field of view (about 120 x 120 x 57 mm) centred
+            near the ears, one matrix per site and contrast, heads shifted by ``pose_*``.
+            ``crossmoda``: the real data's geometry (:func:`crossmoda_protocols`): whole-head
+            ceT1 with the head shifted about +-12 mm in-plane and +-15 mm in z, hrT2 slabs
+            planned on the canals within about +-8 mm, heads rotated about +-8 degrees and the
+            grids oblique by as much (their direction matrices); ``pose_*`` are then unused.
     """
 
     cases: int = 10
@@ -90,8 +97,12 @@ class PhantomConfig:
     pose_rotation_deg: float = 4.0
     pose_shift_mm: float = 2.0
     target_labels: bool = False
+    geometry: str = "slab"
 
     def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError(f"PhantomConfig.geometry {str(self.geometry)!r} is not known",
+                              fix=f"use one of {', '.join(GEOMETRIES)}")
         for name in ("cases", "test_cases", "paired_cases"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, np.integer)) or value < 2):
@@ -147,7 +158,7 @@ def _plan(config: PhantomConfig) -> list[_Case]:
 
 def _grid_record(grid: Grid) -> dict[str, Any]:
     return {"size": list(grid.size), "spacing": list(grid.spacing), "origin": list(grid.origin),
-            "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]}
+            "direction": list(grid.direction)}
 
 
 def _write_case(out: Path, case: _Case, config: PhantomConfig) -> dict[str, Any]:
@@ -155,7 +166,15 @@ def _write_case(out: Path, case: _Case, config: PhantomConfig) -> dict[str, Any]
     subject = build_subject(case.case_id, config.seed)
     rng = subject_rng(config.seed, case.case_id, 1)
     pose = draw_pose(rng, rotation_deg=config.pose_rotation_deg, shift_mm=config.pose_shift_mm)
-    protocols = site_protocols(case.site, config.resolution_scale)
+    if config.geometry == "crossmoda":  # draws of their own: the slab geometry's stay as they were
+        geometry = subject_rng(config.seed, case.case_id, 2)
+        protocols = crossmoda_protocols(case.site, geometry, config.resolution_scale)
+        pose = Pose(round(float(geometry.uniform(-8.0, 8.0)), 4),
+                    tuple(float(v) for v in np.round(geometry.uniform(-1.0, 1.0, 3) * [12.0, 12.0, 15.0], 4)))
+        oblique = round(float(geometry.uniform(-8.0, 8.0)), 4)
+        slab_shift = geometry.uniform(-8.0, 8.0, 3)
+    else:
+        protocols = site_protocols(case.site, config.resolution_scale)
     if case.split == "train_ceT1":
         folder, contrasts, grid_contrast, label_folder = "train", ("ceT1",), "ceT1", "train"
     elif case.split == "train_hrT2":
@@ -165,9 +184,14 @@ def _write_case(out: Path, case: _Case, config: PhantomConfig) -> dict[str, Any]
         folder, contrasts, grid_contrast, label_folder = "test", ("hrT2",), "hrT2", "test_labels"
     else:
         folder, contrasts, grid_contrast, label_folder = "paired", CONTRASTS, "ceT1", "paired"
-    # The grid follows the scanner, not the head: it is centred on the nominal FOV centre.
-    grid = Grid.centred(protocols[grid_contrast], FOV_CENTRE)
-    clean, tissue = render(subject, grid, pose, contrasts)
+    if config.geometry == "slab":
+        # The grid follows the scanner, not the head: it is centred on the nominal FOV centre.
+        grid = Grid.centred(protocols[grid_contrast], FOV_CENTRE)
+    elif grid_contrast == "ceT1":  # the whole head, centred in the scanner; the head lies where it lies
+        grid = Grid.centred(protocols[grid_contrast], HEAD_FOV_CENTRE, oblique)
+    else:  # a slab planned on the canals, off by a few mm
+        grid = Grid.centred(protocols[grid_contrast], pose.to_physical(FOV_CENTRE) + slab_shift, oblique)
+    clean, tissue = render(subject, *grid_frame(grid, pose), contrasts)
     files: dict[str, str] = {}
     for contrast in contrasts:
         image = acquire(clean[contrast], grid, contrast, rng, bias_strength=config.bias_strength,
@@ -281,8 +305,9 @@ def generate_phantom(out_dir: str | Path, config: PhantomConfig = PhantomConfig(
         "config": dataclasses.asdict(config) | {"test_cases": config.n_test, "paired_cases": config.n_paired},
         "seed": config.seed,
         "labels": {str(BACKGROUND): "background", str(VS): "vestibular schwannoma", str(COCHLEA): "cochlea"},
-        "protocols": {site: {c: dataclasses.asdict(p) for c, p in site_protocols(site, config.resolution_scale).items()}
-                      for site in SITES},
+        # the crossmoda geometry draws each case's grids: cases[].grid holds them
+        "protocols": ({site: {c: dataclasses.asdict(p) for c, p in site_protocols(site, config.resolution_scale).items()}
+                       for site in SITES} if config.geometry == "slab" else "per case"),
         "counts": counts,
         "seconds": round(seconds, 2),
         "cases": ordered,

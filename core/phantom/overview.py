@@ -31,10 +31,14 @@ def save_overview_png(out_dir: str | Path, png_path: str | Path, max_cases: int 
     if not paired:
         raise InputError("the phantom has no paired cases to draw", path=out, fix="generate with paired_cases >= 2")
     overlay = ListedColormap([(0, 0, 0, 0), (1.0, 0.25, 0.1, 0.55), (0.1, 0.9, 1.0, 0.7)])
-    rows = len(paired) * 2
+    whole = ([r for r in manifest["cases"] if r["split"] in ("train_ceT1", "train_hrT2", "test")][:5]
+             if manifest["config"].get("geometry") == "crossmoda" else [])
+    rows = len(paired) * 2 + (2 if whole else 0)
     fig = Figure(figsize=(17, 3.5 * rows))
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, 5, squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1, 0.8, 0.8]})
+    if whole:
+        _whole_volumes(out, whole, axes[-2:])
     for n, record in enumerate(paired):
         ce = read_nifti(out / record["files"]["ceT1"])
         t2 = read_nifti(out / record["files"]["hrT2"])
@@ -72,7 +76,31 @@ def save_overview_png(out_dir: str | Path, png_path: str | Path, max_cases: int 
                 ax.set_title(title, fontsize=9)
                 ax.set_axis_off()
     fig.suptitle(f"vstk phantom (seed {manifest['seed']}): the same anatomy as ceT1 and hrT2 on one grid (paired set); "
-                 f"axial, radiological view (patient left on image right, anterior up)", fontsize=11)
+                 f"axial, radiological view (patient left on image right, anterior up)"
+                 + ("; last two rows: whole volumes as acquired, cochleae marked (+)" if whole else ""), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     # The suffix names the format for savefig.
     return atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=90), suffix=".png")
+
+
+def _whole_volumes(out: Path, records: list[dict], axes) -> None:
+    """Whole acquired volumes, one per column: an axial slice through the cochleae (top) and
+    a coronal one (bottom), both cochleae marked, so the field of view and the head's place
+    in it show."""
+    for column, record in enumerate(records):
+        contrast = "ceT1" if "ceT1" in record["files"] else "hrT2"
+        volume = read_nifti(out / record["files"][contrast])
+        marks = [volume.physical_to_index(record["landmarks_mm"][f"cochlea_{side}"]) for side in ("left", "right")]
+        z, y = (int(np.clip(round(np.mean([m[i] for m in marks])), 0, volume.shape[i] - 1)) for i in (0, 1))
+        low, high = np.percentile(volume.array, [0.5, 99.7])
+        for row, (image, points, aspect) in enumerate((
+                (volume.array[z], [(m[2], m[1]) for m in marks], volume.spacing[1] / volume.spacing[0]),
+                (volume.array[:, y][::-1], [(m[2], volume.shape[0] - 1 - m[0]) for m in marks],
+                 volume.spacing[2] / volume.spacing[0]))):
+            ax = axes[row][column]
+            ax.imshow(image, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
+            ax.plot([p[0] for p in points], [p[1] for p in points], "+", color="orange", markersize=12, mew=2)
+            size = "x".join(str(n) for n in volume.size_xyz)
+            name = record["stem"].removeprefix("crossmoda2022_")
+            ax.set_title(f"{name} {contrast} {'axial' if row == 0 else 'coronal'}, {size}", fontsize=9)
+            ax.set_axis_off()

@@ -59,28 +59,68 @@ def site_protocols(site: str, scale: float = 1.0) -> dict[str, AcquisitionProtoc
     return {c: p.scaled(scale) if scale != 1.0 else p for c, p in table[site].items()}
 
 
+#: Acquisition geometries of :func:`vstk.phantom.generate_phantom`: ``slab`` (both contrasts
+#: on small fields of view around the ears, the grid centred on them) and ``crossmoda``
+#: (whole-head ceT1, hrT2 slabs around the canals, as the CrossMoDA data: :func:`crossmoda_protocols`).
+GEOMETRIES: tuple[str, str] = ("slab", "crossmoda")
+
+
+def crossmoda_protocols(site: str, rng: np.random.Generator, scale: float = 1.0) -> dict[str, AcquisitionProtocol]:
+    """One subject's ceT1 and hrT2 grids as a CrossMoDA site acquires them (drawn from ``rng``).
+
+    ceT1 covers the whole head (about 205 mm in-plane, 165 mm in z): London 512 x 512 at
+    0.4 mm with 1.0 or 1.5 mm slices, Tilburg 256 x 256 at 0.8 mm with 1.5 mm slices. hrT2 is
+    a slab 40-70 mm thick: London 384 or 448 at 0.5 mm with 1.0 or 1.5 mm slices, Tilburg
+    512 x 512 at 0.4 mm with 1.0 mm slices.
+    """
+    if site == "ldn":
+        ce_z, t2_z, t2_n = float(rng.choice([1.0, 1.5])), float(rng.choice([1.0, 1.5])), int(rng.choice([384, 448]))
+        ce, t2 = ((0.4, 0.4, ce_z), (512, 512)), ((0.5, 0.5, t2_z), (t2_n, t2_n))
+    elif site == "etz":
+        ce, t2 = ((0.8, 0.8, 1.5), (256, 256)), ((0.4, 0.4, 1.0), (512, 512))
+    else:
+        raise ConfigError(f"unknown phantom site {site!r}", fix=f"use one of {', '.join(SITES)}")
+    slab_mm = float(rng.uniform(40.0, 70.0))
+    protocols = {"ceT1": AcquisitionProtocol(ce[0], (*ce[1], int(round(165.0 / ce[0][2])))),
+                 "hrT2": AcquisitionProtocol(t2[0], (*t2[1], int(round(slab_mm / t2[0][2]))))}
+    return {c: p.scaled(scale) if scale != 1.0 else p for c, p in protocols.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    """An axis-aligned acquisition grid (identity direction); sizes and mm in (x, y, z)."""
+    """An acquisition grid; sizes and mm in (x, y, z). ``angle_deg`` rotates its axes about z
+    (an oblique acquisition: the direction matrix of the written image)."""
 
     size: tuple[int, int, int]
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
+    angle_deg: float = 0.0
 
     @classmethod
-    def centred(cls, protocol: AcquisitionProtocol, centre: np.ndarray) -> "Grid":
+    def centred(cls, protocol: AcquisitionProtocol, centre: np.ndarray, angle_deg: float = 0.0) -> "Grid":
         size = np.asarray(protocol.size)
         spacing = np.asarray(protocol.spacing)
-        origin = np.asarray(centre) - (size - 1) / 2.0 * spacing
-        return cls(protocol.size, protocol.spacing, tuple(float(v) for v in np.round(origin, 4)))
+        origin = np.asarray(centre) - rot_z_matrix(angle_deg) @ ((size - 1) / 2.0 * spacing)
+        return cls(protocol.size, protocol.spacing, tuple(float(v) for v in np.round(origin, 4)), angle_deg)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """Array shape ``(z, y, x)``."""
         return (self.size[2], self.size[1], self.size[0])
 
+    @property
+    def direction(self) -> tuple[float, ...]:
+        """The direction matrix, row-major (SimpleITK's order)."""
+        return tuple(float(v) + 0.0 for v in np.round(rot_z_matrix(self.angle_deg), 12).ravel())  # no -0.0
+
     def volume(self, array: np.ndarray) -> Volume:
-        return Volume(array, self.spacing, self.origin)
+        return Volume(array, self.spacing, self.origin, self.direction)
+
+
+def rot_z_matrix(angle_deg: float) -> np.ndarray:
+    """Rotation by ``angle_deg`` about z (counter-clockwise seen from +z)."""
+    a = np.deg2rad(angle_deg)
+    return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,17 +130,29 @@ class Pose:
     angle_deg: float = 0.0
     shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
-    def _rz(self) -> np.ndarray:
-        a = np.deg2rad(self.angle_deg)
-        return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
-
     def to_physical(self, q: np.ndarray) -> np.ndarray:
         """Anatomy points (..., 3) in mm to physical (scanner) points in mm."""
-        return np.asarray(q) @ self._rz().T + np.asarray(self.shift_mm)
+        return np.asarray(q) @ rot_z_matrix(self.angle_deg).T + np.asarray(self.shift_mm)
+
+
+def grid_frame(grid: Grid, pose: Pose) -> tuple[Grid, Pose]:
+    """The same acquisition seen in the grid's own frame: an axis-aligned grid at the origin
+    and the head pose relative to it (what :func:`render` draws; the written image takes the
+    grid's origin and direction back)."""
+    if grid.angle_deg == 0.0:
+        return grid, pose
+    # physical p = origin + R_grid v and p = R_pose q + t give q = R_(pose - grid)^-1 (v - t'),
+    # t' = R_grid^-1 (t - origin)
+    shift = rot_z_matrix(grid.angle_deg).T @ (np.asarray(pose.shift_mm) - np.asarray(grid.origin))
+    return (Grid(grid.size, grid.spacing, (0.0, 0.0, 0.0)),
+            Pose(pose.angle_deg - grid.angle_deg, tuple(float(v) for v in shift)))
 
 
 # Field-of-view centre in anatomy mm: between the ears, a little posterior to include the cerebellum.
 FOV_CENTRE = np.array([0.0, 10.0, -2.0])
+# Whole-head field-of-view centre in scanner mm (crossmoda geometry): the canals of a head at
+# the scanner's centre lie 30 mm below it, as on a ceT1 from the skull base to the vertex.
+HEAD_FOV_CENTRE = np.array([0.0, 10.0, 28.0])
 
 
 # --------------------------------------------------------------------------------------------
