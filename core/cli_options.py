@@ -91,18 +91,24 @@ def ear_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--ear-offset`` / ``--ear-size``: the boxes around the inner ears (vstk.roi.EarRule)."""
     command = click.option("--ear-size", callback=_mm_triple, default=None, metavar="X,Y,Z",
                            help="Size of each ear box in mm [44,40,34].")(command)
+    command = click.option("--ears", type=click.Choice(["rule", "found"]), default="rule", show_default=True,
+                           help="found: find the inner ears of every image from its content and crop it to the "
+                                "region around them first (any field of view: whole-head ceT1, hrT2 slabs); "
+                                "rule: the boxes at --ear-offset from the field-of-view centre.")(command)
     return click.option("--ear-offset", callback=_mm_triple, default=None, metavar="X,Y,Z",
                         help="Centre of the right-hand ear box in mm from the field-of-view centre, along the "
                              "image axes; the other ear is mirrored in x [27,-6,2, fitted to the phantom: "
                              "set it for your site's protocol].")(command)
 
 
-def ear_settings(ear_offset: tuple[float, float, float] | None,
-                 ear_size: tuple[float, float, float] | None) -> dict[str, tuple[float, float, float]]:
-    """The ``ear_offset_mm`` / ``ear_size_mm`` options of a run, the defaults where not given."""
+def ear_settings(ear_offset: tuple[float, float, float] | None, ear_size: tuple[float, float, float] | None,
+                 ears: str = "rule") -> dict[str, Any]:
+    """The ``ear_offset_mm`` / ``ear_size_mm`` / ``ears`` options of a run, the defaults where
+    not given."""
     from .roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
 
-    return {"ear_offset_mm": ear_offset or DEFAULT_OFFSET_MM, "ear_size_mm": ear_size or DEFAULT_SIZE_MM}
+    return {"ear_offset_mm": ear_offset or DEFAULT_OFFSET_MM, "ear_size_mm": ear_size or DEFAULT_SIZE_MM,
+            "ears": ears}
 
 
 def collect_settings(settings: tuple[str, ...], config_file: Path | None = None) -> tuple[tuple[str, str], ...]:

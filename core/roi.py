@@ -17,7 +17,7 @@ Boxes are axis-aligned in voxel space; cropping keeps physical geometry (origin 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -31,21 +31,40 @@ DEFAULT_OFFSET_MM = (27.0, -6.0, 2.0)
 DEFAULT_SIZE_MM = (44.0, 40.0, 34.0)
 
 
+def grid_key(volume: Volume, box: "Box | None" = None) -> str:
+    """A name of ``volume``'s grid (shape, origin, spacing, direction), or of the grid of its
+    crop to ``box``: images on one grid are one acquisition (a ceT1 and its translations, an
+    image and its label)."""
+    shape = volume.shape if box is None else box.size
+    origin = volume.origin if box is None else volume.index_to_physical(box.start)
+    values = [*shape, *np.round(origin, 3), *np.round(volume.spacing, 4), *np.round(volume.direction_matrix.ravel(), 4)]
+    return " ".join(f"{float(v) + 0.0:g}" for v in values)
+
+
 @dataclasses.dataclass(frozen=True)
 class EarRule:
-    """Where the ears are relative to the field-of-view centre.
+    """Where the ears are: found for the grids in ``found``, else relative to the
+    field-of-view centre.
 
     Attributes:
         offset_mm: (x, y, z) offset of the right-hand box centre from the grid centre along
             the image axes, in mm; the other ear is at (-x, y, z).
         size_mm: (x, y, z) size of each box in mm.
+        found: box centres (physical mm, -x side first) found from the content of the images
+            on a grid, by :func:`grid_key` (``vstk run --ears found``).
     """
 
     offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
     size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
+    found: Mapping[str, Sequence[Sequence[float]]] = dataclasses.field(default_factory=dict, compare=False,
+                                                                        repr=False)
 
     def centres(self, volume: Volume) -> list[np.ndarray]:
         """Physical points (x, y, z) in mm of the two ear-box centres (-x side first)."""
+        if self.found:
+            known = self.found.get(grid_key(volume))
+            if known is not None:
+                return [np.asarray(point, dtype=np.float64) for point in known]
         centre_index = (np.asarray(volume.shape, dtype=np.float64) - 1) / 2.0  # z, y, x
         points = []
         for sign in (-1.0, 1.0):

@@ -110,6 +110,9 @@ def add_view_command(pool: Path, translators: str, data: Path, work: Path, profi
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--phantom-cases", type=click.IntRange(1, 500), default=10, show_default=True,
               help="Labelled cases of the phantom used without --data.")
+@click.option("--phantom-geometry", type=click.Choice(["slab", "crossmoda"]), default="slab", show_default=True,
+              help="Geometry of the phantom used without --data (see vstk phantom --geometry); crossmoda "
+                   "needs --ears found.")
 @click.option("--keep-largest-vs", is_flag=True, default=False,
               help="Post-process the test predictions: keep only the largest connected VS component "
                    "(one tumour per patient); off by default: stock nnU-Net predictions.")
@@ -119,8 +122,8 @@ def add_view_command(pool: Path, translators: str, data: Path, work: Path, profi
 @device_option
 def run_command(translators: str, data: Path | None, test: Path | None, test_labels: Path | None,
                 profile: str | None, rounds: int, segmenter: str, pseudo_labeler: str, out: Path,
-                phantom_cases: int, keep_largest_vs: bool, ear_offset, ear_size, settings, config_file,
-                device: str | None) -> None:
+                phantom_cases: int, phantom_geometry: str, keep_largest_vs: bool, ears: str, ear_offset, ear_size,
+                settings, config_file, device: str | None) -> None:
     """Translate, pool, train the segmenter, self-train, segment the test set, evaluate.
 
     Rerunning the same command resumes: finished stages are skipped and an interrupted one
@@ -136,8 +139,9 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
                              test_labels=test_labels, profile=default_profile(profile, device), rounds=rounds,
                              segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                              settings=collect_settings(settings, config_file), device=device,
-                             phantom_cases=phantom_cases, keep_largest_vs=keep_largest_vs,
-                             **ear_settings(ear_offset, ear_size))
+                             phantom_cases=phantom_cases, phantom_geometry=phantom_geometry,
+                             keep_largest_vs=keep_largest_vs,
+                             **ear_settings(ear_offset, ear_size, ears))
         summary = run(options, plugin_host())
     if "evaluate" in summary:
         record = summary["evaluate"]  # records of older versions keep the scores at the top
@@ -208,7 +212,8 @@ def predict_command(run_dir: Path, images: Path, out: Path, round_index: int | N
 def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, test: Path | None,
                   test_labels: Path | None, target_labels: Path | None, paired: Path | None, profile: str | None,
                   rounds: int, segmenter: str, pseudo_labeler: str, out: Path, phantom_cases: int, jobs: int,
-                  seeds: str | None, ear_offset, ear_size, settings, config_file, device: str | None) -> None:
+                  seeds: str | None, ears: str, ear_offset, ear_size, settings, config_file,
+                  device: str | None) -> None:
     """Benchmark translators alone and combined under one segmentation protocol.
 
     Rows: none (segmenter on raw ceT1: the floor), each translator, each --combos
@@ -229,7 +234,7 @@ def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, 
                            segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                            settings=collect_settings(settings, config_file), device=device,
                            phantom_cases=phantom_cases, jobs=jobs, seeds=_parse_seeds(seeds),
-                           **ear_settings(ear_offset, ear_size))
+                           **ear_settings(ear_offset, ear_size, ears))
     with log_to_file(out / "vstk.log"):
         data_out = bench(options, plugin_host())
     for name, method in data_out["methods"].items():

@@ -15,9 +15,16 @@ from ..plugins import PluginHost
 from ..resources import usable_cores
 from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule, ear_boxes, labels_outside
 from ..volume import Volume
+from .regions import Region, crop_training_data, found_centres
 from ..components import Components, build_components, resolve_classes
 
 log = logging.getLogger(__name__)
+
+
+#: How the inner ears are placed: ``rule``, boxes at ``ear_offset_mm`` from the field-of-view
+#: centre (vstk.roi.EarRule); ``found``, every image cropped to the region around its ears
+#: found from its content first (vstk.pipeline.regions), the boxes placed inside that region.
+EAR_MODES = ("rule", "found")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +48,12 @@ class JobOptions:
     ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
     ear_size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
     progress: bool | None = None
+    ears: str = "rule"
+    phantom_geometry: str = "slab"
 
     def __post_init__(self) -> None:
+        if self.ears not in EAR_MODES:
+            raise ConfigError(f"--ears {self.ears!r} is not known", fix=f"use one of {', '.join(EAR_MODES)}")
         if not self.translators:
             raise ConfigError("no translator named", fix="e.g. --translators cyclegan,qsattn")
         if len(set(self.translators)) != len(self.translators):
@@ -71,6 +82,7 @@ class Plan:
     segmenter: Any
     pseudo_labeler: Any
     ear_rule: EarRule
+    regions: dict[str, Region] | None = None  # with --ears found: each image's ear region, by file
 
     @property
     def out(self) -> Path:
@@ -102,11 +114,12 @@ def parse_translators(value: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(n.strip() for n in names if n.strip())
 
 
-def phantom_data(out: Path, *, cases: int, seed: int, target_labels: bool = False) -> Path:
+def phantom_data(out: Path, *, cases: int, seed: int, target_labels: bool = False, geometry: str = "slab") -> Path:
     """The built-in phantom of a run or benchmark in ``OUT/phantom``, generated on first use.
 
-    A phantom already there is used only when it was made with the same ``cases`` and ``seed``
-    (and, when ``target_labels`` is asked for, with labels of the training hrT2).
+    A phantom already there is used only when it was made with the same ``cases``, ``seed``
+    and ``geometry`` (and, when ``target_labels`` is asked for, with labels of the training
+    hrT2).
     """
     from ..phantom import MANIFEST, PhantomConfig, generate_phantom
 
@@ -114,7 +127,7 @@ def phantom_data(out: Path, *, cases: int, seed: int, target_labels: bool = Fals
     record = root / MANIFEST
     if not record.exists():
         log.info("generating phantom data in %s", root)
-        generate_phantom(root, PhantomConfig(cases=cases, seed=seed, target_labels=target_labels),
+        generate_phantom(root, PhantomConfig(cases=cases, seed=seed, target_labels=target_labels, geometry=geometry),
                          workers=usable_cores())
         return root
     made = json.loads(record.read_text()).get("config", {})
@@ -122,6 +135,9 @@ def phantom_data(out: Path, *, cases: int, seed: int, target_labels: bool = Fals
         raise ConfigError(f"the phantom in {root} has {made.get('cases')} cases of seed {made.get('seed')}, "
                           f"not {cases} of seed {seed}",
                           fix=f"give this phantom a new --out, or run with --phantom-cases {made.get('cases')}")
+    if made.get("geometry", "slab") != geometry:
+        raise ConfigError(f"the phantom in {root} has the {made.get('geometry', 'slab')} geometry, not {geometry}",
+                          fix="give this phantom a new --out")
     if target_labels and not made.get("target_labels"):
         raise ConfigError(f"the phantom in {root} was made without labels of the training hrT2",
                           fix="give the benchmark a new --out")
@@ -184,7 +200,8 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
     classes = component_classes(options, host)  # unknown plugin names fail before any data is read
     data, test, test_labels = options.data, options.test, options.test_labels
     if data is None:
-        root = phantom_data(options.out, cases=options.phantom_cases, seed=options.phantom_seed)
+        root = phantom_data(options.out, cases=options.phantom_cases, seed=options.phantom_seed,
+                            geometry=options.phantom_geometry)
         data, test, test_labels = root / "train", root / "test", root / "test_labels"
     train = discover(data, require_source=True, require_target=True)
     test_folder = None
@@ -194,8 +211,15 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
             raise InputError("no test label matches a test image", path=test_labels,
                              fix="test labels must be named {case}_Label.nii.gz for {case}_hrT2.nii.gz")
     rule = ear_rule(options)
+    regions = None
+    if options.ears == "found":  # the originals are checked first, then their ear regions
+        validate_folder(train, with_source=True)
+        if test_folder is not None:
+            validate_folder(test_folder, with_source=False)
+        train, regions = crop_training_data(options.out, train, test_folder, show=options.progress)
+        rule = dataclasses.replace(rule, found=found_centres(regions))
     validate_folder(train, with_source=True, rule=rule)
     if test_folder is not None:
-        validate_folder(test_folder, with_source=False, rule=rule)
+        validate_folder(test_folder, with_source=False, rule=None if regions else rule)
     built = run_components(options, classes)
-    return Plan(options, train, test_folder, built.translators, built.segmenter, built.pseudo_labeler, rule)
+    return Plan(options, train, test_folder, built.translators, built.segmenter, built.pseudo_labeler, rule, regions)

@@ -21,6 +21,7 @@ from ..errors import ConfigError, InputError
 from ..plugins import PluginHost
 from .plan import RunOptions, component_classes, ear_rule, run_components
 from .predictions import write_predictions
+from .regions import EARS_DIR, crop_to_region, found_centres, locate_regions
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,16 @@ def predict(run_dir: Path, images: Path, out: Path, host: PluginHost, *, round_i
                           fix="write the labels to another folder (--out)")
     segmenter = run_components(options, component_classes(options, host)).segmenter
     volumes = {c.case_id: read_image(c.hrT2) for c in folder.target}
+    originals = None
+    rule = ear_rule(options)
+    if options.ears == "found":  # as the run predicted: each image cut to the ear region found in it
+        regions = locate_regions({c.case_id: (c.hrT2, volumes[c.case_id]) for c in folder.target},
+                                 run_dir / EARS_DIR)
+        originals = {case: (regions[case], volumes[case]) for case in volumes}
+        volumes = {case: crop_to_region(volume, regions[case]) for case, volume in volumes.items()}
+        rule = dataclasses.replace(rule, found=found_centres(regions))
     keep = options.keep_largest_vs if keep_largest_vs is None else keep_largest_vs
-    written = write_predictions(segmenter, ear_rule(options), volumes, out, round_index=round_index,
-                                keep_largest_vs=keep, show=show)
+    written = write_predictions(segmenter, rule, volumes, out, round_index=round_index,
+                                keep_largest_vs=keep, show=show, onto=originals)
     log.info("wrote %d label(s) of round %d to %s", len(written), round_index, out)
     return {"cases": len(written), "round": round_index, "keep_largest_vs": keep, "out": str(out)}

@@ -14,6 +14,7 @@ from ..progress import progress_bar
 from ..roi import EarRule
 from ..volume import Volume, write_nifti
 from .records import case_ids, stage_done
+from .regions import Region, crop_to_region, restore
 from .stages import predict_full
 
 if TYPE_CHECKING:
@@ -67,25 +68,33 @@ def _name_in_out(plan: Plan, recorded: str) -> str:
 
 
 def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
-    """The run's predict stage: the test hrT2 with every model of :func:`prediction_rounds`."""
+    """The run's predict stage: the test hrT2 with every model of :func:`prediction_rounds`
+    (with ``--ears found``, each cut to its ear region and the labels put back on its grid)."""
     images = {c.case_id: read_image(c.hrT2) for c in plan.test.target}
+    originals = None
+    if plan.regions is not None:
+        originals = {c.case_id: (plan.regions[str(c.hrT2)], images[c.case_id]) for c in plan.test.target}
+        images = {case: crop_to_region(image, originals[case][0]) for case, image in images.items()}
     rounds = prediction_rounds(plan)
     remove_stale_predictions(plan, stage_done(plan.state, "predict"))  # the record this run replaces
     for folder in rounds.values():  # no prediction of an earlier test set or run stays behind
         shutil.rmtree(folder, ignore_errors=True)
     for round_index, folder in rounds.items():
         write_predictions(plan.segmenter, plan.ear_rule, images, folder, round_index=round_index,
-                          keep_largest_vs=plan.options.keep_largest_vs, show=show)
+                          keep_largest_vs=plan.options.keep_largest_vs, show=show, onto=originals)
     return {"cases": len(images), "folders": folder_names(plan), "keep_largest_vs": plan.options.keep_largest_vs}
 
 
 def write_predictions(segmenter: Any, rule: EarRule, images: Mapping[str, Volume], folder: Path, *,
                       round_index: int, keep_largest_vs: bool, show: bool | None,
-                      title: str | None = None) -> list[Path]:
+                      title: str | None = None,
+                      onto: Mapping[str, tuple[Region, Volume]] | None = None) -> list[Path]:
     """Segment ``images`` (``{case}_hrT2`` ids) with round ``round_index``'s model and write
     ``folder/{case}_Label.nii.gz`` on each image's own grid; returns the files written.
 
     ``keep_largest_vs`` keeps only the largest connected VS component of each label map.
+    ``onto`` gives, for images that are ear regions, the region and the original image: the
+    label is put back on the original's grid.
     """
     with progress_bar(len(images) * 2, title or f"predict (round {round_index})", enabled=show) as bar:
         predictions = predict_full(segmenter, images, rule, round_index=round_index, progress=bar)
@@ -94,5 +103,7 @@ def write_predictions(segmenter: Any, rule: EarRule, images: Mapping[str, Volume
         label = prediction.label
         if keep_largest_vs:
             label = label.with_array(keep_largest_components(label.array, {VS: 1}))
+        if onto is not None and prediction.case_id in onto:
+            label = restore(label, *onto[prediction.case_id])
         written.append(write_nifti(label, folder / f"{prediction.case_id.removesuffix('_hrT2')}_Label.nii.gz"))
     return written

@@ -39,6 +39,8 @@ def stage_inputs(plan: Plan) -> dict[str, dict[str, Any]]:
     (:func:`vstk.pipeline.records.check_inputs`)."""
     options = plan.options
     data = {"data.ceT1": records.case_ids(plan.train.source), "data.hrT2": records.case_ids(plan.train.target)}
+    if options.ears != "rule":  # trained on the ear regions found (a record without the key: the rule)
+        data["ears"] = options.ears
 
     inputs = {f"translator-{name}": {**data, "translator": name, **records.named_settings(name, translator)}
               for name, translator in plan.translators.items()}

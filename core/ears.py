@@ -1,0 +1,339 @@
+"""Finding the inner ears from image content: rigid registration to a labelled reference.
+
+No fixed offset from the field of view fits real data: a whole-head ceT1 has the internal
+auditory canals several centimetres below its centre, an hrT2 slab near its centre, and
+heads sit anywhere in the scanner, turned a little. So the ears are found the same way on
+every image (ceT1, a translation of it, hrT2), without labels:
+
+1. A reference is built once from one labelled ceT1 (:func:`build_reference`): the whole
+   image at ``COARSE_SPACING_MM``, a ``PATCH_MM`` cube around each ear at ``FINE_SPACING_MM``,
+   its two cochlea centres (from the label) and the two ear-box centres, placed from each
+   cochlea towards the canal and the cerebellopontine angle, where a schwannoma grows
+   (``box_offset_mm``).
+2. A new image is registered rigidly to it (:func:`locate`) with Mattes mutual information,
+   which ties ceT1 (fluid dark) to hrT2 (fluid bright) as well as to ceT1: a coarse search
+   over head positions along z and turns about z (the image may be a thin slab anywhere on
+   the head), the best starts optimised, then each ear refined on its own at
+   ``FINE_SPACING_MM`` within ``EAR_RADII_MM`` of it.
+3. The reference's cochleae and box centres, mapped through the result, are the image's.
+
+Registration maps physical points (mm), so spacing, origin and oblique direction matrices
+are taken into account; the ears are returned in physical mm, ``-x`` side of the image first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atomic import write_json_atomic
+from .errors import InputError, format_value
+from .labels import COCHLEA
+from .volume import Volume, read_nifti, write_nifti
+
+log = logging.getLogger(__name__)
+
+#: Voxel size (mm) of the coarse search over the whole image.
+COARSE_SPACING_MM = 4.0
+#: Voxel size (mm) at which each ear is refined.
+FINE_SPACING_MM = 1.0
+#: Ear-box centre relative to its cochlea, in mm along the reference image's axes: towards the
+#: midline (x), posterior (y), superior (z); the canal and the cerebellopontine angle lie there.
+#: With the 44 mm box of vstk.roi the box ends 10 mm lateral of the cochlea centre (a cochlea is
+#: about 10 mm across) and reaches 34 mm medial of it, where large schwannomas grow.
+DEFAULT_BOX_OFFSET_MM = (12.0, 4.0, 2.0)
+#: Radii (mm) of the spheres around each ear in which its position is refined on its own, in
+#: turn: the inner ear with the canal and the petrous bone around it, then the cochlea itself.
+EAR_RADII_MM = (24.0, 10.0)
+#: Edge (mm) of the cube around each reference ear kept at ``FINE_SPACING_MM``.
+PATCH_MM = 72.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Ears:
+    """The two inner ears of one image, in physical mm; ``-x`` side of the image first.
+
+    Attributes:
+        cochleae: the two cochlea centres.
+        box_centres: the centres of the two ear boxes.
+        score: the registration's final metric (Mattes mutual information, negative: lower is
+            a better match); a value near 0 means nothing matched.
+    """
+
+    cochleae: tuple[tuple[float, float, float], tuple[float, float, float]]
+    box_centres: tuple[tuple[float, float, float], tuple[float, float, float]]
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cochleae_mm": [list(p) for p in self.cochleae], "box_centres_mm": [list(p) for p in self.box_centres],
+                "score": self.score}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Ears":
+        points = lambda key: tuple(tuple(float(v) for v in p) for p in data[key])  # noqa: E731
+        return cls(points("cochleae_mm"), points("box_centres_mm"), float(data["score"]))  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class EarReference:
+    """A labelled ceT1 prepared for :func:`locate`: the whole image at ``COARSE_SPACING_MM``,
+    a patch around each ear at ``FINE_SPACING_MM`` (``-x`` side first), and its ears."""
+
+    coarse: Volume
+    patches: tuple[Volume, Volume]
+    ears: Ears
+
+    def save(self, folder: Path) -> Path:
+        """Write ``folder/ear_reference_{coarse,ear0,ear1}.nii.gz`` and ``ear_reference.json``."""
+        write_nifti(self.coarse, folder / "ear_reference_coarse.nii.gz")
+        for n, patch in enumerate(self.patches):
+            write_nifti(patch, folder / f"ear_reference_ear{n}.nii.gz")
+        return write_json_atomic(folder / "ear_reference.json", self.ears.as_dict())
+
+    @classmethod
+    def load(cls, folder: Path) -> "EarReference":
+        path = folder / "ear_reference.json"
+        if not path.is_file():
+            raise InputError("no ear reference here", path=path, fix="rerun the vstk run that made this folder")
+        patches = tuple(read_nifti(folder / f"ear_reference_ear{n}.nii.gz") for n in range(2))
+        return cls(read_nifti(folder / "ear_reference_coarse.nii.gz"), patches,  # type: ignore[arg-type]
+                   Ears.from_dict(json.loads(path.read_text())))
+
+
+def _normalised(image: sitk.Image) -> sitk.Image:
+    """Intensities scaled to [0, 1] between the 1st and 99.5th percentiles (float32)."""
+    array = sitk.GetArrayViewFromImage(image)
+    low, high = np.percentile(array, [1.0, 99.5])
+    if not np.isfinite([low, high]).all() or high - low <= 1e-6:
+        raise InputError("the image is empty or constant: no ear can be found in it",
+                         fix="pass a head MRI that holds both inner ears")
+    return sitk.Cast(sitk.Clamp((image - float(low)) / float(high - low), sitk.sitkFloat32, 0.0, 1.0),
+                     sitk.sitkFloat32)
+
+
+def _resampled(image: sitk.Image, spacing: float, *, centre: np.ndarray | None = None,
+               edge_mm: float | None = None) -> sitk.Image:
+    """``image`` smoothed to ``spacing`` mm and resampled onto its own axes at that spacing:
+    the whole field of view, or a cube of ``edge_mm`` around the physical point ``centre``."""
+    spacings = np.asarray(image.GetSpacing())
+    sigma = [max(0.0, spacing ** 2 - s ** 2) ** 0.5 / 2.355 for s in spacings]
+    if max(sigma) > 0.05:
+        image = sitk.SmoothingRecursiveGaussian(image, [max(v, 1e-3) for v in sigma])
+    axes = np.asarray(image.GetDirection()).reshape(3, 3)
+    if centre is None:
+        size = [max(2, int(round(n * s / spacing))) for n, s in zip(image.GetSize(), spacings)]
+        origin = np.asarray(image.GetOrigin())
+    else:
+        size = [max(2, int(round(edge_mm / spacing)))] * 3
+        origin = np.asarray(centre) - axes @ (np.full(3, (size[0] - 1) / 2.0 * spacing))
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, [float(v) for v in origin],
+                         [spacing] * 3, image.GetDirection(), 0.0, sitk.sitkFloat32)
+
+
+def cochlea_centres(label: Volume) -> list[np.ndarray]:
+    """Physical centres (mm) of the two cochleae of a label, ``-x`` side of the image first.
+
+    The cochlea voxels are split into the two ears along their main axis (the ears lie far
+    apart), so a cochlea drawn in several pieces still gives one centre.
+    """
+    points = np.argwhere(label.array == COCHLEA).astype(np.float64)
+    if len(points) < 2:
+        raise InputError("the label marks no cochlea", fix="build the reference from a ceT1 whose label marks both "
+                                                            "cochleae")
+    physical = np.asarray(label.origin) + (points[:, ::-1] * np.asarray(label.spacing)) @ label.direction_matrix.T
+    centred = physical - physical.mean(axis=0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    side = centred @ axis > 0
+    if side.all() or not side.any() or np.ptp(centred @ axis) < 30.0:
+        raise InputError("the label's cochlea voxels do not form two ears (less than 30 mm apart)",
+                         fix="build the reference from a ceT1 whose label marks both cochleae")
+    centres = [physical[~side].mean(axis=0), physical[side].mean(axis=0)]
+    centres.sort(key=lambda p: label.physical_to_index(p)[2])  # image x index: the -x side first
+    return centres
+
+
+def build_reference(image: Volume, label: Volume,
+                    box_offset_mm: Sequence[float] = DEFAULT_BOX_OFFSET_MM) -> EarReference:
+    """The reference of :func:`locate` from one labelled ceT1 (label 2: both cochleae)."""
+    cochleae = cochlea_centres(label)
+    axes = image.direction_matrix
+    boxes = []
+    for cochlea, other in (cochleae, cochleae[::-1]):
+        medial = np.sign(axes.T @ (other - cochlea))[0]  # +1 when the other ear lies towards +x
+        boxes.append(cochlea + axes @ np.array([medial * box_offset_mm[0], box_offset_mm[1], box_offset_mm[2]]))
+    source = _normalised(sitk.Cast(image.to_sitk(), sitk.sitkFloat32))
+    coarse = Volume.from_sitk(_resampled(source, COARSE_SPACING_MM))
+    patches = tuple(Volume.from_sitk(_resampled(source, FINE_SPACING_MM, centre=c, edge_mm=PATCH_MM))
+                    for c in cochleae)
+    ears = Ears(tuple(tuple(float(v) for v in p) for p in cochleae),  # type: ignore[arg-type]
+                tuple(tuple(float(v) for v in p) for p in boxes), 0.0)  # type: ignore[arg-type]
+    return EarReference(coarse, patches, ears)  # type: ignore[arg-type]
+
+
+def _registration(fixed_mask: sitk.Image | None = None, *, iterations: int, sampling: float,
+                  step: float = 2.0) -> sitk.ImageRegistrationMethod:
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(sampling, seed=7)  # a fixed seed: the same image, the same ears
+    if fixed_mask is not None:
+        method.SetMetricFixedMask(fixed_mask)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=step, minStep=0.01, numberOfIterations=iterations,
+                                                    relaxationFactor=0.6)
+    method.SetOptimizerScalesFromPhysicalShift()
+    return method
+
+
+def _euler(angle_deg: float, translation: np.ndarray, centre: np.ndarray) -> sitk.Euler3DTransform:
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter([float(v) for v in centre])
+    transform.SetRotation(0.0, 0.0, float(np.deg2rad(angle_deg)))
+    transform.SetTranslation([float(v) for v in translation])
+    return transform
+
+
+def _mapped(transform: sitk.Transform, point: Sequence[float]) -> tuple[float, float, float]:
+    """Where a reference point lies in the image, under ``transform`` (image -> reference)."""
+    return tuple(float(v) for v in transform.GetInverse().TransformPoint([float(v) for v in point]))  # type: ignore
+
+
+def _euler_of(transform: sitk.Transform) -> sitk.Euler3DTransform:
+    """The rigid transform a registration returned (SimpleITK hands back a generic one)."""
+    transform = transform.Downcast()
+    if isinstance(transform, sitk.CompositeTransform):
+        transform = transform.GetNthTransform(transform.GetNumberOfTransforms() - 1).Downcast()
+    return sitk.Euler3DTransform(transform)
+
+
+def _head_centre(image: sitk.Image) -> np.ndarray:
+    """Physical centre of mass of the brighter half of the voxels (the head, not the air)."""
+    array = sitk.GetArrayViewFromImage(image)
+    index = np.argwhere(array > np.percentile(array, 50.0)).mean(axis=0)[::-1]  # x, y, z
+    return np.asarray(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in index]))
+
+
+def _starts(fixed: sitk.Image, reference: EarReference) -> list[sitk.Euler3DTransform]:
+    """Rigid starting points (fixed -> reference): the reference's ear midpoint placed, off the
+    fixed head's in-plane centre as in the reference, at every 8 mm along the fixed image's z
+    extent, turned by -12, 0 or 12 degrees about z."""
+    ref_mid = np.mean(reference.ears.cochleae, axis=0)
+    offset = (ref_mid - _head_centre(reference.coarse.to_sitk())) * np.array([1.0, 1.0, 0.0])
+    head = _head_centre(fixed)
+    axes = np.asarray(fixed.GetDirection()).reshape(3, 3)
+    base = np.asarray(fixed.GetOrigin())
+    inplane = axes.T @ (head - base)
+    depth = (fixed.GetSize()[2] - 1) * fixed.GetSpacing()[2]
+    starts = []
+    for along in np.arange(0.0, depth + 1e-6, 8.0):
+        target = base + axes @ np.array([inplane[0], inplane[1], along]) + offset
+        for angle in (-12.0, 0.0, 12.0):
+            starts.append(_euler(angle, ref_mid - target, target))
+    return starts
+
+
+def locate(image: Volume, reference: EarReference) -> Ears:
+    """The ears of ``image`` (any contrast, any field of view that holds both inner ears).
+
+    Raises:
+        InputError: the image is empty or constant, or nothing in it matches the reference's
+            ears (mutual information near zero).
+    """
+    source = _normalised(sitk.Cast(image.to_sitk(), sitk.sitkFloat32))
+    fixed = _resampled(source, COARSE_SPACING_MM)
+    moving = reference.coarse.to_sitk()
+    probe = _registration(iterations=0, sampling=0.2)
+    scored = []
+    for start in _starts(fixed, reference):
+        probe.SetInitialTransform(start, inPlace=False)
+        try:
+            scored.append((probe.MetricEvaluate(fixed, moving), start))
+        except RuntimeError:  # too little overlap with the reference at this start
+            continue
+    scored.sort(key=lambda item: item[0])
+    best_value, best = np.inf, None
+    for _, start in scored[:3]:
+        method = _registration(iterations=60, sampling=0.3)
+        method.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
+        try:
+            found = _euler_of(method.Execute(fixed, moving))
+        except RuntimeError:
+            continue
+        if method.GetMetricValue() < best_value:
+            best_value, best = method.GetMetricValue(), found
+    if best is None or best_value > -0.1:
+        information = 0.0 if best is None else -best_value
+        raise InputError(f"no inner ear found: the image matches the ear reference nowhere (mutual information "
+                         f"{information:.3f})",
+                         fix="pass a head MRI that holds both inner ears (not noise, not a brain-only crop)")
+    cochleae, boxes = [], []
+    for cochlea, box, patch in zip(reference.ears.cochleae, reference.ears.box_centres, reference.patches):
+        transforms = [best]
+        for radius in EAR_RADII_MM:
+            transforms.append(_refine(source, patch, transforms[-1], np.asarray(cochlea), radius))
+        # the cochlea from the last, smallest sphere; the box, which reaches 10-20 mm beyond
+        # it, from the one before, whose turn the canal and the petrous bone pin down
+        cochleae.append(_mapped(transforms[-1], cochlea))
+        boxes.append(tuple(np.asarray(_mapped(transforms[-2], box)) + np.asarray(cochleae[-1])
+                           - np.asarray(_mapped(transforms[-2], cochlea))))
+    for cochlea in cochleae:  # a match of the brain alone puts the ears outside the image
+        index = image.physical_to_index(cochlea)
+        if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
+            raise InputError("no inner ear in the image: the best match with the ear reference puts a cochlea "
+                             f"outside its field of view (at voxel {format_value(np.round(index[::-1], 1))}, x y z)",
+                             fix="pass an image that holds both inner ears (a whole head or a slab through the "
+                                 "internal auditory canals)")
+    order = np.argsort([image.physical_to_index(c)[2] for c in cochleae])  # -x side of this image first
+    return Ears(tuple(cochleae[i] for i in order), tuple(boxes[i] for i in order), float(best_value))  # type: ignore[arg-type]
+
+
+def _refine(source: sitk.Image, patch: Volume, transform: sitk.Euler3DTransform, cochlea: np.ndarray,
+            radius: float) -> sitk.Euler3DTransform:
+    """``transform`` refined rigidly at ``FINE_SPACING_MM`` on the image within ``radius`` mm of
+    where it puts the reference's ``cochlea``; unchanged when too little of that lies in the image."""
+    centre = np.asarray(transform.GetInverse().TransformPoint([float(v) for v in cochlea]))
+    fixed = _resampled(source, FINE_SPACING_MM, centre=centre, edge_mm=2 * radius + 8.0)
+    array = sitk.GetArrayViewFromImage(fixed)
+    zyx = np.indices(array.shape).reshape(3, -1).T.astype(np.float64)
+    half = (np.asarray(array.shape) - 1) / 2.0
+    inside = (np.linalg.norm((zyx - half) * FINE_SPACING_MM, axis=1) <= radius).reshape(array.shape)
+    inside &= array > 0.0  # outside the image the resampled values are 0
+    if inside.sum() < 0.3 * np.pi * 4 / 3 * radius ** 3 / FINE_SPACING_MM ** 3:
+        return transform
+    mask = sitk.GetImageFromArray(inside.astype(np.uint8))
+    mask.CopyInformation(fixed)
+    method = _registration(mask, iterations=60, sampling=0.25, step=1.0)
+    method.SetInitialTransform(sitk.Euler3DTransform(transform), inPlace=False)
+    try:
+        return _euler_of(method.Execute(fixed, patch.to_sitk()))
+    except RuntimeError:
+        return transform
+
+
+#: The field of view (mm along the image axes) every image is cropped to around its ears by
+#: :func:`ear_region`: what the slab geometry acquires, so the cpu profile's slice frames and
+#: ear boxes (vstk.roi.EarRule) apply inside it unchanged.
+REGION_MM = (120.0, 120.0, 60.0)
+#: Where the midpoint of the two ear boxes lies in that region, from its centre (mm, image axes).
+REGION_EAR_OFFSET_MM = (0.0, -6.0, 2.0)
+
+
+def ear_region(image: Volume, ears: Ears, size_mm: Sequence[float] = REGION_MM) -> tuple[tuple[int, int, int],
+                                                                                         tuple[int, int, int]]:
+    """The voxel box ``(start, size)`` (z, y, x) of ``size_mm`` around ``image``'s ears, kept
+    inside the image (a thin slab gives a thinner region, never padding)."""
+    midpoint = np.mean(np.asarray(ears.box_centres), axis=0)
+    centre = midpoint - image.direction_matrix @ np.asarray(REGION_EAR_OFFSET_MM)
+    size = np.maximum(1, np.round(np.asarray(size_mm)[::-1] / np.asarray(image.spacing)[::-1])).astype(int)
+    start = np.round(image.physical_to_index(centre) - (size - 1) / 2.0).astype(int)
+    stop = np.minimum(start + size, image.shape)
+    start = np.maximum(start, 0)
+    if np.any(stop <= start):
+        raise InputError("the ears found lie outside the image", fix="check that the image holds both inner ears")
+    return tuple(int(v) for v in start), tuple(int(v) for v in stop - start)  # type: ignore[return-value]

@@ -1,0 +1,181 @@
+"""Ears found from image content (``vstk run --ears found``): every input is cropped to the
+region around its inner ears before the rest of the run sees it.
+
+Real CrossMoDA images do not share one field of view: a whole-head ceT1 has the canals
+several centimetres below its centre, an hrT2 slab near it, and heads sit anywhere. This
+stage finds the ears of every training ceT1, training hrT2 and test hrT2 with
+:func:`vstk.ears.locate` (a reference built from the first labelled ceT1), crops each to its
+ear region (:data:`vstk.ears.REGION_MM`, the field of view the cpu profile was built for) and
+writes the crops as a data folder of its own, ``OUT/ears/train``; labels are cropped with
+their image and must lie wholly inside the region. Test images are cropped when they are
+predicted, and the predictions pasted back onto each test image's own grid.
+
+``OUT/ears/regions.json`` (written last) records, per image, the source file, the ears found
+(mm) and the region (voxels); a rerun on the same files reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..atomic import write_json_atomic
+from ..crossmoda import CaseFiles, DataFolder, discover, load_case, read_image
+from ..ears import EarReference, Ears, build_reference, ear_region, locate
+from ..errors import InputError
+from ..progress import progress_bar
+from ..roi import Box, crop, grid_key, labels_outside, paste
+from ..volume import Volume, write_nifti
+
+log = logging.getLogger(__name__)
+
+EARS_DIR = "ears"
+RECORD = "regions.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """Where one image's ears are, the voxel box (z, y, x) cropped around them, and the grids
+    (:func:`vstk.roi.grid_key`) on which the ears are these: the image's and its crop's."""
+
+    source: Path
+    ears: Ears
+    box: Box
+    grids: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": str(self.source), "ears": self.ears.as_dict(), "start": list(self.box.start),
+                "size": list(self.box.size), "grids": list(self.grids)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Region":
+        return cls(Path(data["source"]), Ears.from_dict(data["ears"]),
+                   Box(tuple(data["start"]), tuple(data["size"])), tuple(data["grids"]))  # type: ignore[arg-type]
+
+
+def found_centres(regions: Mapping[str, Region]) -> dict[str, tuple[tuple[float, float, float], ...]]:
+    """The ear-box centres of every grid the regions know, for :class:`vstk.roi.EarRule`; a
+    grid shared by images with other ears (one scanner grid for every subject of a site)
+    names none of them."""
+    claims: dict[str, set[tuple[tuple[float, float, float], ...]]] = {}
+    for region in regions.values():
+        for grid in region.grids:
+            claims.setdefault(grid, set()).add(region.ears.box_centres)
+    return {grid: next(iter(centres)) for grid, centres in claims.items() if len(centres) == 1}
+
+
+def _stamp(path: Path) -> list[Any]:
+    stat = path.stat()
+    return [path.name, stat.st_size, stat.st_mtime_ns]
+
+
+def _inputs(train: DataFolder, test: DataFolder | None) -> dict[str, list[Any]]:
+    """The files the regions are computed from, by name, size and modification time."""
+    files = [c.ceT1 for c in train.source] + [c.label for c in train.source] + [c.hrT2 for c in train.target]
+    files += [c.hrT2 for c in test.target] if test is not None else []
+    return {str(p): _stamp(p) for p in files if p is not None}
+
+
+def _region(image: Volume, reference: EarReference, path: Path, taken: dict[str, Ears] | None = None) -> Region:
+    """The ears and ear region of ``image``; with ``taken`` (grid -> ears of the regions so far)
+    the region is moved by whole voxels until its grid is no other image's, so that a grid
+    always names one image's ears."""
+    try:
+        ears = locate(image, reference)
+    except InputError as error:
+        raise InputError(error.problem, path=path, fix=error.fix) from None
+    start, size = ear_region(image, ears)
+    box = Box(start, size)
+    while taken is not None and taken.get(grid_key(image, box), ears) != ears:
+        box = Box((box.start[0], box.start[1], box.start[2] + 1), box.size)
+    grids = (grid_key(image), grid_key(image, box))
+    if taken is not None:
+        taken.update({grid: ears for grid in grids})
+    return Region(path, ears, box, grids)
+
+
+def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
+                       show: bool | None = None) -> tuple[DataFolder, dict[str, Region]]:
+    """The training data cropped to each image's ear region (``OUT/ears/train``), and the
+    region of every image by its file path (test images included), found or read back."""
+    folder = out / EARS_DIR
+    record_path = folder / RECORD
+    inputs = _inputs(train, test)
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("inputs") == inputs:
+            regions = {key: Region.from_dict(value) for key, value in record["regions"].items()}
+            return discover(folder / "train", require_source=True, require_target=True), regions
+    record_path.unlink(missing_ok=True)
+    labelled = sorted(train.source, key=lambda c: c.case_id)
+    image, label = load_case(labelled[0], "ceT1")
+    reference = build_reference(image, label)
+    reference.save(folder / "reference")
+    log.info("ear reference: %s", labelled[0].ceT1)
+    regions: dict[str, Region] = {}
+    taken: dict[str, Ears] = {}
+    jobs: list[tuple[CaseFiles, str, str]] = [(c, "ceT1", "train") for c in train.source]
+    jobs += [(c, "hrT2", "train") for c in train.target]
+    jobs += [(c, "hrT2", "") for c in (test.target if test is not None else [])]
+    with progress_bar(len(jobs), "find the ears", enabled=show) as bar:
+        for n, (case, modality, split) in enumerate(jobs):
+            path = getattr(case, modality)
+            image, label = load_case(case, modality) if split else (read_image(path), None)
+            region = _region(image, reference, path, taken)
+            regions[str(path)] = region
+            if split:
+                _write_crop(folder / split, path, image, label, case, region.box)
+            bar(n + 1, len(jobs), path.name)
+    write_json_atomic(record_path, {"inputs": inputs, "reference": str(labelled[0].ceT1),
+                                    "regions": {key: r.as_dict() for key, r in regions.items()}})
+    return discover(folder / "train", require_source=True, require_target=True), regions
+
+
+def _write_crop(folder: Path, path: Path, image: Volume, label: Volume | None, case: CaseFiles, box: Box) -> None:
+    if label is not None:
+        outside = labels_outside(label, [box])
+        if outside:
+            raise InputError("; ".join(o.describe() for o in outside).replace("ear boxes", "ear region found")
+                             + " (the crop the run trains on)", path=case.label,
+                             fix="check the image (both inner ears in view?), or give the boxes by hand "
+                                 "with --ears rule --ear-offset X,Y,Z")
+        write_nifti(crop(label, box), folder / case.label.name)
+    fill = float(np.percentile(image.array, 1.0))
+    write_nifti(crop(image, box, fill=fill), folder / path.name)
+
+
+def crop_to_region(image: Volume, region: Region) -> Volume:
+    """``image`` cut to its ear region (padding with its background where none is needed)."""
+    return crop(image, region.box, fill=float(np.percentile(image.array, 1.0)))
+
+
+def restore(label: Volume, region: Region, original: Volume) -> Volume:
+    """A label predicted on the ear region put back onto the ``original`` image's grid
+    (background elsewhere)."""
+    return original.with_array(paste(label.array.astype(np.uint8), region.box, original.shape))
+
+
+def locate_regions(images: Mapping[str, tuple[Path, Volume]], run_ears: Path) -> dict[str, Region]:
+    """The ear region of each image (``{key: (path, volume)}``) against the reference a run
+    saved in ``run_ears`` (its ``OUT/ears``); an image file the run itself located, unchanged
+    since, keeps the region the run used."""
+    record_path = run_ears / RECORD
+    known: dict[str, Any] = {}
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        known = {key: value for key, value in record["regions"].items()
+                 if Path(key).is_file() and record["inputs"].get(key) == _stamp(Path(key))}
+    reference = None
+    regions = {}
+    for key, (path, volume) in images.items():
+        if str(path) in known:
+            regions[key] = Region.from_dict(known[str(path)])
+            continue
+        reference = reference or EarReference.load(run_ears / "reference")
+        regions[key] = _region(volume, reference, path)
+    return regions

@@ -1,0 +1,94 @@
+"""Ears found from image content (vstk.ears, ``vstk run --ears found``): located on whole-head
+ceT1 and hrT2 slabs, every input cut to its ear region, bad images refused by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vstk.crossmoda import discover, load_case
+from vstk.ears import REGION_MM, build_reference, cochlea_centres, locate
+from vstk.errors import InputError
+from vstk.phantom import PhantomConfig, generate_phantom
+from vstk.pipeline.plan import RunOptions, plan_run
+from vstk.pipeline.regions import crop_to_region, restore
+from vstk.plugins import load_plugins
+from vstk.roi import crop, ear_boxes, labels_outside
+from vstk.volume import Volume, read_nifti
+
+
+@pytest.fixture(scope="module")
+def crossmoda(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("crossmoda")
+    generate_phantom(root, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.4, seed=21,
+                                         geometry="crossmoda", target_labels=True))
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(crossmoda):
+    case = discover(crossmoda / "train", require_source=True).source[0]
+    return build_reference(*load_case(case, "ceT1"))
+
+
+def test_the_cochleae_are_found_on_whole_head_ceT1_and_hrT2_slabs_without_labels(crossmoda, reference):
+    manifest = json.loads((crossmoda / "phantom.json").read_text())
+    found = 0
+    for record in manifest["cases"][1:]:  # the first is the reference
+        for contrast in ("ceT1", "hrT2"):
+            if contrast not in record["files"]:
+                continue
+            image = read_nifti(crossmoda / record["files"][contrast])
+            ears = locate(image, reference)
+            truth = cochlea_centres(read_nifti(crossmoda / record["files"]["Label"]))
+            errors = [np.linalg.norm(np.asarray(p) - t) for p, t in zip(ears.cochleae, truth)]
+            assert max(errors) < 6.0, (record["stem"], contrast, errors)  # coarse 0.4-scale grids: mm-level
+            assert ears.score < -0.1
+            found += 1
+    assert found == 9  # 1 training ceT1, 2 training and 2 test hrT2, 2 paired cases in both contrasts
+
+
+def test_an_image_without_ears_is_refused_naming_what_is_wrong(crossmoda, reference):
+    image = read_nifti(next((crossmoda / "test").glob("*_hrT2.nii.gz")))
+    rng = np.random.default_rng(0)
+    with pytest.raises(InputError, match="no inner ear"):
+        locate(image.with_array(rng.random(image.shape, dtype=np.float32) * 500), reference)
+    with pytest.raises(InputError, match="empty or constant"):
+        locate(image.with_array(np.zeros(image.shape, dtype=np.float32)), reference)
+    ce = read_nifti(next((crossmoda / "train").glob("*_ceT1.nii.gz")))
+    top = ce.shape[0] * 2 // 3  # the brain above the ears only
+    brain = Volume(ce.array[top:].copy(), ce.spacing, tuple(ce.index_to_physical((top, 0, 0))), ce.direction)
+    with pytest.raises(InputError, match="no inner ear"):
+        locate(brain, reference)
+
+
+def test_a_run_with_found_ears_trains_on_ear_regions_that_hold_every_label(crossmoda, tmp_path):
+    host = load_plugins()
+    options = RunOptions(out=tmp_path / "out", translators=("cyclegan",), data=crossmoda / "train",
+                         test=crossmoda / "test", test_labels=crossmoda / "test_labels", ears="found")
+    plan = plan_run(options, host)
+    assert plan.train.root == tmp_path / "out" / "ears" / "train"
+    record = json.loads((tmp_path / "out" / "ears" / "regions.json").read_text())
+    assert len(record["regions"]) == 2 + 2 + 2  # training ceT1, training hrT2, test hrT2
+    for case in plan.train.source:
+        image, label = load_case(case, "ceT1")
+        extent = np.asarray(image.spacing) * np.asarray(image.size_xyz)
+        assert np.all(extent <= np.asarray(REGION_MM) + 2.0)  # a region, not the whole head
+        assert labels_outside(label, ear_boxes(image, plan.ear_rule)) == []  # boxes at the ears found
+        original = next(c for c in discover(crossmoda / "train", require_source=True).source
+                        if c.case_id == case.case_id)
+        assert int((label.array > 0).sum()) == int((load_case(original, "ceT1")[1].array > 0).sum())
+    for case in plan.test.target:  # test images: cut at prediction time, labels put back on their grid
+        image, label = load_case(case, "hrT2")
+        region = plan.regions[str(case.hrT2)]
+        cropped = crop(label, region.box)
+        assert labels_outside(cropped, ear_boxes(crop_to_region(image, region), plan.ear_rule)) == []
+        back = restore(cropped, region, image)
+        assert back.same_grid(image) and np.array_equal(back.array, label.array)
+    stamp = (tmp_path / "out" / "ears" / "regions.json").stat().st_mtime_ns
+    again = plan_run(options, host)  # the same files: the regions are read back, not found again
+    assert (tmp_path / "out" / "ears" / "regions.json").stat().st_mtime_ns == stamp
+    assert again.ear_rule.found == plan.ear_rule.found
