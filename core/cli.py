@@ -161,14 +161,22 @@ def data_group() -> None:
               help="Separate folder of *_Label.nii.gz for the hrT2 images (test truth).")
 @click.option("--label-scheme", type=click.Choice(["crossmoda2022", "crossmoda2023"]), default="crossmoda2022",
               show_default=True, help="crossmoda2023 maps 1,2 (intra/extra-meatal VS) -> 1 and 3 -> 2.")
+@click.option("--ears", "find_ears", is_flag=True, default=False,
+              help="Also find the inner ears of every image from its content (as vstk run --ears found) and print "
+                   "the cochlea centres found and the share of labelled voxels inside the ear region and boxes.")
+@click.option("--ear-reference", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="With --ears: a vstk run folder made with --ears found (its reference), or a folder with a "
+                   "labelled ceT1 [the first labelled ceT1 of FOLDER].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def data_check_command(folder: Path, labels: Path | None, label_scheme: str, as_json: bool) -> None:
+def data_check_command(folder: Path, labels: Path | None, label_scheme: str, find_ears: bool,
+                       ear_reference: Path | None, as_json: bool) -> None:
     """Read and validate every image and label of FOLDER; print one row per file."""
     import numpy as np
 
     from .crossmoda import discover, load_case
 
     data = discover(folder, labels=labels)
+    reference = _ear_reference(ear_reference or folder, label_scheme) if find_ears else None
     rows = []
     for modality, cases in (("ceT1", data.source), ("hrT2", data.target)):
         for case in cases:
@@ -179,13 +187,58 @@ def data_check_command(folder: Path, labels: Path | None, label_scheme: str, as_
             if label is not None:
                 counts = np.bincount(label.array.ravel(), minlength=3)
                 row["label"] = f"VS {counts[1]} / cochlea {counts[2]} vox"
+            if reference is not None:
+                row.update(_ear_columns(image, label, reference, getattr(case, modality)))
             rows.append(row)
     if as_json:
         click.echo(json.dumps({"root": str(folder), "layout": data.layout, "files": rows}, indent=2))
         return
     click.echo(f"{folder}: layout {data.layout}, {len(data.source)} labelled ceT1, {len(data.target)} hrT2")
+    ear_columns = ["cochleae found (mm)", "in region", "in boxes"] if reference is not None else []
     if rows:
-        click.echo(format_table(rows, ["case", "modality", "site", "size", "spacing", "label"]))
+        click.echo(format_table(rows, ["case", "modality", "site", "size", "spacing", "label", *ear_columns]))
+
+
+def _ear_reference(where: Path, scheme: str):
+    """The ear reference of a run folder (``OUT/ears/reference``), or built from the first
+    labelled ceT1 of a data folder."""
+    from .crossmoda import discover, load_case
+    from .ears import EarReference, build_reference
+    from .errors import InputError
+
+    if (where / "ears" / "reference" / "ear_reference.json").is_file():
+        return EarReference.load(where / "ears" / "reference")
+    labelled = [c for c in discover(where).source if c.label is not None]
+    if not labelled:
+        raise InputError("no labelled ceT1 here to build the ear reference from", path=where,
+                         fix="pass --ear-reference with a training folder or a run made with --ears found")
+    return build_reference(*load_case(labelled[0], "ceT1", scheme=scheme))
+
+
+def _ear_columns(image, label, reference, path: Path) -> dict[str, str]:
+    """The ears found in ``image``, and the share of ``label``'s voxels inside the ear region the
+    run would crop and inside the ear boxes placed there."""
+    import dataclasses
+
+    from .ears import ear_region, locate
+    from .errors import InputError
+    from .roi import Box, EarRule, crop, ear_boxes, grid_key, labels_outside
+
+    try:
+        ears = locate(image, reference)
+    except InputError as error:
+        raise InputError(error.problem, path=path, fix=error.fix) from None
+    centres = "  ".join("(" + ", ".join(f"{v:.1f}" for v in point) + ")" for point in ears.cochleae)
+    out = {"cochleae found (mm)": centres, "in region": "-", "in boxes": "-"}
+    if label is not None and (label.array > 0).any():
+        region = Box(*ear_region(image, ears))
+        part = crop(label, region)
+        rule = dataclasses.replace(EarRule(), found={grid_key(part): ears.box_centres})
+        total = int((label.array > 0).sum())
+        for key, volume, boxes in (("in region", label, [region]), ("in boxes", part, ear_boxes(part, rule))):
+            outside = sum(o.voxels for o in labels_outside(volume, boxes))
+            out[key] = f"{100.0 * (total - outside) / total:.1f}%"
+    return out
 
 
 # --- vstk evaluate ------------------------------------------------------------------------

@@ -92,3 +92,18 @@ def test_a_run_with_found_ears_trains_on_ear_regions_that_hold_every_label(cross
     again = plan_run(options, host)  # the same files: the regions are read back, not found again
     assert (tmp_path / "out" / "ears" / "regions.json").stat().st_mtime_ns == stamp
     assert again.ear_rule.found == plan.ear_rule.found
+
+
+def test_data_check_prints_the_ears_found_and_the_labels_inside_their_boxes(crossmoda):
+    from click.testing import CliRunner
+
+    from vstk.cli import cli
+
+    result = CliRunner().invoke(cli, ["data", "check", str(crossmoda / "test"), "--labels", str(crossmoda / "test_labels"),
+                                      "--ears", "--ear-reference", str(crossmoda / "train")])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("crossmoda2022_")]
+    assert len(rows) == 2 and all(line.rstrip().endswith("100.0%     100.0%") for line in rows), result.output
+    assert "cochleae found (mm)" in result.output
+    missing = CliRunner().invoke(cli, ["data", "check", str(crossmoda / "test"), "--ears"])
+    assert missing.exit_code == 2 and "no labelled ceT1 here to build the ear reference from" in missing.output
