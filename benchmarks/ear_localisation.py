@@ -91,7 +91,8 @@ def main() -> None:
     for row in sorted(everything, key=lambda r: -max(r["errors_mm"]))[:3]:
         print(f"largest: {row['case']} {row['contrast']} {max(row['errors_mm']):.2f} mm")
     flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0] if Path("/proc/cpuinfo").exists() else ""
-    print("CPU flags:", " ".join(sorted({f for f in flags.split() if f.startswith(("amx", "avx512_bf16"))})) or "no AMX")
+    shown = sorted({f for f in flags.split() if f.startswith(("amx", "avx512_bf16"))})
+    print("CPU flags:", " ".join(shown) + ("" if any(f.startswith("amx") for f in shown) else " (no AMX)"))
 
 
 if __name__ == "__main__":

@@ -290,7 +290,8 @@ def locate(image: Volume, reference: EarReference) -> Ears:
                              fix="pass an image that holds both inner ears (a whole head or a slab through the "
                                  "internal auditory canals)")
     order = np.argsort([image.physical_to_index(c)[2] for c in cochleae])  # -x side of this image first
-    return Ears(tuple(cochleae[i] for i in order), tuple(boxes[i] for i in order), float(best_value))  # type: ignore[arg-type]
+    return Ears(tuple(cochleae[i] for i in order), tuple(boxes[i] for i in order),  # type: ignore[arg-type]
+                float(best_value))
 
 
 def _refine(source: sitk.Image, patch: Volume, transform: sitk.Euler3DTransform, cochlea: np.ndarray,

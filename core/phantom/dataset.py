@@ -306,7 +306,8 @@ def generate_phantom(out_dir: str | Path, config: PhantomConfig = PhantomConfig(
         "seed": config.seed,
         "labels": {str(BACKGROUND): "background", str(VS): "vestibular schwannoma", str(COCHLEA): "cochlea"},
         # the crossmoda geometry draws each case's grids: cases[].grid holds them
-        "protocols": ({site: {c: dataclasses.asdict(p) for c, p in site_protocols(site, config.resolution_scale).items()}
+        "protocols": ({site: {c: dataclasses.asdict(p)
+                              for c, p in site_protocols(site, config.resolution_scale).items()}
                        for site in SITES} if config.geometry == "slab" else "per case"),
         "counts": counts,
         "seconds": round(seconds, 2),

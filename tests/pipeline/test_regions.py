@@ -99,7 +99,8 @@ def test_data_check_prints_the_ears_found_and_the_labels_inside_their_boxes(cros
 
     from vstk.cli import cli
 
-    result = CliRunner().invoke(cli, ["data", "check", str(crossmoda / "test"), "--labels", str(crossmoda / "test_labels"),
+    result = CliRunner().invoke(cli, ["data", "check", str(crossmoda / "test"),
+                                      "--labels", str(crossmoda / "test_labels"),
                                       "--ears", "--ear-reference", str(crossmoda / "train")])
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("crossmoda2022_")]
