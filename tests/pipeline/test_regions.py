@@ -108,3 +108,33 @@ def test_data_check_prints_the_ears_found_and_the_labels_inside_their_boxes(cros
     assert "cochleae found (mm)" in result.output
     missing = CliRunner().invoke(cli, ["data", "check", str(crossmoda / "test"), "--ears"])
     assert missing.exit_code == 2 and "no labelled ceT1 here to build the ear reference from" in missing.output
+
+
+@pytest.mark.slow
+def test_run_with_found_ears_on_whole_head_data_predicts_on_each_test_grid_and_predict_repeats_it(crossmoda,
+                                                                                                tmp_path):
+    import subprocess
+    import sys
+
+    from test_run import TINY
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "vstk.cli", "run", "--translators", "cyclegan,qsattn",
+               "--data", str(crossmoda / "train"), "--test", str(crossmoda / "test"),
+               "--test-labels", str(crossmoda / "test_labels"), "--out", str(out), "--rounds", "1", "--ears", "found",
+               *TINY]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for image_path in sorted((crossmoda / "test").glob("*_hrT2.nii.gz")):
+        name = image_path.name.replace("_hrT2", "_Label")
+        prediction = read_nifti(out / "predictions" / name)
+        assert prediction.same_grid(read_nifti(image_path))  # the whole test image, not its ear region
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert set(evaluation["models"]["round 1"]["summary_by_site"]) == {"etz", "ldn"}
+    predicted = tmp_path / "predicted"
+    again = subprocess.run([sys.executable, "-m", "vstk.cli", "predict", str(out), str(crossmoda / "test"),
+                            "--out", str(predicted)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for path in sorted(predicted.iterdir()):
+        ours, runs = read_nifti(path), read_nifti(out / "predictions" / path.name)
+        assert ours.same_grid(runs) and np.array_equal(ours.array, runs.array), path.name
