@@ -123,6 +123,8 @@ def _resampled(image: sitk.Image, spacing: float, *, centre: np.ndarray | None =
     the whole field of view, or a cube of ``edge_mm`` around the physical point ``centre``."""
     spacings = np.asarray(image.GetSpacing())
     sigma = [max(0.0, spacing ** 2 - s ** 2) ** 0.5 / 2.355 for s in spacings]
+    if centre is not None:  # smooth only the part that is resampled (with room for the kernel)
+        image = _around(image, np.asarray(centre), edge_mm / 2.0 + 4.0 * max(max(sigma), spacing))
     if max(sigma) > 0.05:
         image = sitk.SmoothingRecursiveGaussian(image, [max(v, 1e-3) for v in sigma])
     axes = np.asarray(image.GetDirection()).reshape(3, 3)
@@ -134,6 +136,19 @@ def _resampled(image: sitk.Image, spacing: float, *, centre: np.ndarray | None =
         origin = np.asarray(centre) - axes @ (np.full(3, (size[0] - 1) / 2.0 * spacing))
     return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, [float(v) for v in origin],
                          [spacing] * 3, image.GetDirection(), 0.0, sitk.sitkFloat32)
+
+
+def _around(image: sitk.Image, centre: np.ndarray, half_mm: float) -> sitk.Image:
+    """The part of ``image`` within ``half_mm`` of ``centre`` along each of its axes (at least
+    two voxels per axis, kept inside the image)."""
+    axes = np.asarray(image.GetDirection()).reshape(3, 3)
+    spacing = np.asarray(image.GetSpacing())
+    index = axes.T @ (centre - np.asarray(image.GetOrigin())) / spacing
+    reach = half_mm / spacing
+    size = np.asarray(image.GetSize())
+    low = np.clip(np.floor(index - reach), 0, size - 2).astype(int)
+    high = np.clip(np.ceil(index + reach) + 1, low + 2, size).astype(int)
+    return image[int(low[0]):int(high[0]), int(low[1]):int(high[1]), int(low[2]):int(high[2])]
 
 
 def cochlea_centres(label: Volume) -> list[np.ndarray]:
