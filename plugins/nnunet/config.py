@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 from vstk.errors import ConfigError
 
-CONFIGURATIONS = ("3d_fullres", "2d")
+#: nnU-Net's stock configurations, in the order its planner writes them and vstk trains them
+#: (a cascade's low-resolution stage before the cascade)
+CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+#: ``configuration=planned``: every configuration nnU-Net planned for the data
+PLANNED = "planned"
+#: nnU-Net's cross-validation: five folds, 0 to 4 (``splits_final.json`` holds five splits)
+NUM_FOLDS = 5
+ALL_FOLDS = "all"
 DEVICES = ("cpu", "cuda", "mps")
 CPU_PRECISIONS = ("fp32", "bf16", "auto")
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
@@ -22,7 +29,16 @@ class NnUNetConfig:
     """How vstk plans, trains and runs nnU-Net v2.
 
     Network (nnU-Net plans):
-        configuration: the stock nnU-Net configuration to start from, ``"3d_fullres"`` or ``"2d"``.
+        configuration: the nnU-Net configuration to train: ``"2d"``, ``"3d_fullres"`` or
+            ``"3d_lowres"``; or ``"planned"``: every configuration nnU-Net planned for the data
+            (2d, 3d_fullres, and 3d_lowres + 3d_cascade_fullres where it plans them; needs
+            numbered folds). ``"3d_cascade_fullres"`` needs its low-resolution stage: list
+            both in ``configurations``.
+        configurations: several stock configurations to train, e.g. ``("2d", "3d_fullres")``,
+            each in every fold of ``folds``; it replaces ``configuration`` (None: use
+            ``configuration``). With more than one configuration, nnU-Net's
+            ``find_best_configuration`` picks one of them or a pair ensemble on
+            cross-validation Dice.
         features_base: feature maps of the first stage; stage i gets ``min(features_max,
             features_base * 2**i)``. None keeps nnU-Net's planned widths (32 ... 320 in 3D).
         features_max: cap of the feature maps per stage (None: nnU-Net's cap, 320 3D / 512 2D).
@@ -37,7 +53,17 @@ class NnUNetConfig:
         dataset_id: nnU-Net dataset id of round 0; self-training round r uses ``dataset_id + r``.
         dataset_name: nnU-Net dataset name stem; round r is ``Dataset{id}_{dataset_name}_round{r}``.
 
-    Training (a subclass of ``nnUNetTrainer``, fold ``all``):
+    Cross-validation:
+        folds: ``("all",)``: one model per configuration trained on every case (no
+            validation, no choice); or nnU-Net fold numbers 0-4, e.g. ``(0, 1, 2, 3, 4)``: each
+            fold trains on the cases of the other folds of a five-fold split written by vstk
+            (``splits_final.json``: every view, ear and pseudo label of one subject in one
+            fold), ends with nnU-Net's validation of its held-out cases (softmax saved), and
+            prediction averages the folds. After the last fold, nnU-Net's
+            ``find_best_configuration`` chooses among the configurations and their pair
+            ensembles and decides the postprocessing (see :mod:`vstk_nnunet.selection`).
+
+    Training (a subclass of ``nnUNetTrainer``, once per configuration and fold):
         num_epochs / iterations_per_epoch / val_iterations_per_epoch: nnU-Net's loop lengths.
         self_training_epochs: epochs of each self-training round (round >= 1); None: num_epochs.
             A warm-started round continues from trained weights and needs fewer.
@@ -87,8 +113,12 @@ class NnUNetConfig:
         n_proc_preprocessing: worker processes for fingerprinting and preprocessing (None: all
             CPUs); 1 preprocesses in this process (fingerprinting always uses nnU-Net's pool).
             Each spawned worker first imports torch and nnU-Net (5-10 s), so for a few dozen
-            small crops 1 is the fastest. nnU-Net's ``nnUNet_def_n_proc`` follows
-            ``num_threads`` (it caps prediction threads).
+            small crops 1 is the fastest. Also the workers of nnU-Net's model choice after
+            cross-validation (gathering, ensembling, scoring, postprocessing); with 1, those
+            and the final validation's pools are a thread of this process (see
+            :func:`vstk_nnunet.environment.nnunet_pools_in_process`). nnU-Net's
+            ``nnUNet_def_n_proc`` follows ``num_threads`` (it caps prediction threads and,
+            otherwise, the workers of a fold's final validation).
         n_proc_da: data-augmentation worker processes during training (``nnUNet_n_proc_DA``);
             0 augments in the training process, the fastest on a 2-core machine; None:
             nnU-Net's own default (12, capped at the number of CPUs). Planning always runs
@@ -96,6 +126,8 @@ class NnUNetConfig:
     """
 
     configuration: str = "3d_fullres"
+    configurations: tuple[str, ...] | None = None
+    folds: tuple[int | str, ...] = (ALL_FOLDS,)
     dataset_id: int = 501
     dataset_name: str = "VSTK"
     num_epochs: int = 1000
@@ -135,9 +167,12 @@ class NnUNetConfig:
         {"self_training_epochs", "structure_intensity_pseudo", "warm_start"})
 
     def __post_init__(self) -> None:
-        if self.configuration not in CONFIGURATIONS:
+        if self.configuration not in (*CONFIGURATIONS, PLANNED):
             raise ConfigError(f"configuration={self.configuration!r} is not supported",
-                              fix=f"use one of {', '.join(CONFIGURATIONS)}")
+                              fix=f"use one of {', '.join((*CONFIGURATIONS, PLANNED))}, or list several in "
+                                  "configurations")
+        object.__setattr__(self, "folds", _checked_folds(self.folds))
+        object.__setattr__(self, "configurations", _checked_configurations(self))
         if not 1 <= self.dataset_id <= 999:
             raise ConfigError(f"dataset_id={self.dataset_id} is outside nnU-Net's range 1..999",
                               fix="e.g. dataset_id=501")
@@ -159,11 +194,7 @@ class NnUNetConfig:
         if self.features_base is not None and self.features_max is not None and self.features_max < self.features_base:
             raise ConfigError(f"features_max={self.features_max} is below features_base={self.features_base}")
         if self.patch_size is not None:
-            wanted = 3 if self.configuration == "3d_fullres" else 2
-            if len(self.patch_size) != wanted or min(self.patch_size) < 1:
-                raise ConfigError(f"patch_size={self.patch_size} needs {wanted} positive sizes for "
-                                  f"{self.configuration}",
-                                  fix="e.g. patch_size=24x64x64 (3d_fullres) or patch_size=64x64 (2d)")
+            _check_patch_size(self)
         if not 0.0 <= self.oversample_foreground <= 1.0:
             raise ConfigError(f"oversample_foreground={self.oversample_foreground} must be in [0, 1]")
         if not 0.0 <= self.structure_intensity <= 1.0:
@@ -206,6 +237,27 @@ class NnUNetConfig:
             raise ConfigError(f"num_gpus={self.num_gpus} needs CUDA, but device={self.device!r}",
                               fix="set device=cuda or num_gpus=1")
 
+    @property
+    def cross_validation(self) -> bool:
+        """True when numbered folds are trained (validation, model choice, postprocessing)."""
+        return self.folds != (ALL_FOLDS,)
+
+    def trained_configurations(self, planned: Sequence[str] = ()) -> tuple[str, ...]:
+        """The stock configurations to train, in nnU-Net's order; ``planned``: the ones
+        nnU-Net's plans hold (what ``configurations=planned`` stands for).
+
+        A planned cascade is left out unless all five folds are trained: its training reads
+        the low-resolution stage's validation predictions of every training case.
+        """
+        if self.configurations is not None:
+            return self.configurations
+        if self.configuration != PLANNED:
+            return (self.configuration,)
+        chosen = tuple(name for name in CONFIGURATIONS if name in planned)
+        if "3d_cascade_fullres" in chosen and self.folds != tuple(range(NUM_FOLDS)):
+            chosen = tuple(name for name in chosen if name != "3d_cascade_fullres")
+        return chosen
+
     def epochs(self, round_index: int) -> int:
         """Training epochs of self-training round ``round_index`` (0: the first segmenter)."""
         if round_index > 0 and self.self_training_epochs is not None:
@@ -218,9 +270,90 @@ class NnUNetConfig:
         return any(v is not None for v in (self.features_base, self.batch_size, self.patch_size))
 
 
-#: Stock nnU-Net 3d_fullres as in Kang et al. (for GPUs): 1000 x 250 iterations, mirroring,
-#: every round trained from scratch.
-PAPER = NnUNetConfig()
+def _checked_folds(folds: object) -> tuple[int | str, ...]:
+    """``folds`` as a tuple: ``("all",)`` or distinct fold numbers 0-4, ascending."""
+    fix = "use folds=0,1,2,3,4 (five-fold cross-validation), a few of them (e.g. folds=0,1), or folds=all"
+    items = [t.strip() for t in folds.split(",")] if isinstance(folds, str) else list(folds)  # type: ignore[attr-defined]
+    shown = ",".join(str(f) for f in items)
+    if not items:
+        raise ConfigError("folds is empty", fix=fix)
+    if any(str(f).lower() == ALL_FOLDS for f in items):
+        if len(items) > 1:
+            raise ConfigError(f"folds={shown}: 'all' (one model on every case) cannot be mixed with numbered folds",
+                              fix=fix)
+        return (ALL_FOLDS,)
+    numbers = []
+    for fold in items:
+        if isinstance(fold, str) and fold.strip().isdigit():
+            fold = int(fold)
+        if isinstance(fold, bool) or not isinstance(fold, int):
+            raise ConfigError(f"folds={shown}: {fold!r} is not a fold number", fix=fix)
+        if not 0 <= fold < NUM_FOLDS:
+            raise ConfigError(f"folds={shown}: nnU-Net's cross-validation has the folds 0 to {NUM_FOLDS - 1}", fix=fix)
+        numbers.append(fold)
+    if len(set(numbers)) != len(numbers):
+        raise ConfigError(f"folds={shown} names a fold twice", fix=fix)
+    return tuple(sorted(numbers))
+
+
+def _checked_configurations(config: NnUNetConfig) -> tuple[str, ...] | None:
+    """``configurations`` in nnU-Net's order (None stays None), after checking that they can be
+    trained together with ``folds`` and agree with ``configuration``."""
+    names = config.configurations
+    if isinstance(names, str):
+        names = tuple(t.strip() for t in names.split(",") if t.strip())
+    if names is not None:
+        names = tuple(names)
+        shown = ",".join(names)
+        if not names:
+            raise ConfigError("configurations is empty",
+                              fix=f"list some of {', '.join(CONFIGURATIONS)}, or configurations=none to train "
+                                  "configuration only")
+        if PLANNED in names:
+            raise ConfigError(f"configurations={shown}: {PLANNED!r} is a value of configuration",
+                              fix=f"set configuration={PLANNED} configurations=none, or list the configurations")
+        unknown = [n for n in names if n not in CONFIGURATIONS]
+        if unknown:
+            raise ConfigError(f"configurations={shown}: {', '.join(map(repr, unknown))} is not an nnU-Net configuration",
+                              fix=f"use {', '.join(CONFIGURATIONS)}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"configurations={shown} names a configuration twice", fix="list each once")
+        names = tuple(sorted(names, key=CONFIGURATIONS.index))
+    trained = names if names is not None else (config.configuration,)
+    if "3d_cascade_fullres" in trained:
+        if "3d_lowres" not in trained:
+            raise ConfigError("3d_cascade_fullres needs its low-resolution stage 3d_lowres",
+                              fix="set configurations=3d_lowres,3d_cascade_fullres (or add 3d_lowres to the list)")
+        if config.folds != tuple(range(NUM_FOLDS)):
+            raise ConfigError(f"3d_cascade_fullres needs folds=0,1,2,3,4, not folds="
+                              f"{','.join(map(str, config.folds))}: it trains on 3d_lowres's cross-validation "
+                              "predictions of every case",
+                              fix="set folds=0,1,2,3,4, or leave 3d_cascade_fullres out")
+    if (len(trained) > 1 or trained == (PLANNED,)) and config.folds == (ALL_FOLDS,):
+        setting = "configuration" if trained == (PLANNED,) else "configurations"
+        raise ConfigError(f"{setting}={','.join(trained)} with folds=all: choosing between configurations "
+                          "needs cross-validation",
+                          fix="set folds=0,1,2,3,4 (or fewer, e.g. folds=0,1 on a CPU), or train one configuration")
+    return names
+
+
+def _check_patch_size(config: NnUNetConfig) -> None:
+    """A patch size fits one kind of configuration: 3 axes for 3D ones, 2 for ``2d``."""
+    trained = config.configurations or (config.configuration,)
+    if trained == (PLANNED,) or len({name == "2d" for name in trained}) > 1:
+        raise ConfigError(f"patch_size={'x'.join(map(str, config.patch_size))} cannot fit 2D and 3D configurations "
+                          f"at once (configurations={','.join(trained)})",
+                          fix="set patch_size=none (nnU-Net's plan for each), or train only 2D or only 3D ones")
+    wanted = 2 if trained[0] == "2d" else 3
+    if len(config.patch_size) != wanted or min(config.patch_size) < 1:
+        raise ConfigError(f"patch_size={config.patch_size} needs {wanted} positive sizes for {','.join(trained)}",
+                          fix="e.g. patch_size=24x64x64 (3D configurations) or patch_size=64x64 (2d)")
+
+
+#: Stock nnU-Net as in Kang et al. (for GPUs): every planned configuration in five-fold
+#: cross-validation, nnU-Net's ensemble selection and postprocessing, 1000 x 250 iterations,
+#: mirroring, every round trained from scratch.
+PAPER = NnUNetConfig(configuration=PLANNED, folds=tuple(range(NUM_FOLDS)))
 
 #: A narrow 2D U-Net for the ear boxes, sized for `vstk run` to fit 15 minutes on 2 CPU cores, with
 #: the label-guided structure intensity augmentation (beyond the paper: ``paper`` keeps stock

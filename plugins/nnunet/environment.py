@@ -151,6 +151,57 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# nnU-Net modules that start "spawn" pools for work vstk asks of them: the final validation's
+# export, scoring, ensembling and postprocessing (each finds ``multiprocessing`` at call time)
+_POOL_MODULES = ("nnunetv2.training.nnUNetTrainer.nnUNetTrainer", "nnunetv2.evaluation.evaluate_predictions",
+                 "nnunetv2.ensembling.ensemble", "nnunetv2.postprocessing.remove_connected_components")
+
+
+class _ThreadPoolMultiprocessing:
+    """Stands in for the ``multiprocessing`` module inside nnU-Net's modules: every pool they
+    ask for is one worker thread of this process (the rest of the module is the real one)."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+
+    def get_context(self, method: str | None = None) -> "_ThreadPoolMultiprocessing":
+        return self
+
+    def Pool(self, processes: int | None = None, *args, **kwargs):  # noqa: N802 - multiprocessing's name
+        from multiprocessing.pool import ThreadPool
+
+        return ThreadPool(1)
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+
+@contextlib.contextmanager
+def nnunet_pools_in_process(enabled: bool = True) -> Iterator[None]:
+    """While the block runs, nnU-Net's worker pools (final validation, scoring, ensembling,
+    postprocessing) are a thread of this process instead of spawned processes.
+
+    A spawned worker first imports torch and nnU-Net (5-10 s on 2 busy cores) and nnU-Net
+    starts a pool for every folder it scores: a cross-validated round with a model choice
+    starts about twenty. For the few dozen small ear crops of a CPU run, one thread in this
+    process is faster; vstk uses it where ``n_proc_preprocessing=1`` asks for in-process work.
+    """
+    if not enabled:
+        yield
+        return
+    import importlib
+
+    modules = [importlib.import_module(name) for name in _POOL_MODULES]
+    saved = [module.multiprocessing for module in modules]
+    for module, real in zip(modules, saved):
+        module.multiprocessing = _ThreadPoolMultiprocessing(real)
+    try:
+        yield
+    finally:
+        for module, real in zip(modules, saved):
+            module.multiprocessing = real
+
+
 class _LogWriter(io.TextIOBase):
     """A text stream that turns each written line into a DEBUG record of ``vstk_nnunet.nnunet``."""
 

@@ -6,6 +6,13 @@ A job's ``workdir`` holds nnU-Net's three folders::
     workdir/nnUNet_raw/Dataset501_VSTK_round0/     imagesTr, labelsTr, dataset.json, vstk_cases.json
     workdir/nnUNet_preprocessed/Dataset501_VSTK_round0/
     workdir/nnUNet_results/Dataset501_VSTK_round0/nnUNetTrainerVstk__nnUNetPlans__2d_f16-128/fold_all/
+    workdir/model_selection_round0.json            with numbered folds: cross-validation Dice, the
+                                                   chosen model and its postprocessing
+
+With numbered folds every configuration has ``fold_0`` ... ``fold_4`` (each with nnU-Net's
+``validation/``), the splits are ``nnUNet_preprocessed/Dataset.../splits_final.json``, and
+nnU-Net's ``find_best_configuration`` writes ``crossval_results_folds_*``, ``ensembles/`` and
+``inference_information.json`` into the round's results folder.
 
 Self-training round r is a dataset of its own (id ``dataset_id + r``), so every round has its
 own raw, preprocessed and results folders and never writes into another round's.
@@ -32,6 +39,7 @@ CASES_MANIFEST = "vstk_cases.json"
 LOCK_FILE = "nnunet.lock"
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 RESUME_CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_best.pth")
+VALIDATION_SUMMARY = "validation/summary.json"  # nnU-Net writes it last in a fold's final validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +83,13 @@ class RoundLayout:
         """nnU-Net's training output folder ``{trainer}__{plans}__{configuration}``."""
         return self.results / f"{TRAINER_NAME}__{PLANS_NAME}__{configuration_name}"
 
-    def fold_dir(self, configuration_name: str) -> Path:
-        return self.model_dir(configuration_name) / f"fold_{FOLD}"
+    def fold_dir(self, configuration_name: str, fold: int | str = FOLD) -> Path:
+        return self.model_dir(configuration_name) / f"fold_{fold}"
+
+    @property
+    def selection_file(self) -> Path:
+        """vstk's record of the round's cross-validation and model choice (numbered folds only)."""
+        return self.workdir / f"model_selection_round{self.round_index}.json"
 
     def has_checkpoints(self) -> bool:
         """True when any training of this round has written a checkpoint."""
@@ -116,3 +129,4 @@ def remove_round(layout: RoundLayout) -> None:
     for folder in (layout.raw, layout.preprocessed, layout.results):
         if folder.exists():
             shutil.rmtree(folder)
+    layout.selection_file.unlink(missing_ok=True)

@@ -14,16 +14,16 @@ import copy
 import logging
 import multiprocessing
 import shutil
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from vstk.atomic import write_json_atomic
 from vstk.errors import ConfigError, InputError
 
-from .config import NnUNetConfig
+from .config import CONFIGURATIONS, NnUNetConfig
 from .errors import NnUNetRunError
-from .layout import PLANS_NAME, RoundLayout, link_or_copy, read_json
+from .layout import FILE_ENDING, PLANS_NAME, RoundLayout, link_or_copy, read_json
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +110,38 @@ def resolve_configuration(plans: Mapping[str, Any], name: str) -> dict[str, Any]
     return resolved
 
 
-def network_configuration(plans: Mapping[str, Any], config: NnUNetConfig) -> tuple[str, dict[str, Any] | None]:
-    """The plans configuration to train: its name and, when vstk changes the network, its entry.
+def stock_configurations(plans: Mapping[str, Any]) -> tuple[str, ...]:
+    """The stock configurations nnU-Net planned (vstk's own ``inherits_from`` entries left out)."""
+    return tuple(name for name in CONFIGURATIONS if name in plans["configurations"])
 
-    The entry ``inherits_from`` the stock configuration, so it shares its preprocessed data;
-    it replaces the architecture's ``features_per_stage`` and optionally the batch and patch
-    sizes. Its name says what changed, e.g. ``3d_fullres_f8-64`` or ``2d_f16-128_b12_p64x64``.
+
+def network_configurations(plans: Mapping[str, Any], config: NnUNetConfig) -> dict[str, dict[str, Any] | None]:
+    """``{name: entry}`` of every configuration to train, in training order (see
+    :func:`network_configuration`); ``configuration=planned`` resolves against ``plans``."""
+    bases = config.trained_configurations(stock_configurations(plans))
+    return dict(network_configuration(plans, config, base, bases) for base in bases)
+
+
+def network_configuration(plans: Mapping[str, Any], config: NnUNetConfig, base: str | None = None,
+                          trained: Sequence[str] = ()) -> tuple[str, dict[str, Any] | None]:
+    """A plans configuration to train: its name and, when vstk changes the network, its entry.
+
+    ``base`` is the stock configuration (None: ``config.configuration``). The entry
+    ``inherits_from`` it, so it shares its preprocessed data; it replaces the architecture's
+    ``features_per_stage`` and optionally the batch and patch sizes. Its name says what
+    changed, e.g. ``3d_fullres_f8-64`` or ``2d_f16-128_b12_p64x64``. A cascade's stages point
+    at each other under their new names (``previous_stage`` / ``next_stage``), as nnU-Net
+    finds a stage's predictions through them; a stage outside ``trained`` (the stock
+    configurations trained with it) is dropped from ``next_stage``.
     """
-    base = config.configuration
+    base = config.configuration if base is None else base
     configurations = plans["configurations"]
     if base not in configurations:
         raise InputError(f"nnU-Net planned no {base!r} configuration for these images "
-                         f"(it planned {', '.join(sorted(configurations))})",
-                         fix="use configuration=2d for single-slice images")
+                         f"(it planned {', '.join(stock_configurations(plans))})",
+                         fix="use configuration=2d for single-slice images" if base != "3d_lowres" else
+                         "nnU-Net plans 3d_lowres only for images much larger than a 3d_fullres patch: use "
+                         "configuration=planned, or 3d_fullres")
     if not config.customises_network:
         return base, None
     architecture = resolve_configuration(plans, base)["architecture"]
@@ -148,21 +167,54 @@ def network_configuration(plans: Mapping[str, Any], config: NnUNetConfig) -> tup
                               fix=f"e.g. patch_size={suggestion}")
         entry["patch_size"] = [int(p) for p in config.patch_size]
         parts.append("p" + "x".join(str(p) for p in config.patch_size))
+    suffix = "_".join(parts[1:])
+    for key in ("previous_stage", "next_stage"):
+        stage = resolve_configuration(plans, base).get(key)
+        if stage is not None:
+            stages = [f"{s}_{suffix}" for s in ([stage] if isinstance(stage, str) else stage) if s in trained]
+            entry[key] = (stages[0] if key == "previous_stage" else stages) if stages else None
     return "_".join(parts), entry
 
 
-def add_network_configuration(layout: RoundLayout, config: NnUNetConfig) -> str:
-    """Write vstk's configuration (if any) into the round's plans; return the name to train.
+def add_network_configurations(layout: RoundLayout, config: NnUNetConfig) -> list[str]:
+    """Write vstk's configurations (if any) into the round's plans; return the names to train,
+    in training order (a cascade's low-resolution stage first).
 
-    Only adds or replaces vstk's own entry: the stock configurations and their preprocessed
+    Only adds or replaces vstk's own entries: the stock configurations and their preprocessed
     data stay as planned.
     """
     plans = read_json(layout.plans_file)
-    name, entry = network_configuration(plans, config)
-    if entry is not None and plans["configurations"].get(name) != entry:
-        plans["configurations"][name] = entry
+    wanted = network_configurations(plans, config)
+    changed = {name: entry for name, entry in wanted.items()
+               if entry is not None and plans["configurations"].get(name) != entry}
+    if changed:
+        plans["configurations"].update(changed)
         write_json_atomic(layout.plans_file, plans)
-    return name
+    return list(wanted)
+
+
+def link_ground_truth(layout: RoundLayout, case_ids: Sequence[str]) -> None:
+    """``nnUNet_preprocessed/Dataset.../gt_segmentations/{case}.nii.gz``: the training labels,
+    hard-linked from ``labelsTr``. nnU-Net's final validation, ensembling and postprocessing
+    score against this folder (its own preprocessing entry point would have copied it)."""
+    folder = layout.preprocessed / "gt_segmentations"
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {f"{case}{FILE_ENDING}" for case in case_ids}
+    for path in folder.iterdir():
+        if path.name not in wanted:
+            path.unlink()
+    for name in sorted(wanted):
+        source = layout.raw / "labelsTr" / name
+        target = folder / name
+        if not target.is_file() or not _same_file(source, target):
+            link_or_copy(source, target)
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return a.samefile(b) or a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
 
 
 def _same_preprocessing(plans: Mapping[str, Any], other: Mapping[str, Any], configuration_name: str) -> bool:

@@ -105,6 +105,7 @@ class TrainerSettings:
     structure_intensity_texture: float = 0.0
     intensity_remap: float = 0.0
     intensity_remap_points: int = 4
+    validation_mirroring: bool = True  # test-time mirroring in nnU-Net's final validation
 
     def remap_case_probability(self) -> dict[str, float]:
         """The intensity remap probability per case where it is not ``intensity_remap``: 0 on
@@ -160,6 +161,7 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         # while the probability differs per case (set by apply_settings)
         self._loaded_case = None
         self.cpu_bf16 = False
+        self.validation_mirroring = True
         draw = self.logger.plot_progress_png
 
         def draw_at_checkpoints(output_folder: str) -> None:  # plotting costs ~1 s per epoch on a CPU
@@ -191,6 +193,7 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.structure_intensity_options = {"invert": settings.structure_intensity_invert,
                                             "texture": settings.structure_intensity_texture}
         self.cpu_bf16 = settings.cpu_bf16 and self.device.type == "cpu"
+        self.validation_mirroring = settings.validation_mirroring
 
     def initialize(self) -> None:
         """nnU-Net's initialisation; with ``cpu_bf16`` the network moves to channels-last
@@ -257,6 +260,18 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         if self._loaded_case is not None:
             train = NotingDataset(train, self._loaded_case)
         return train, validation
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """nnU-Net's final validation; without ``validation_mirroring`` its predictor runs
+        without test-time mirroring, as vstk's prediction does with ``mirroring=False``, so the
+        cross-validation scores the model that will be used."""
+        axes = self.inference_allowed_mirroring_axes
+        if not self.validation_mirroring:
+            self.inference_allowed_mirroring_axes = None  # the predictor mirrors along these axes
+        try:
+            super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = axes
 
     def save_checkpoint(self, filename: str) -> None:
         partial = f"{filename}.partial"

@@ -1,4 +1,5 @@
-"""Train one round: resume from a checkpoint, warm start from the previous round, or start fresh.
+"""Train one configuration and fold of a round: resume from a checkpoint, warm start from the
+previous round, or start fresh; with a numbered fold, end with nnU-Net's final validation.
 
 Imports torch and nnunetv2: call only inside :func:`vstk_nnunet.environment.nnunet_environment`.
 One GPU (or the CPU) trains in this process; ``num_gpus > 1`` starts one process per GPU with
@@ -19,7 +20,7 @@ import numpy as np
 from vstk.errors import CheckpointError
 from vstk.protocols import ProgressFn
 
-from .layout import FOLD, RESUME_CHECKPOINTS, read_json
+from .layout import FOLD, RESUME_CHECKPOINTS, VALIDATION_SUMMARY, read_json
 from .trainer import TrainerSettings, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ class TrainJob:
         seed: base seed; the start epoch is added so a resumed run draws new batches.
         resume_from: checkpoint to continue from, or None.
         warm_start_from: final checkpoint of the previous round to initialise from, or None.
+        fold: nnU-Net fold, ``"all"`` or 0-4 (its split from ``splits_final.json``).
+        validate: after training, run nnU-Net's final validation of the fold's held-out cases
+            and save their softmax (``validation/*.npz``), as ``nnUNetv2_train --npz`` does.
+        validate_from: a final checkpoint whose training is done but whose validation is not:
+            load it and only validate.
     """
 
     preprocessed: str
@@ -44,6 +50,9 @@ class TrainJob:
     seed: int
     resume_from: str | None = None
     warm_start_from: str | None = None
+    fold: int | str = FOLD
+    validate: bool = False
+    validate_from: str | None = None
 
 
 def choose_resume_checkpoint(fold_dir: Path) -> Path | None:
@@ -80,16 +89,25 @@ def seed_everything(seed: int) -> None:
 
 
 def train_in_process(job: TrainJob, device, progress: ProgressFn | None = None) -> None:
-    """Build the trainer, restore or warm-start it, and run nnU-Net's training loop."""
+    """Build the trainer, restore or warm-start it, run nnU-Net's training loop and, for a
+    numbered fold, nnU-Net's final validation with saved probabilities."""
     from .trainer import load_network_weights, nnUNetTrainerVstk
 
     preprocessed = Path(job.preprocessed)
     plans = read_json(preprocessed / "nnUNetPlans.json")
-    plans["continue_training"] = job.resume_from is not None  # nnU-Net 2.8's trainer pops this key
+    # nnU-Net 2.8's trainer pops this key
+    plans["continue_training"] = job.resume_from is not None or job.validate_from is not None
     dataset_json = read_json(preprocessed / "dataset.json")
-    trainer = nnUNetTrainerVstk(plans, job.configuration, FOLD, dataset_json, device)
+    trainer = nnUNetTrainerVstk(plans, job.configuration, job.fold, dataset_json, device)
     trainer.apply_settings(job.settings)
     trainer.progress = progress
+    if job.validate_from is not None:
+        trainer.load_checkpoint(job.validate_from)
+        log.info("fold %s of %s finished training; running its final validation", job.fold, job.configuration)
+        _validate(trainer, job)
+        if progress is not None:
+            progress(trainer.current_epoch, trainer.num_epochs, "validated")
+        return
     if job.resume_from is not None:
         trainer.load_checkpoint(job.resume_from)
         log.info("resuming %s from epoch %d (%s)", preprocessed.name, trainer.current_epoch,
@@ -103,6 +121,18 @@ def train_in_process(job: TrainJob, device, progress: ProgressFn | None = None) 
     if progress is not None:
         progress(trainer.current_epoch, trainer.num_epochs, "resumed" if job.resume_from else "started")
     trainer.run_training()
+    if job.validate:
+        _validate(trainer, job)
+
+
+def _validate(trainer, job: TrainJob) -> None:
+    """nnU-Net's final validation of the fold, softmax saved next to each label."""
+    trainer.perform_actual_validation(save_probabilities=True)
+    if trainer.local_rank == 0:
+        summary = read_json(Path(trainer.output_folder) / VALIDATION_SUMMARY)
+        log.info("fold %s of %s: validation Dice %.4f (%s)", job.fold, job.configuration,
+                 summary["foreground_mean"]["Dice"],
+                 ", ".join(f"label {k} {v['Dice']:.4f}" for k, v in summary["mean"].items()))
 
 
 def train_round(job: TrainJob, device, num_gpus: int, progress: ProgressFn | None = None) -> None:

@@ -73,8 +73,8 @@ def test_segmenter_implements_the_protocol_and_registers_as_nnunet():
 
 def test_profiles_are_overridable_with_command_line_strings():
     paper = NnUNetSegmenter.profile("paper")
-    assert (paper.configuration, paper.num_epochs, paper.iterations_per_epoch, paper.mirroring) == \
-        ("3d_fullres", 1000, 250, True)
+    assert (paper.configuration, paper.folds, paper.num_epochs, paper.iterations_per_epoch, paper.mirroring) == \
+        ("planned", (0, 1, 2, 3, 4), 1000, 250, True)
     assert not paper.customises_network
     cpu = NnUNetSegmenter.profile("cpu", features_base="8", patch_size="64x64", mirroring="true", device="none")
     assert (cpu.features_base, cpu.patch_size, cpu.mirroring, cpu.device) == (8, (64, 64), True, None)
@@ -83,8 +83,8 @@ def test_profiles_are_overridable_with_command_line_strings():
     assert cpu.customises_network
     with pytest.raises(ConfigError, match="unknown profile"):
         NnUNetSegmenter.profile("fast")
-    with pytest.raises(ConfigError, match="3d_lowres"):
-        NnUNetConfig(configuration="3d_lowres")
+    with pytest.raises(ConfigError, match="3d_highres"):
+        NnUNetConfig(configuration="3d_highres")
     with pytest.raises(ConfigError, match="patch_size"):
         NnUNetSegmenter.profile("cpu", patch_size="24x64x64")
 
