@@ -177,7 +177,7 @@ def test_postprocessing_keeps_the_largest_component_with_nnunets_function():
 # -- the whole pipeline on a CPU --------------------------------------------------------------
 TINY_CV = dict(folds="0,1", configurations="2d,3d_fullres", features_base=4, features_max=16, batch_size=2,
                num_epochs=4, iterations_per_epoch=10, val_iterations_per_epoch=1, save_every=2, num_threads=1,
-               n_proc_preprocessing=1, cpu_precision="fp32", structure_intensity=0.0)
+               n_proc_preprocessing=1, cpu_precision="fp32", structure_intensity=0.0, self_training_epochs=2)
 CV_SUBJECTS = range(6)
 
 
@@ -308,3 +308,85 @@ def test_nnunet_pools_become_one_thread_of_this_process_and_are_restored(tmp_pat
             assert isinstance(pool, ThreadPool) and len(pool._pool) == 1
             assert pool.starmap(max, [(1, 2), (4, 3)]) == [2, 4]
     assert evaluation.multiprocessing is real
+
+
+@pytest.mark.slow
+def test_an_ensemble_choice_predicts_the_mean_softmax_of_its_configurations(cross_validated):
+    """predict() follows the selection record: with the pair chosen it averages the two
+    configurations' softmax (what nnUNetv2_ensemble does) and labels the argmax."""
+    segmenter, workdir = cross_validated["segmenter"], cross_validated["workdir"]
+    layout = round_layout(workdir, segmenter.config, 0)
+    original = layout.selection_file.read_text()
+    record = json.loads(original)
+    image = synthetic_case(78, shape=(16, 48, 48))[0]
+    predicted = {}
+    try:
+        for names in (("2d_f4-16_b2",), ("3d_fullres_f4-16_b2",), ("2d_f4-16_b2", "3d_fullres_f4-16_b2")):
+            record["chosen"]["configurations"], record["postprocessing"] = list(names), []
+            layout.selection_file.write_text(json.dumps(record))
+            assert segmenter.chosen_model(0).configurations == names
+            [predicted[names]] = segmenter.predict({"t": image})
+    finally:
+        layout.selection_file.write_text(original)
+    pair = predicted[("2d_f4-16_b2", "3d_fullres_f4-16_b2")]
+    mean = (predicted[("2d_f4-16_b2",)].probabilities + predicted[("3d_fullres_f4-16_b2",)].probabilities) / 2
+    assert np.allclose(pair.probabilities, mean, atol=1e-6)
+    assert np.array_equal(pair.label.array, mean.argmax(axis=0))
+
+
+@pytest.mark.slow
+def test_a_killed_fold_continues_from_its_checkpoint_and_the_others_are_kept(tmp_path):
+    """A fold stopped after epoch 2 (its latest checkpoint, no final one, no validation)
+    continues at epoch 2 when train() is called again; the finished fold is not retrained."""
+    import torch
+
+    from vstk_nnunet.trainer import load_checkpoint_file
+
+    settings = {**TINY_CV, "configurations": "2d"}
+    segmenter = NnUNetSegmenter(NnUNetSegmenter.profile("cpu", **settings), tmp_path / "job")
+    segmenter.train(cv_cases())
+    layout = round_layout(tmp_path / "job", segmenter.config, 0)
+    kept, killed = layout.fold_dir("2d_f4-16_b2", 0), layout.fold_dir("2d_f4-16_b2", 1)
+    final = load_checkpoint_file(killed / "checkpoint_final.pth")
+    history = {k: v[:2] if isinstance(v, list) else v for k, v in final["logging"].items()}
+    torch.save(dict(final, current_epoch=2, logging=history), killed / "checkpoint_latest.pth")  # killed after epoch 2
+    (killed / "checkpoint_final.pth").unlink()
+    (killed / "validation" / "summary.json").unlink()
+    stamp = (kept / "checkpoint_final.pth").stat().st_mtime_ns
+    reports = []
+    segmenter.train(cv_cases(), progress=lambda *r: reports.append(r))
+    epochs = TINY_CV["num_epochs"]
+    assert reports[0] == (epochs, 2 * epochs, "2d_f4-16_b2 fold 0: already trained")
+    assert reports[1] == (epochs + 2, 2 * epochs, "2d_f4-16_b2 fold 1: resumed")
+    assert reports[-1][:2] == (2 * epochs, 2 * epochs)
+    assert load_checkpoint_file(killed / "checkpoint_final.pth")["current_epoch"] == epochs
+    assert (killed / "validation" / "summary.json").is_file() and layout.selection_file.is_file()
+    assert (kept / "checkpoint_final.pth").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_a_cross_validated_self_training_round_keeps_the_subjects_folds_and_warm_starts_each_fold(
+        cross_validated, caplog):
+    """Round 1 adds pseudo-labelled real hrT2 of new subjects (labelled by round 0's chosen
+    model): round 0's subjects keep their folds, the new ones join whole, and each fold starts
+    from round 0's same fold (the cpu profile's warm start)."""
+    segmenter, workdir = cross_validated["segmenter"], cross_validated["workdir"]
+    targets = {f"crossmoda2022_etz_{200 + seed}": synthetic_case(200 + seed, shape=(16, 48, 48))[0]
+               for seed in range(3)}
+    pseudo = [TrainingCase(f"pseudo_r1__{case}__R", targets[case], p.label, pseudo_labelled=True)
+              for case, p in zip(targets, segmenter.predict(targets))]
+    with caplog.at_level("INFO", logger="vstk_nnunet"):
+        segmenter.train(cv_cases() + pseudo, round_index=1)
+    round0, round1 = (round_layout(workdir, segmenter.config, r) for r in (0, 1))
+    before = subject_folds(json.loads((round0.preprocessed / SPLITS_FILE).read_text()))
+    splits = json.loads((round1.preprocessed / SPLITS_FILE).read_text())
+    after = subject_folds(splits)
+    assert {s: f for s, f in after.items() if s in before} == before
+    assert set(after) - set(before) == set(targets)
+    for split in splits:
+        assert not {subject_of(c) for c in split["train"]} & {subject_of(c) for c in split["val"]}
+    warm = [r.getMessage() for r in caplog.records if r.getMessage().startswith("warm start of")]
+    assert len(warm) == 4, warm  # two configurations x two folds
+    assert round1.selection_file.is_file()
+    [prediction] = segmenter.predict({"t": synthetic_case(77, shape=(16, 48, 48))[0]}, round_index=1)
+    assert prediction.probabilities.shape[0] == 3
