@@ -6,14 +6,15 @@ heads sit anywhere in the scanner, turned a little. So the ears are found the sa
 every image (ceT1, a translation of it, hrT2), without labels:
 
 1. A reference is built once from one labelled ceT1 (:func:`build_reference`): the whole
-   image at ``COARSE_SPACING_MM``, a ``PATCH_MM`` cube around each ear at ``FINE_SPACING_MM``,
+   image at ``MEDIUM_SPACING_MM``, a ``PATCH_MM`` cube around each ear at ``FINE_SPACING_MM``,
    its two cochlea centres (from the label) and the two ear-box centres, placed from each
    cochlea towards the canal and the cerebellopontine angle, where a schwannoma grows
    (``box_offset_mm``).
 2. A new image is registered rigidly to it (:func:`locate`) with Mattes mutual information,
    which ties ceT1 (fluid dark) to hrT2 (fluid bright) as well as to ceT1: a coarse search
    over head positions along z and turns about z (the image may be a thin slab anywhere on
-   the head), the best starts optimised, then each ear refined on its own at
+   the head) at ``COARSE_SPACING_MM``, the best starts optimised, the best of them refined
+   at ``MEDIUM_SPACING_MM``, then each ear refined on its own at
    ``FINE_SPACING_MM`` within ``EAR_RADII_MM`` of it.
 3. The reference's cochleae and box centres, mapped through the result, are the image's.
 
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 
 #: Voxel size (mm) of the coarse search over the whole image.
 COARSE_SPACING_MM = 4.0
+#: Voxel size (mm) at which the pose is then refined on the skull base (and the reference kept).
+MEDIUM_SPACING_MM = 2.0
+#: Radius (mm) of the sphere around the midpoint of the ears that the skull-base refinement
+#: looks at: both inner ears, the canals and the posterior fossa, not the vault.
+SKULL_BASE_RADIUS_MM = 50.0
 #: Voxel size (mm) at which each ear is refined.
 FINE_SPACING_MM = 1.0
 #: Ear-box centre relative to its cochlea, in mm along the reference image's axes: towards the
@@ -51,6 +57,9 @@ DEFAULT_BOX_OFFSET_MM = (12.0, 4.0, 2.0)
 #: Radii (mm) of the spheres around each ear in which its position is refined on its own, in
 #: turn: the inner ear with the canal and the petrous bone around it, then the cochlea itself.
 EAR_RADII_MM = (24.0, 10.0)
+#: A refinement is local: one that moves the cochlea by more than this share of its sphere's
+#: radius has slid onto something else (too little structure in the sphere), and is dropped.
+MAX_REFINE_SHARE = 0.4
 #: Edge (mm) of the cube around each reference ear kept at ``FINE_SPACING_MM``.
 PATCH_MM = 72.0
 
@@ -82,7 +91,7 @@ class Ears:
 
 @dataclasses.dataclass(frozen=True)
 class EarReference:
-    """A labelled ceT1 prepared for :func:`locate`: the whole image at ``COARSE_SPACING_MM``,
+    """A labelled ceT1 prepared for :func:`locate`: the whole image at ``MEDIUM_SPACING_MM``,
     a patch around each ear at ``FINE_SPACING_MM`` (``-x`` side first), and its ears."""
 
     coarse: Volume
@@ -183,7 +192,7 @@ def build_reference(image: Volume, label: Volume,
         medial = np.sign(axes.T @ (other - cochlea))[0]  # +1 when the other ear lies towards +x
         boxes.append(cochlea + axes @ np.array([medial * box_offset_mm[0], box_offset_mm[1], box_offset_mm[2]]))
     source = _normalised(sitk.Cast(image.to_sitk(), sitk.sitkFloat32))
-    coarse = Volume.from_sitk(_resampled(source, COARSE_SPACING_MM))
+    coarse = Volume.from_sitk(_resampled(source, MEDIUM_SPACING_MM))
     patches = tuple(Volume.from_sitk(_resampled(source, FINE_SPACING_MM, centre=c, edge_mm=PATCH_MM))
                     for c in cochleae)
     ears = Ears(tuple(tuple(float(v) for v in p) for p in cochleae),  # type: ignore[arg-type]
@@ -212,6 +221,17 @@ def _euler(angle_deg: float, translation: np.ndarray, centre: np.ndarray) -> sit
     transform.SetRotation(0.0, 0.0, float(np.deg2rad(angle_deg)))
     transform.SetTranslation([float(v) for v in translation])
     return transform
+
+
+def _sphere_mask(image: sitk.Image, centre: np.ndarray, radius: float) -> sitk.Image:
+    """A mask on ``image``'s grid of the voxels within ``radius`` mm of the physical ``centre``."""
+    shape = sitk.GetArrayViewFromImage(image).shape
+    index = np.indices(shape).reshape(3, -1)[::-1].T.astype(np.float64)  # x, y, z
+    axes = np.asarray(image.GetDirection()).reshape(3, 3)
+    points = np.asarray(image.GetOrigin()) + (index * np.asarray(image.GetSpacing())) @ axes.T
+    mask = sitk.GetImageFromArray((np.linalg.norm(points - centre, axis=1) <= radius).reshape(shape).astype(np.uint8))
+    mask.CopyInformation(image)
+    return mask
 
 
 def _mapped(transform: sitk.Transform, point: Sequence[float]) -> tuple[float, float, float]:
@@ -262,7 +282,7 @@ def locate(image: Volume, reference: EarReference) -> Ears:
     """
     source = _normalised(sitk.Cast(image.to_sitk(), sitk.sitkFloat32))
     fixed = _resampled(source, COARSE_SPACING_MM)
-    moving = reference.coarse.to_sitk()
+    moving = _resampled(reference.coarse.to_sitk(), COARSE_SPACING_MM)
     probe = _registration(iterations=0, sampling=0.2)
     scored = []
     for start in _starts(fixed, reference):
@@ -282,6 +302,16 @@ def locate(image: Volume, reference: EarReference) -> Ears:
             continue
         if method.GetMetricValue() < best_value:
             best_value, best = method.GetMetricValue(), found
+    if best is not None:  # the pose of the skull base at a finer grid: its turn decides where each ear lands
+        medium = _resampled(source, MEDIUM_SPACING_MM)
+        midpoint = np.mean([_mapped(best, c) for c in reference.ears.cochleae], axis=0)
+        method = _registration(_sphere_mask(medium, midpoint, SKULL_BASE_RADIUS_MM), iterations=60, sampling=0.2,
+                               step=1.0)
+        method.SetInitialTransform(sitk.Euler3DTransform(best), inPlace=False)
+        try:
+            best = _euler_of(method.Execute(medium, reference.coarse.to_sitk()))
+        except RuntimeError:
+            pass
     if best is None or best_value > -0.1:
         information = 0.0 if best is None else -best_value
         raise InputError(f"no inner ear found: the image matches the ear reference nowhere (mutual information "
@@ -291,7 +321,9 @@ def locate(image: Volume, reference: EarReference) -> Ears:
     for cochlea, box, patch in zip(reference.ears.cochleae, reference.ears.box_centres, reference.patches):
         transforms = [best]
         for radius in EAR_RADII_MM:
-            transforms.append(_refine(source, patch, transforms[-1], np.asarray(cochlea), radius))
+            refined = _refine(source, patch, transforms[-1], np.asarray(cochlea), radius)
+            moved = np.linalg.norm(np.subtract(_mapped(refined, cochlea), _mapped(transforms[-1], cochlea)))
+            transforms.append(refined if moved <= MAX_REFINE_SHARE * radius else transforms[-1])
         # the cochlea from the last, smallest sphere; the box, which reaches 10-20 mm beyond
         # it, from the one before, whose turn the canal and the petrous bone pin down
         cochleae.append(_mapped(transforms[-1], cochlea))
