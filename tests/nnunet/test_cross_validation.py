@@ -390,3 +390,38 @@ def test_a_cross_validated_self_training_round_keeps_the_subjects_folds_and_warm
     assert round1.selection_file.is_file()
     [prediction] = segmenter.predict({"t": synthetic_case(77, shape=(16, 48, 48))[0]}, round_index=1)
     assert prediction.probabilities.shape[0] == 3
+
+
+def _plans_with_a_cascade() -> dict:
+    """The shape of nnU-Net plans for large images: 2d, 3d_fullres, 3d_lowres and the cascade."""
+    def architecture(stages: int) -> dict:
+        return {"network_class_name": "PlainConvUNet",
+                "arch_kwargs": {"n_stages": stages, "features_per_stage": [32 * 2 ** i for i in range(stages)],
+                                "strides": [[1, 1, 1]] + [[2, 2, 2]] * (stages - 1)}}
+    return {"configurations": {
+        "2d": {"data_identifier": "nnUNetPlans_2d", "architecture": architecture(6)},
+        "3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres", "architecture": architecture(5)},
+        "3d_lowres": {"inherits_from": "3d_fullres", "data_identifier": "nnUNetPlans_3d_lowres",
+                      "next_stage": "3d_cascade_fullres"},
+        "3d_cascade_fullres": {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"},
+    }}
+
+
+def test_planned_configurations_train_in_order_and_narrowed_cascade_stages_find_each_other():
+    from vstk_nnunet.planning import network_configurations
+
+    plans = _plans_with_a_cascade()
+    paper = NnUNetSegmenter.profile("paper")
+    assert list(network_configurations(plans, paper)) == ["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"]
+    narrow = apply_overrides(paper, {"features_base": "8", "features_max": "64"})
+    entries = network_configurations(plans, narrow)
+    assert list(entries) == ["2d_f8-64", "3d_fullres_f8-64", "3d_lowres_f8-64", "3d_cascade_fullres_f8-64"]
+    # nnU-Net finds the low-resolution stage's predictions through these names
+    assert entries["3d_lowres_f8-64"]["next_stage"] == ["3d_cascade_fullres_f8-64"]
+    assert entries["3d_cascade_fullres_f8-64"]["previous_stage"] == "3d_lowres_f8-64"
+    assert entries["3d_cascade_fullres_f8-64"]["inherits_from"] == "3d_cascade_fullres"
+    # without the cascade, a narrowed 3d_lowres points at no next stage
+    alone = apply_overrides(narrow, {"configuration": "3d_lowres", "folds": "0,1"})
+    assert network_configurations(plans, alone)["3d_lowres_f8-64"]["next_stage"] is None
+    # a planned cascade needs five folds: with two it is not trained
+    assert "3d_cascade_fullres" not in network_configurations(plans, apply_overrides(paper, {"folds": "0,1"}))
