@@ -145,11 +145,10 @@ class Outside:
     total: int
     farthest_mm: float
 
-    def describe(self) -> str:
+    def describe(self, where: str = "the ear boxes") -> str:
         """``"12 of 300 cochlea voxels lie outside the ear boxes, up to 4.2 mm"``."""
         name = LABEL_NAMES.get(self.value, f"label-{self.value}")
-        return (f"{self.voxels} of {self.total} {name} voxels lie outside the ear boxes, "
-                f"up to {self.farthest_mm:.1f} mm")
+        return f"{self.voxels} of {self.total} {name} voxels lie outside {where}, up to {self.farthest_mm:.1f} mm"
 
 
 def labels_outside(label: Volume, boxes: Sequence[Box]) -> list[Outside]:

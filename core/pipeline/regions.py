@@ -140,8 +140,8 @@ def _write_crop(folder: Path, path: Path, image: Volume, label: Volume | None, c
     if label is not None:
         outside = labels_outside(label, [box])
         if outside:
-            raise InputError("; ".join(o.describe() for o in outside).replace("ear boxes", "ear region found")
-                             + " (the crop the run trains on)", path=case.label,
+            raise InputError("; ".join(o.describe("the ear region found (the crop the run trains on)")
+                                       for o in outside), path=case.label,
                              fix="check the image (both inner ears in view?), or give the boxes by hand "
                                  "with --ears rule --ear-offset X,Y,Z")
         write_nifti(crop(label, box), folder / case.label.name)
