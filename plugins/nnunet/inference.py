@@ -96,7 +96,8 @@ def predict_volume(predictor: Any, image: Volume,
     """
     data = np.ascontiguousarray(image.array, dtype=np.float32)[None]
     properties = {"spacing": [float(s) for s in image.spacing[::-1]]}
-    previous = None if previous_stage is None else np.asarray(previous_stage)[None]
+    # signed, as nnU-Net reads label files: its cropping marks outside-of-image voxels with -1
+    previous = None if previous_stage is None else np.asarray(previous_stage, dtype=np.int16)[None]
     label, probabilities = predictor.predict_single_npy_array(data, properties, previous, None, True)
     probabilities = np.asarray(probabilities, dtype=np.float32)
     label = np.asarray(label).astype(np.uint8)

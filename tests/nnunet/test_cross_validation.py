@@ -425,3 +425,32 @@ def test_planned_configurations_train_in_order_and_narrowed_cascade_stages_find_
     assert network_configurations(plans, alone)["3d_lowres_f8-64"]["next_stage"] is None
     # a planned cascade needs five folds: with two it is not trained
     assert "3d_cascade_fullres" not in network_configurations(plans, apply_overrides(paper, {"folds": "0,1"}))
+
+
+def test_a_cascade_predicts_its_low_resolution_stage_first_and_hands_it_over_as_a_signed_label():
+    """predict_model runs 3d_lowres once, gives its label (signed: nnU-Net's cropping writes -1
+    into it) to the cascade, and an ensemble with both reuses it; ensemble averages softmax."""
+    from types import SimpleNamespace
+
+    from vstk_nnunet.inference import ensemble, predict_model
+
+    image = synthetic_case(5, shape=(8, 16, 16))[0]
+    calls = []
+
+    class Stage:
+        def __init__(self, name, previous, value):
+            self.name, self.value = name, value
+            self.configuration_manager = SimpleNamespace(previous_stage_name=previous)
+
+        def predict_single_npy_array(self, data, properties, previous, output, probabilities):
+            calls.append((self.name, None if previous is None else (previous.dtype, previous.shape)))
+            probs = np.zeros((3, *data.shape[1:]), np.float32)
+            probs[self.value] = 1.0
+            return np.full(data.shape[1:], self.value, np.uint8), probs
+
+    predictors = {"low": Stage("low", None, 1), "cascade": Stage("cascade", "low", 2)}
+    done: dict = {}
+    label, probabilities = ensemble([predict_model(predictors, name, image, done) for name in ("low", "cascade")])
+    assert calls == [("low", None), ("cascade", (np.dtype(np.int16), (1, *image.shape)))]
+    assert np.allclose(probabilities[1], 0.5) and np.allclose(probabilities[2], 0.5)
+    assert label.dtype == np.uint8 and label.shape == image.shape
