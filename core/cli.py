@@ -217,25 +217,18 @@ def _ear_reference(where: Path, scheme: str):
 
 def _ear_columns(image, label, reference, path: Path) -> dict[str, str]:
     """The ears found in ``image``, and the share of ``label``'s voxels inside the ear region the
-    run would crop and inside the ear boxes placed there."""
-    import dataclasses
+    run would crop and inside the ear boxes placed there (as ``vstk run --ears found`` does)."""
+    from .pipeline.regions import find_region, found_centres
+    from .roi import EarRule, crop, ear_boxes, labels_outside
 
-    from .ears import ear_region, locate
-    from .errors import InputError
-    from .roi import Box, EarRule, crop, ear_boxes, grid_key, labels_outside
-
-    try:
-        ears = locate(image, reference)
-    except InputError as error:
-        raise InputError(error.problem, path=path, fix=error.fix) from None
-    centres = "  ".join("(" + ", ".join(f"{v:.1f}" for v in point) + ")" for point in ears.cochleae)
+    region = find_region(image, reference, path)
+    centres = "  ".join("(" + ", ".join(f"{v:.1f}" for v in point) + ")" for point in region.ears.cochleae)
     out = {"cochleae found (mm)": centres, "in region": "-", "in boxes": "-"}
     if label is not None and (label.array > 0).any():
-        region = Box(*ear_region(image, ears))
-        part = crop(label, region)
-        rule = dataclasses.replace(EarRule(), found={grid_key(part): ears.box_centres})
+        part = crop(label, region.box)
+        rule = EarRule(found=found_centres({str(path): region}))
         total = int((label.array > 0).sum())
-        for key, volume, boxes in (("in region", label, [region]), ("in boxes", part, ear_boxes(part, rule))):
+        for key, volume, boxes in (("in region", label, [region.box]), ("in boxes", part, ear_boxes(part, rule))):
             outside = sum(o.voxels for o in labels_outside(volume, boxes))
             out[key] = f"{100.0 * (total - outside) / total:.1f}%"
     return out

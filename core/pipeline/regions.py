@@ -81,7 +81,8 @@ def _inputs(train: DataFolder, test: DataFolder | None) -> dict[str, list[Any]]:
     return {str(p): _stamp(p) for p in files if p is not None}
 
 
-def _region(image: Volume, reference: EarReference, path: Path, taken: dict[str, Ears] | None = None) -> Region:
+def find_region(image: Volume, reference: EarReference, path: Path,
+                taken: dict[str, Ears] | None = None) -> Region:
     """The ears and ear region of ``image``; with ``taken`` (grid -> ears of the regions so far)
     the region is moved by whole voxels until its grid is no other image's, so that a grid
     always names one image's ears."""
@@ -126,7 +127,7 @@ def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
         for n, (case, modality, split) in enumerate(jobs):
             path = getattr(case, modality)
             image, label = load_case(case, modality) if split else (read_image(path), None)
-            region = _region(image, reference, path, taken)
+            region = find_region(image, reference, path, taken)
             regions[str(path)] = region
             if split:
                 _write_crop(folder / split, path, image, label, case, region.box)
@@ -177,5 +178,5 @@ def locate_regions(images: Mapping[str, tuple[Path, Volume]], run_ears: Path) ->
             regions[key] = Region.from_dict(known[str(path)])
             continue
         reference = reference or EarReference.load(run_ears / "reference")
-        regions[key] = _region(volume, reference, path)
+        regions[key] = find_region(volume, reference, path)
     return regions
