@@ -191,7 +191,10 @@ class Segmenter(Protocol):
             ``vstk run`` records them with every stage).
 
     Optional: a classmethod ``profile(name, **overrides)`` as for translators; without it the
-    core uses ``config_class()`` with the ``--set`` overrides.
+    core uses ``config_class()`` with the ``--set`` overrides. A method
+    ``describe(round_index) -> str | None``: Markdown on how round ``round_index``'s model was
+    chosen (e.g. cross-validation scores), which ``vstk run``'s report shows under the
+    round; None when there is nothing to say.
     """
 
     name: ClassVar[str]

@@ -162,8 +162,11 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
               help="Keep only the largest connected VS component [as the run did].")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default=None,
               help="Where the segmenter runs [the run's device].")
+@click.option("--save-probabilities", is_flag=True,
+              help="Also write each image's softmax as {case}_Label.npz (key 'probabilities', "
+                   "[classes, z, y, x], as nnU-Net's --save_probabilities) with its grid in {case}_Label.json.")
 def predict_command(run_dir: Path, images: Path, out: Path, round_index: int | None,
-                    keep_largest_vs: bool | None, device: str | None) -> None:
+                    keep_largest_vs: bool | None, device: str | None, save_probabilities: bool) -> None:
     """Segment the hrT2 images in IMAGES ({case}_hrT2.nii.gz) with the segmenter of the finished
     vstk run in RUN_DIR (its --out folder), on each image's own grid.
 
@@ -173,8 +176,9 @@ def predict_command(run_dir: Path, images: Path, out: Path, round_index: int | N
     from .predict import predict
 
     summary = predict(run_dir, images, out, plugin_host(), round_index=round_index, keep_largest_vs=keep_largest_vs,
-                      device=device)
-    click.echo(f"{summary['cases']} label(s) of round {summary['round']} in {out}")
+                      device=device, save_probabilities=save_probabilities)
+    click.echo(f"{summary['cases']} label(s){' with probabilities' if save_probabilities else ''} "
+               f"of round {summary['round']} in {out}")
 
 
 @click.command("bench")

@@ -68,13 +68,14 @@ def on_device(options: RunOptions, device: str | None) -> RunOptions:
 
 def predict(run_dir: Path, images: Path, out: Path, host: PluginHost, *, round_index: int | None = None,
             keep_largest_vs: bool | None = None, device: str | None = None,
-            show: bool | None = None) -> dict[str, Any]:
+            show: bool | None = None, save_probabilities: bool = False) -> dict[str, Any]:
     """Segment every ``{case}_hrT2.nii.gz`` in ``images`` with round ``round_index`` (None: the
     run's last round) of the run in ``run_dir``; write ``out/{case}_Label.nii.gz``.
 
     ``keep_largest_vs`` None follows the run's own ``--keep-largest-vs``; ``device`` None the
-    run's device (see :func:`on_device`). Every image is read and checked before the model
-    is loaded.
+    run's device (see :func:`on_device`). ``save_probabilities`` also writes each image's
+    softmax, ``out/{case}_Label.npz`` + ``.json`` (:func:`write_probabilities`). Every image
+    is read and checked before the model is loaded.
 
     Raises:
         InputError: no run record, an image folder without hrT2, a corrupt image.
@@ -105,6 +106,8 @@ def predict(run_dir: Path, images: Path, out: Path, host: PluginHost, *, round_i
         rule = dataclasses.replace(rule, found=found_centres(regions))
     keep = options.keep_largest_vs if keep_largest_vs is None else keep_largest_vs
     written = write_predictions(segmenter, rule, volumes, out, round_index=round_index,
-                                keep_largest_vs=keep, show=show, onto=originals)
+                                keep_largest_vs=keep, show=show, onto=originals,
+                                save_probabilities=save_probabilities)
     log.info("wrote %d label(s) of round %d to %s", len(written), round_index, out)
-    return {"cases": len(written), "round": round_index, "keep_largest_vs": keep, "out": str(out)}
+    return {"cases": len(written), "round": round_index, "keep_largest_vs": keep, "out": str(out),
+            "probabilities": save_probabilities}

@@ -4,14 +4,19 @@ and ``vstk bench``'s rows)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+import numpy as np
+
+from ..atomic import write_json_atomic
 from ..crossmoda import read_image
-from ..labels import VS, keep_largest_components
+from ..errors import ConfigError
+from ..labels import LABEL_NAMES, VS, keep_largest_components
 from ..progress import progress_bar
-from ..roi import EarRule
+from ..roi import EarRule, paste
 from ..volume import Volume, write_nifti
 from .records import case_ids, stage_done
 from .regions import Region, crop_to_region, restore
@@ -88,13 +93,15 @@ def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
 def write_predictions(segmenter: Any, rule: EarRule, images: Mapping[str, Volume], folder: Path, *,
                       round_index: int, keep_largest_vs: bool, show: bool | None,
                       title: str | None = None,
-                      onto: Mapping[str, tuple[Region, Volume]] | None = None) -> list[Path]:
+                      onto: Mapping[str, tuple[Region, Volume]] | None = None,
+                      save_probabilities: bool = False) -> list[Path]:
     """Segment ``images`` (``{case}_hrT2`` ids) with round ``round_index``'s model and write
     ``folder/{case}_Label.nii.gz`` on each image's own grid; returns the files written.
 
     ``keep_largest_vs`` keeps only the largest connected VS component of each label map.
     ``onto`` gives, for images that are ear regions, the region and the original image: the
-    label is put back on the original's grid.
+    label is put back on the original's grid. ``save_probabilities`` also writes the softmax
+    as nnU-Net's ``--save_probabilities`` does (:func:`write_probabilities`).
     """
     with progress_bar(len(images) * 2, title or f"predict (round {round_index})", enabled=show) as bar:
         predictions = predict_full(segmenter, images, rule, round_index=round_index, progress=bar)
@@ -103,7 +110,49 @@ def write_predictions(segmenter: Any, rule: EarRule, images: Mapping[str, Volume
         label = prediction.label
         if keep_largest_vs:
             label = label.with_array(keep_largest_components(label.array, {VS: 1}))
+        probabilities = prediction.probabilities
         if onto is not None and prediction.case_id in onto:
             label = restore(label, *onto[prediction.case_id])
-        written.append(write_nifti(label, folder / f"{prediction.case_id.removesuffix('_hrT2')}_Label.nii.gz"))
+            if probabilities is not None:
+                probabilities = restore_probabilities(probabilities, *onto[prediction.case_id])
+        name = f"{prediction.case_id.removesuffix('_hrT2')}_Label"
+        if save_probabilities:
+            if probabilities is None:
+                raise ConfigError(f"the segmenter {getattr(segmenter, 'name', type(segmenter).__name__)!r} "
+                                  "computes no probabilities to save",
+                                  fix="predict without --save-probabilities")
+            write_probabilities(probabilities, label, folder / name)
+        written.append(write_nifti(label, folder / f"{name}.nii.gz"))
     return written
+
+
+def restore_probabilities(probabilities: np.ndarray, region: Region, original: Volume) -> np.ndarray:
+    """Softmax ``[classes, z, y, x]`` of an ear region put back onto the ``original`` image's
+    grid: background with probability 1 outside the region."""
+    out = np.zeros((probabilities.shape[0], *original.shape), dtype=np.float32)
+    out[0] = 1.0
+    for c in range(probabilities.shape[0]):
+        paste(probabilities[c].astype(np.float32), region.box, original.shape, into=out[c])
+    return out
+
+
+def write_probabilities(probabilities: np.ndarray, label: Volume, stem: Path) -> tuple[Path, Path]:
+    """``stem.npz`` holding ``probabilities`` (float32 ``[classes, z, y, x]``, nnU-Net's key and
+    axis order, on the label's grid) and ``stem.json`` with that grid and the class names.
+
+    nnU-Net writes the grid as a pickle beside the ``.npz``; vstk writes JSON (no pickles).
+    Each file is written under a temporary name and renamed, so none is left half-written.
+    """
+    if probabilities.shape[1:] != label.shape:
+        raise ValueError(f"probabilities {probabilities.shape} do not match the label {label.shape}")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    npz = stem.with_name(stem.name + ".npz")
+    partial = stem.with_name(stem.name + ".partial.npz")
+    np.savez_compressed(partial, probabilities=probabilities.astype(np.float32, copy=False))
+    os.replace(partial, npz)
+    grid = {"shape_zyx": list(label.shape), "spacing_xyz": list(label.spacing), "origin_xyz": list(label.origin),
+            "direction": list(label.direction),
+            "classes": {str(c): LABEL_NAMES.get(c, str(c)) for c in range(probabilities.shape[0])}}
+    sidecar = stem.with_name(stem.name + ".json")
+    write_json_atomic(sidecar, grid)
+    return npz, sidecar

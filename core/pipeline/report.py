@@ -17,7 +17,7 @@ from ..atomic import write_json_atomic
 from ..evaluation.evaluate import evaluate_folders, paired_t_test, summary_table, volume_table
 from ..labels import COCHLEA, VS
 from ..roi import ear_boxes
-from .predictions import prediction_dirs
+from .predictions import prediction_dirs, prediction_rounds
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
         for name, t in evaluation["paired_t_tests"].items():
             lines.append(f"| {name} | {t['t']:.3f} | {t['p']:.4f} |")
         lines.append("")
+    lines += _model_sections(plan)
     lines += ["## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {info.get('seconds', '-')} |" for name, info in summary.items()]
     lines += ["", "## Figures", "", f"![Dice per structure]({dice_png.relative_to(plan.out)})", "",
@@ -95,6 +96,20 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
     path = plan.out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _model_sections(plan) -> list[str]:
+    """What the segmenter says about each predicted round's model (its optional ``describe``,
+    e.g. nnU-Net's cross-validation and choice)."""
+    describe = getattr(plan.segmenter, "describe", None)
+    if describe is None:
+        return []
+    lines = []
+    for round_index in sorted(prediction_rounds(plan)):
+        text = describe(round_index)
+        if text:
+            lines += [f"## The segmenter of round {round_index}", "", text, ""]
+    return lines
 
 
 def pyplot():

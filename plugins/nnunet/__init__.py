@@ -14,9 +14,16 @@ from .errors import NnUNetRunError, NotTrainedError, WorkdirBusyError
 from .segmenter import NnUNetSegmenter
 
 __all__ = ["CPU", "PAPER", "PROFILES", "NnUNetConfig", "NnUNetRunError", "NnUNetSegmenter", "NotTrainedError",
-           "WorkdirBusyError", "vstk_register_segmenters"]
+           "WorkdirBusyError", "vstk_add_commands", "vstk_register_segmenters"]
 
 
 @vstk.hookimpl
 def vstk_register_segmenters(registry) -> None:
     registry.add(NnUNetSegmenter)
+
+
+@vstk.hookimpl
+def vstk_add_commands(cli) -> None:
+    from .commands import splits_command  # click only: the CLI stays fast
+
+    cli.add_command(splits_command)

@@ -291,6 +291,17 @@ class NnUNetSegmenter:
                     "continues the unfinished folds and then chooses")
         return chosen_model(record)
 
+    def describe(self, round_index: int = 0) -> str | None:
+        """Markdown on how round ``round_index``'s model was chosen (cross-validation Dice of
+        each configuration and ensemble, the choice, its postprocessing), for the run report;
+        None with fold ``all`` or before the choice."""
+        from .selection import describe, read_selection
+
+        if not self.config.cross_validation:
+            return None
+        record = read_selection(round_layout(self.workdir, self.config, round_index))
+        return None if record is None else describe(record)
+
     def final_checkpoints(self, round_index: int = 0) -> list[Path]:
         """``checkpoint_final.pth`` of every fold of every configuration the chosen model uses."""
         model = self.chosen_model(round_index)

@@ -184,3 +184,24 @@ def postprocess(label: np.ndarray, steps: Sequence[Sequence[int]]) -> np.ndarray
     for labels in steps:
         label = remove_all_but_largest_component_from_segmentation(label, [int(v) for v in labels])
     return label
+
+
+def describe(record: dict[str, Any]) -> str:
+    """A selection record as Markdown for the run report: cross-validation Dice per
+    configuration and pair ensemble, the choice and its postprocessing."""
+    folds = ",".join(str(f) for f in record["folds"])
+    lines = [f"nnU-Net's cross-validation over folds {folds} (each held-out case scored once; "
+             f"mean foreground Dice is what nnU-Net's `find_best_configuration` compares):", "",
+             "| model | VS | cochlea | mean foreground | cases |", "|---|---|---|---|---|"]
+    for candidate in record["cross_validation"]:
+        per_label = candidate["dice_per_label"]
+        mark = " (chosen)" if candidate["model"] == record["chosen"]["model"] else ""
+        lines.append(f"| {candidate['model']}{mark} | {per_label.get('VS', float('nan')):.4f} | "
+                     f"{per_label.get('cochlea', float('nan')):.4f} | {candidate['dice']:.4f} | {candidate['cases']} |")
+    chosen = record["chosen"]
+    steps = "; ".join(step["description"] for step in record["postprocessing"]) or "none (no step raised the Dice)"
+    after = chosen["dice_per_label_after_postprocessing"]
+    lines += ["", f"Chosen: {chosen['model']}. Postprocessing: {steps}; cross-validation Dice "
+                  f"{chosen['dice']:.4f} before, {chosen['dice_after_postprocessing']:.4f} after "
+                  f"(VS {after.get('VS', float('nan')):.4f}, cochlea {after.get('cochlea', float('nan')):.4f})."]
+    return "\n".join(lines)

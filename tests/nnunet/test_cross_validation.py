@@ -454,3 +454,39 @@ def test_a_cascade_predicts_its_low_resolution_stage_first_and_hands_it_over_as_
     assert calls == [("low", None), ("cascade", (np.dtype(np.int16), (1, *image.shape)))]
     assert np.allclose(probabilities[1], 0.5) and np.allclose(probabilities[2], 0.5)
     assert label.dtype == np.uint8 and label.shape == image.shape
+
+
+def test_nnunet_splits_command_groups_an_exported_datasets_subjects_and_keeps_earlier_folds(tmp_path):
+    from click.testing import CliRunner
+
+    from vstk.cli import cli as main
+    from vstk.pool import nnunet_case_id, pseudo_case_id
+
+    dataset = tmp_path / "Dataset501_VSmultiview"
+    (dataset / "labelsTr").mkdir(parents=True)
+    (dataset / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
+    exported = [nnunet_case_id(view, s) for view in ("cyclegan", "qsattn") for s in SUBJECTS]
+    for case_id in exported:  # the names `vstk pool export-nnunet` gives; the command reads only names
+        (dataset / "labelsTr" / f"{case_id}.nii.gz").write_bytes(b"")
+    runner = CliRunner()
+    done = runner.invoke(main, ["nnunet-splits", str(dataset)])
+    assert done.exit_code == 0, done.output
+    assert f"{len(exported)} case(s) of {len(SUBJECTS)} subject(s) in 5 folds" in done.output
+    splits = json.loads((dataset / SPLITS_FILE).read_text())
+    assert splits == grouped_splits(exported)
+    for split in splits:
+        assert not {subject_of(c) for c in split["train"]} & {subject_of(c) for c in split["val"]}
+
+    for subject in HRT2_SUBJECTS:  # a self-training round adds pseudo-labelled hrT2
+        (dataset / "labelsTr" / f"{pseudo_case_id(1, subject)}.nii.gz").write_bytes(b"")
+    later = tmp_path / "round1_splits.json"
+    done = runner.invoke(main, ["nnunet-splits", str(dataset), "--out", str(later),
+                                "--keep-folds-of", str(dataset / SPLITS_FILE)])
+    assert done.exit_code == 0, done.output
+    kept = subject_folds(json.loads(later.read_text()))
+    assert {s: kept[s] for s in SUBJECTS} == subject_folds(splits)
+
+    empty = tmp_path / "not_a_dataset"
+    empty.mkdir()
+    refused = runner.invoke(main, ["nnunet-splits", str(empty)])
+    assert refused.exit_code == 2 and "no dataset.json" in refused.output and str(empty) in refused.output

@@ -102,6 +102,43 @@ def test_run_end_to_end_then_resume_skips_finished_stages(phantom, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_cross_validated_run_reports_its_choice_and_predict_repeats_it_with_probabilities(tmp_path):
+    phantom = tmp_path / "phantom"  # five subjects: nnU-Net's splits have five folds
+    generate_phantom(phantom, PhantomConfig(cases=5, test_cases=2, paired_cases=2, resolution_scale=0.3, seed=3))
+    out = tmp_path / "run"
+    cross_validation = ["--set", "nnunet.folds=0,1", "--set", "nnunet.configurations=2d,3d_fullres"]
+    done = subprocess.run(vstk_run(phantom, out, "--rounds", "0", *cross_validation), capture_output=True, text=True,
+                          timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(next((out / "segmenter").glob("model_selection_round0.json")).read_text())
+    assert len(record["cross_validation"]) == 3  # 2d, 3d_fullres and their ensemble
+    report = (out / "report.md").read_text()
+    assert "## The segmenter of round 0" in report and f"Chosen: {record['chosen']['model']}." in report
+    for candidate in record["cross_validation"]:
+        assert f"| {candidate['model']}" in report and f"{candidate['dice']:.4f}" in report
+
+    predicted = tmp_path / "predicted"
+    again = subprocess.run([sys.executable, "-m", "vstk.cli", "predict", str(out), str(phantom / "test"), "--out",
+                            str(predicted), "--save-probabilities"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    labels = sorted(p.name for p in (out / "predictions").iterdir())
+    assert len(labels) == 2 and sorted(p.name for p in predicted.glob("*.nii.gz")) == labels
+    for name in labels:
+        ours, runs = read_nifti(predicted / name), read_nifti(out / "predictions" / name)
+        assert ours.same_grid(runs) and np.array_equal(ours.array, runs.array), name
+        stem = name.removesuffix(".nii.gz")
+        with np.load(predicted / f"{stem}.npz", allow_pickle=False) as saved:
+            probabilities = saved["probabilities"]
+        assert probabilities.shape == (3, *ours.shape) and probabilities.dtype == np.float32
+        assert np.allclose(probabilities.sum(axis=0), 1.0, atol=1e-3)
+        grid = json.loads((predicted / f"{stem}.json").read_text())
+        assert grid["classes"] == {"0": "background", "1": "VS", "2": "cochlea"}
+        assert tuple(grid["spacing_xyz"]) == ours.spacing and tuple(grid["shape_zyx"]) == ours.shape
+        if not record["postprocessing"]:  # the label is the softmax's argmax unless postprocessed
+            assert np.array_equal(probabilities.argmax(axis=0), ours.array)
+
+
+@pytest.mark.slow
 def test_run_killed_during_segmenter_training_resumes(phantom, tmp_path):
     out = tmp_path / "run"
     slow = ["--set", "num_epochs=4", "--set", "iterations_per_epoch=3"]
