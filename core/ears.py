@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 COARSE_SPACING_MM = 4.0
 #: Voxel size (mm) at which the pose is then refined on the skull base (and the reference kept).
 MEDIUM_SPACING_MM = 2.0
+#: coarse poses (the best-scoring starts after registration at 4 mm) whose skull base is
+#: registered at 2 mm; the best there wins (at 4 mm, poses 10-15 mm apart can score alike)
+COARSE_CANDIDATES = 3
 #: Radius (mm) of the sphere around the midpoint of the ears that the skull-base refinement
 #: looks at: both inner ears, the canals and the posterior fossa, not the vault.
 SKULL_BASE_RADIUS_MM = 50.0
@@ -55,8 +58,9 @@ FINE_SPACING_MM = 1.0
 #: about 10 mm across) and reaches 34 mm medial of it, where large schwannomas grow.
 DEFAULT_BOX_OFFSET_MM = (12.0, 4.0, 2.0)
 #: Radii (mm) of the spheres around each ear in which its position is refined on its own, in
-#: turn: the inner ear with the canal and the petrous bone around it, then the cochlea itself.
-EAR_RADII_MM = (24.0, 10.0)
+#: turn: the inner ear with the canal and the petrous bone around it, the labyrinth, then the
+#: cochlea itself (the middle step catches an ear the first one left 5-7 mm off).
+EAR_RADII_MM = (24.0, 16.0, 10.0)
 #: A refinement is local: one that moves the cochlea by more than this share of its sphere's
 #: radius has slid onto something else (too little structure in the sphere), and is dropped.
 MAX_REFINE_SHARE = 0.4
@@ -292,26 +296,25 @@ def locate(image: Volume, reference: EarReference) -> Ears:
         except RuntimeError:  # too little overlap with the reference at this start
             continue
     scored.sort(key=lambda item: item[0])
-    best_value, best = np.inf, None
-    for _, start in scored[:3]:
+    coarse = []  # (metric, transform) of the best starts registered at the coarse grid
+    for _, start in scored[:COARSE_CANDIDATES]:
         method = _registration(iterations=60, sampling=0.3)
         method.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
         try:
             found = _euler_of(method.Execute(fixed, moving))
         except RuntimeError:
             continue
-        if method.GetMetricValue() < best_value:
-            best_value, best = method.GetMetricValue(), found
-    if best is not None:  # the pose of the skull base at a finer grid: its turn decides where each ear lands
+        coarse.append((method.GetMetricValue(), found))
+    best_value = min((value for value, _ in coarse), default=np.inf)
+    best = None
+    if coarse:  # each candidate's skull base at a finer grid: its turn decides where each ear lands,
+        # and at 4 mm several poses of the whole head match almost equally well
         medium = _resampled(source, MEDIUM_SPACING_MM)
-        midpoint = np.mean([_mapped(best, c) for c in reference.ears.cochleae], axis=0)
-        method = _registration(_sphere_mask(medium, midpoint, SKULL_BASE_RADIUS_MM), iterations=60, sampling=0.2,
-                               step=1.0)
-        method.SetInitialTransform(sitk.Euler3DTransform(best), inPlace=False)
-        try:
-            best = _euler_of(method.Execute(medium, reference.coarse.to_sitk()))
-        except RuntimeError:
-            pass
+        best_base = np.inf
+        for _, candidate in coarse:
+            refined, value = _skull_base(medium, reference, candidate)
+            if value < best_base:
+                best_base, best = value, refined
     if best is None or best_value > -0.1:
         information = 0.0 if best is None else -best_value
         raise InputError(f"no inner ear found: the image matches the ear reference nowhere (mutual information "
@@ -325,7 +328,7 @@ def locate(image: Volume, reference: EarReference) -> Ears:
             moved = np.linalg.norm(np.subtract(_mapped(refined, cochlea), _mapped(transforms[-1], cochlea)))
             transforms.append(refined if moved <= MAX_REFINE_SHARE * radius else transforms[-1])
         # the cochlea from the last, smallest sphere; the box, which reaches 10-20 mm beyond
-        # it, from the one before, whose turn the canal and the petrous bone pin down
+        # it, turned as the one before, whose larger sphere pins the turn down
         cochleae.append(_mapped(transforms[-1], cochlea))
         boxes.append(tuple(np.asarray(_mapped(transforms[-2], box)) + np.asarray(cochleae[-1])
                            - np.asarray(_mapped(transforms[-2], cochlea))))
@@ -339,6 +342,21 @@ def locate(image: Volume, reference: EarReference) -> Ears:
     order = np.argsort([image.physical_to_index(c)[2] for c in cochleae])  # -x side of this image first
     return Ears(tuple(cochleae[i] for i in order), tuple(boxes[i] for i in order),  # type: ignore[arg-type]
                 float(best_value))
+
+
+def _skull_base(medium: sitk.Image, reference: EarReference,
+                transform: sitk.Euler3DTransform) -> tuple[sitk.Euler3DTransform, float]:
+    """``transform`` refined at ``MEDIUM_SPACING_MM`` on the skull base (a sphere of
+    ``SKULL_BASE_RADIUS_MM`` around the midpoint of the ears it maps), with the metric value
+    there; unchanged (metric +inf) when the registration fails."""
+    midpoint = np.mean([_mapped(transform, c) for c in reference.ears.cochleae], axis=0)
+    method = _registration(_sphere_mask(medium, midpoint, SKULL_BASE_RADIUS_MM), iterations=60, sampling=0.2,
+                           step=1.0)
+    method.SetInitialTransform(sitk.Euler3DTransform(transform), inPlace=False)
+    try:
+        return _euler_of(method.Execute(medium, reference.coarse.to_sitk())), float(method.GetMetricValue())
+    except RuntimeError:
+        return transform, np.inf
 
 
 def _refine(source: sitk.Image, patch: Volume, transform: sitk.Euler3DTransform, cochlea: np.ndarray,
