@@ -101,6 +101,13 @@ def ear_options(command: Callable[..., Any]) -> Callable[..., Any]:
                              "set it for your site's protocol].")(command)
 
 
+def segment_on_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--segment-on ears|whole``: what the segmenter trains on and predicts."""
+    return click.option("--segment-on", type=click.Choice(["ears", "whole"]), default=None,
+                        help="ears: the two ear boxes of every image; whole: whole volumes with nnU-Net's own "
+                             "preprocessing, as the paper [the profile's: whole for paper, ears for cpu].")(command)
+
+
 def ear_settings(ear_offset: tuple[float, float, float] | None, ear_size: tuple[float, float, float] | None,
                  ears: str = "rule") -> dict[str, Any]:
     """The ``ear_offset_mm`` / ``ear_size_mm`` / ``ears`` options of a run, the defaults where

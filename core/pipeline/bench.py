@@ -95,7 +95,8 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
                              test_labels=test_labels, profile=options.profile, rounds=options.rounds,
                              segmenter=options.segmenter, pseudo_labeler=options.pseudo_labeler,
                              settings=options.settings, device=options.device, progress=options.progress,
-                             ear_offset_mm=options.ear_offset_mm, ear_size_mm=options.ear_size_mm)
+                             ear_offset_mm=options.ear_offset_mm, ear_size_mm=options.ear_size_mm,
+                             segment_on=options.segment_on)
     run_plan = plan_run(run_options, host)
     assert run_plan.test is not None
 
@@ -107,7 +108,9 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
             raise InputError("no label matches a training hrT2 image", path=target_labels,
                              fix="name them {case}_Label.nii.gz for {case}_hrT2.nii.gz in --data")
         for case in labelled_targets:  # a label off its grid or its ear boxes stops here, not after hours
-            check_labels_inside(case.hrT2, *load_case(case, "hrT2"), run_plan.ear_rule)
+            image, label = load_case(case, "hrT2")
+            if run_plan.segment_rule is not None:
+                check_labels_inside(case.hrT2, image, label, run_plan.segment_rule)
         if len(labelled_targets) < len(folder.target):
             notes.append(f"{SUPERVISED}: {len(labelled_targets)} of {len(folder.target)} training hrT2 are "
                          "labelled; it trains on those.")
@@ -161,7 +164,7 @@ def _ear_cases(pairs: Iterable[tuple[str, Volume, Volume]], plan: BenchPlan, *,
                pseudo_labelled: bool = False) -> list[TrainingCase]:
     cases = []
     for prefix, image, label in pairs:
-        for cid, _, image_crop, label_crop in stages.ear_crops(image, label, plan.run.ear_rule, prefix):
+        for cid, _, image_crop, label_crop in stages.segmenter_parts(image, label, plan.run.segment_rule, prefix):
             cases.append(TrainingCase(cid, image_crop, label_crop, pseudo_labelled=pseudo_labelled))
     return cases
 
@@ -172,7 +175,7 @@ def training_cases(plan: BenchPlan, method: Method) -> list[TrainingCase]:
         return _ear_cases(((f"ceT1__{c.case_id}", *load_case(c, "ceT1")) for c in plan.run.train.source), plan)
     if method.name == SUPERVISED:
         return _ear_cases(((f"hrT2__{c.case_id}", *load_case(c, "hrT2")) for c in plan.labelled_targets), plan)
-    return stages.pool_training_cases(plan.run.pool, plan.run.ear_rule, views=method.views)
+    return stages.pool_training_cases(plan.run.pool, plan.run.segment_rule, views=method.views)
 
 
 def pseudo_labels(plan: BenchPlan, replicate: Replicate, round_index: int, show: bool | None) -> list[TrainingCase]:
@@ -186,7 +189,7 @@ def pseudo_labels(plan: BenchPlan, replicate: Replicate, round_index: int, show:
     if not (folder / "selected.json").exists():
         segmenter = plan.segmenters[replicate.key]
         with progress_bar(len(images) * 2, f"pseudo-label {replicate.key} r{round_index}", enabled=show) as bar:
-            predictions = stages.predict_full(segmenter, images, plan.run.ear_rule, round_index=round_index - 1,
+            predictions = stages.predict_full(segmenter, images, plan.run.segment_rule, round_index=round_index - 1,
                                               progress=bar)
         selected = plan.run.pseudo_labeler.select(predictions)
         for item in selected:
@@ -202,7 +205,7 @@ def _predict(plan: BenchPlan, replicate: Replicate, images: Callable[[], dict[st
              show: bool | None) -> dict[str, Any]:
     folder = plan.method_dir(replicate) / "predictions"
     shutil.rmtree(folder, ignore_errors=True)  # no prediction of an earlier test set stays behind
-    written = write_predictions(plan.segmenters[replicate.key], plan.run.ear_rule, images(), folder,
+    written = write_predictions(plan.segmenters[replicate.key], plan.run.segment_rule, images(), folder,
                                 round_index=plan.rounds_of(replicate.method), keep_largest_vs=False, show=show,
                                 title=f"predict {replicate.key}")
     return {"cases": len(written), "folder": str(folder)}
@@ -225,6 +228,8 @@ def row_inputs(plan: BenchPlan, replicate: Replicate) -> dict[str, dict[str, Any
     segmenter = plan.segmenters[replicate.key]
     segment = {**training, "segmenter": options.segmenter, **records.named_settings(options.segmenter, segmenter),
                "ear_offset_mm": list(options.ear_offset_mm), "ear_size_mm": list(options.ear_size_mm)}
+    if plan.run.segment_rule is None:  # (a record without the key: ear boxes)
+        segment["segment_on"] = "whole"
     labeler = records.named_settings(options.pseudo_labeler, plan.run.pseudo_labeler)
     inputs = {f"segment-{replicate.key}-r0": records.first_round_settings(segment, options.segmenter, segmenter)}
     for round_index in range(1, plan.rounds_of(method) + 1):

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from ..cli_options import (collect_settings, config_option, default_profile, device_option, ear_options, ear_settings,
-                           log_to_file, plugin_host, profile_option, set_option, translators_option)
+                           log_to_file, plugin_host, profile_option, segment_on_option, set_option,
+                           translators_option)
 from ..pool.cli import pool_group
 
 log = logging.getLogger(__name__)
@@ -117,13 +118,14 @@ def add_view_command(pool: Path, translators: str, data: Path, work: Path, profi
               help="Post-process the test predictions: keep only the largest connected VS component "
                    "(one tumour per patient); off by default: stock nnU-Net predictions.")
 @ear_options
+@segment_on_option
 @set_option
 @config_option
 @device_option
 def run_command(translators: str, data: Path | None, test: Path | None, test_labels: Path | None,
                 profile: str | None, rounds: int, segmenter: str, pseudo_labeler: str, out: Path,
                 phantom_cases: int, phantom_geometry: str, keep_largest_vs: bool, ears: str, ear_offset, ear_size,
-                settings, config_file, device: str | None) -> None:
+                segment_on: str | None, settings, config_file, device: str | None) -> None:
     """Translate, pool, train the segmenter, self-train, segment the test set, evaluate.
 
     Rerunning the same command resumes: finished stages are skipped and an interrupted one
@@ -140,7 +142,7 @@ def run_command(translators: str, data: Path | None, test: Path | None, test_lab
                              segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                              settings=collect_settings(settings, config_file), device=device,
                              phantom_cases=phantom_cases, phantom_geometry=phantom_geometry,
-                             keep_largest_vs=keep_largest_vs,
+                             keep_largest_vs=keep_largest_vs, segment_on=segment_on,
                              **ear_settings(ear_offset, ear_size, ears))
         summary = run(options, plugin_host())
     if "evaluate" in summary:
@@ -210,14 +212,15 @@ def predict_command(run_dir: Path, images: Path, out: Path, round_index: int | N
               help="Train every row's segmenter once per seed (e.g. 0,1,2) and report the seed-averaged "
                    "scores and the spread over seeds [one training, with the segmenter's seed setting].")
 @ear_options
+@segment_on_option
 @set_option
 @config_option
 @device_option
 def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, test: Path | None,
                   test_labels: Path | None, target_labels: Path | None, paired: Path | None, profile: str | None,
                   rounds: int, segmenter: str, pseudo_labeler: str, out: Path, phantom_cases: int, jobs: int,
-                  seeds: str | None, ears: str, ear_offset, ear_size, settings, config_file,
-                  device: str | None) -> None:
+                  seeds: str | None, ears: str, ear_offset, ear_size, segment_on: str | None, settings,
+                  config_file, device: str | None) -> None:
     """Benchmark translators alone and combined under one segmentation protocol.
 
     Rows: none (segmenter on raw ceT1: the floor), each translator, each --combos
@@ -238,7 +241,7 @@ def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, 
                            segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                            settings=collect_settings(settings, config_file), device=device,
                            phantom_cases=phantom_cases, jobs=jobs, seeds=_parse_seeds(seeds),
-                           **ear_settings(ear_offset, ear_size, ears))
+                           segment_on=segment_on, **ear_settings(ear_offset, ear_size, ears))
     with log_to_file(out / "vstk.log"):
         data_out = bench(options, plugin_host())
     for name, method in data_out["methods"].items():

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 #: centre (vstk.roi.EarRule); ``found``, every image cropped to the region around its ears
 #: found from its content first (vstk.pipeline.regions), the boxes placed inside that region.
 EAR_MODES = ("rule", "found")
+#: What the segmenter trains on and predicts: ``ears``, the two ear boxes of every image (the
+#: ``cpu`` profile's choice); ``whole``, whole volumes with nnU-Net's own preprocessing (the
+#: paper's, the ``paper`` profile's default).
+SEGMENT_ON = ("ears", "whole")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +54,17 @@ class JobOptions:
     progress: bool | None = None
     ears: str = "rule"
     phantom_geometry: str = "slab"
+    segment_on: str | None = None
 
     def __post_init__(self) -> None:
         if self.ears not in EAR_MODES:
             raise ConfigError(f"--ears {self.ears!r} is not known", fix=f"use one of {', '.join(EAR_MODES)}")
+        if self.segment_on is not None and self.segment_on not in SEGMENT_ON:
+            raise ConfigError(f"--segment-on {self.segment_on!r} is not known", fix=f"use one of {', '.join(SEGMENT_ON)}")
+        if self.segments_whole_volumes and self.ears == "found":
+            raise ConfigError("--ears found crops every image to its ear region, but the segmenter is to train on "
+                              "whole volumes (--segment-on whole, the paper profile's default)",
+                              fix="drop --ears found, or pass --segment-on ears")
         if not self.translators:
             raise ConfigError("no translator named", fix="e.g. --translators cyclegan,qsattn")
         if len(set(self.translators)) != len(self.translators):
@@ -62,6 +73,11 @@ class JobOptions:
             raise ConfigError(f"--rounds {self.rounds} must be 0 or more")
         if self.test_labels is not None and self.test is None:
             raise ConfigError("--test-labels needs --test")
+
+    @property
+    def segments_whole_volumes(self) -> bool:
+        """``--segment-on``, or the profile's choice: whole volumes for ``paper``, ear boxes otherwise."""
+        return (self.segment_on or ("whole" if self.profile == "paper" else "ears")) == "whole"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +103,11 @@ class Plan:
     @property
     def out(self) -> Path:
         return self.options.out
+
+    @property
+    def segment_rule(self) -> EarRule | None:
+        """The ear boxes the segmenter trains and predicts on, or None: whole volumes."""
+        return None if self.options.segments_whole_volumes else self.ear_rule
 
     @property
     def state(self) -> Path:
@@ -218,8 +239,9 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
             validate_folder(test_folder, with_source=False)
         train, regions = crop_training_data(options.out, train, test_folder, show=options.progress)
         rule = dataclasses.replace(rule, found=found_centres(regions))
-    validate_folder(train, with_source=True, rule=rule)
+    checked = None if options.segments_whole_volumes else rule  # whole volumes: nothing is cropped
+    validate_folder(train, with_source=True, rule=checked)
     if test_folder is not None:
-        validate_folder(test_folder, with_source=False, rule=None if regions else rule)
+        validate_folder(test_folder, with_source=False, rule=None if regions else checked)
     built = run_components(options, classes)
     return Plan(options, train, test_folder, built.translators, built.segmenter, built.pseudo_labeler, rule, regions)

@@ -45,6 +45,7 @@ def recorded_options(run_dir: Path) -> RunOptions:
         raise ConfigError(f"{record_path} records options this vstk does not know: {', '.join(sorted(unknown))}",
                           fix="predict with the vstk version that made the run")
     values: dict[str, Any] = dict(recorded, out=run_dir)
+    values.setdefault("segment_on", "ears")  # runs recorded before --segment-on trained on the ear boxes
     for name in ("data", "test", "test_labels"):
         if values.get(name) is not None:
             values[name] = Path(values[name])
@@ -97,7 +98,7 @@ def predict(run_dir: Path, images: Path, out: Path, host: PluginHost, *, round_i
     segmenter = run_components(options, component_classes(options, host)).segmenter
     volumes = {c.case_id: read_image(c.hrT2) for c in folder.target}
     originals = None
-    rule = ear_rule(options)
+    rule = None if options.segments_whole_volumes else ear_rule(options)
     if options.ears == "found":  # as the run predicted: each image cut to the ear region found in it
         regions = locate_regions({c.case_id: (c.hrT2, volumes[c.case_id]) for c in folder.target},
                                  run_dir / EARS_DIR)

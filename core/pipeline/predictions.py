@@ -45,7 +45,8 @@ def predict_inputs(plan: Plan) -> dict[str, Any]:
     post-processing. A rerun with any of them changed predicts and scores again
     (``redo_if_changed``)."""
     return {"test.hrT2": case_ids(plan.test.target), "rounds": plan.options.rounds,
-            "keep_largest_vs": plan.options.keep_largest_vs, "folders": folder_names(plan)}
+            "keep_largest_vs": plan.options.keep_largest_vs, "folders": folder_names(plan),
+            **({"segment_on": "whole"} if plan.segment_rule is None else {})}
 
 
 def remove_stale_predictions(plan: Plan, previous: dict[str, Any] | None) -> None:
@@ -85,18 +86,19 @@ def predict_test(plan: Plan, show: bool | None) -> dict[str, Any]:
     for folder in rounds.values():  # no prediction of an earlier test set or run stays behind
         shutil.rmtree(folder, ignore_errors=True)
     for round_index, folder in rounds.items():
-        write_predictions(plan.segmenter, plan.ear_rule, images, folder, round_index=round_index,
+        write_predictions(plan.segmenter, plan.segment_rule, images, folder, round_index=round_index,
                           keep_largest_vs=plan.options.keep_largest_vs, show=show, onto=originals)
     return {"cases": len(images), "folders": folder_names(plan), "keep_largest_vs": plan.options.keep_largest_vs}
 
 
-def write_predictions(segmenter: Any, rule: EarRule, images: Mapping[str, Volume], folder: Path, *,
+def write_predictions(segmenter: Any, rule: EarRule | None, images: Mapping[str, Volume], folder: Path, *,
                       round_index: int, keep_largest_vs: bool, show: bool | None,
                       title: str | None = None,
                       onto: Mapping[str, tuple[Region, Volume]] | None = None,
                       save_probabilities: bool = False) -> list[Path]:
-    """Segment ``images`` (``{case}_hrT2`` ids) with round ``round_index``'s model and write
-    ``folder/{case}_Label.nii.gz`` on each image's own grid; returns the files written.
+    """Segment ``images`` (``{case}_hrT2`` ids) with round ``round_index``'s model (in the ear
+    boxes of ``rule``, or whole with None) and write ``folder/{case}_Label.nii.gz`` on each
+    image's own grid; returns the files written.
 
     ``keep_largest_vs`` keeps only the largest connected VS component of each label map.
     ``onto`` gives, for images that are ear regions, the region and the original image: the

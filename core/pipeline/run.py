@@ -8,7 +8,8 @@ see :func:`stage_inputs`):
    before any training starts.
 2. ``translator-{name}``: each translator trains (resuming its own checkpoint).
 3. ``pool``: every labelled ceT1 through every translator into ``OUT/pool.h5``.
-4. ``segment-r0``: the segmenter trains on all views (ear crops, ceT1 labels).
+4. ``segment-r0``: the segmenter trains on all views (ear crops, or whole volumes with
+   ``--segment-on whole``; ceT1 labels).
 5. ``segment-r{k}``: self-training rounds: predict the real hrT2, pseudo-label, retrain.
 6. ``predict``: the test hrT2 with the last round (and round 0, to show what self-training
    added) -> ``OUT/predictions/{case}_Label.nii.gz`` on each test image's grid.
@@ -26,6 +27,7 @@ from ..progress import progress_bar
 from . import records, stages
 from .plan import Plan, RunOptions, plan_run
 from .predictions import predict_inputs, predict_test
+from .regions import ears_by_case
 from .report import evaluate_run, write_report
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ def stage_inputs(plan: Plan) -> dict[str, dict[str, Any]]:
     segment = {**inputs["pool"], "segmenter": options.segmenter,
                **records.named_settings(options.segmenter, plan.segmenter),
                "ear_offset_mm": list(options.ear_offset_mm), "ear_size_mm": list(options.ear_size_mm)}
+    if options.segments_whole_volumes:  # (a record without the key: ear boxes)
+        segment["segment_on"] = "whole"
     inputs["segment-r0"] = records.first_round_settings(segment, options.segmenter, plan.segmenter)
     for round_index in range(1, options.rounds + 1):
         inputs[f"segment-r{round_index}"] = {**segment, "pseudo_labeler": options.pseudo_labeler,
@@ -73,7 +77,8 @@ def run(options: RunOptions, host: PluginHost) -> dict[str, Any]:
         total = len(plan.train.source) * len(plan.translators) + len(plan.train.target)
         with progress_bar(total, "pool", enabled=show) as bar:
             stages.build_pool(plan.pool, plan.translators, checkpoints, plan.train.source, plan.train.target, host,
-                              progress=bar)
+                              progress=bar,
+                              ears=None if plan.regions is None else ears_by_case(plan.regions, "_ceT1.nii.gz"))
         return {"pool": str(plan.pool)}
 
     summary["pool"] = records.timed(plan, "pool", pool_stage, inputs=inputs["pool"])
@@ -107,13 +112,14 @@ def _segment(plan: Plan, round_index: int, inputs: dict[str, dict[str, Any]], sh
         pool = Pool(plan.pool)
         images = {case: pool.read_target(case) for case in pool.targets()}
         with progress_bar(len(images) * 2, f"pseudo-label r{round_index}", enabled=show) as bar:
-            predictions = stages.predict_full(plan.segmenter, images, plan.ear_rule,
+            predictions = stages.predict_full(plan.segmenter, images, plan.segment_rule,
                                               round_index=round_index - 1, progress=bar)
         selected = plan.pseudo_labeler.select(predictions)
         stages.store_pseudo_labels(plan.pool, round_index, selected,
                                    made_by=records.inputs_digest(inputs[f"segment-r{round_index}"]))
-    cases = stages.pool_training_cases(plan.pool, plan.ear_rule, pseudo_round=pseudo_round)
+    cases = stages.pool_training_cases(plan.pool, plan.segment_rule, pseudo_round=pseudo_round)
     with progress_bar(0, f"segmenter r{round_index}", enabled=show) as bar:
         plan.segmenter.train(cases, round_index=round_index, progress=bar)
-    return {"training_cases": len(cases), "pseudo_labelled": 0 if pseudo_round is None else
-            len([c for c in cases if c.case_id.startswith("pseudo_")]) // 2}
+    pseudo = [c for c in cases if c.case_id.startswith("pseudo_")]
+    return {"training_cases": len(cases),
+            "pseudo_labelled": len(pseudo) // (1 if plan.segment_rule is None else len(stages.EAR_SIDES))}

@@ -136,14 +136,17 @@ def train_side_by_side(plan: Plan, translators: Mapping[str, Any], work: Path, s
 
 def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Mapping[str, Path],
                source_cases: Sequence[CaseFiles], target_cases: Sequence[CaseFiles], host: PluginHost,
-               *, extend: bool = False, progress: ProgressFn | None = None, shard: Any = None) -> Path:
+               *, extend: bool = False, progress: ProgressFn | None = None, shard: Any = None,
+               ears: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Translate every labelled ceT1 with every translator into the pool (resumable).
 
     Labels are stored once; real hrT2 images go to the target group. With ``extend`` the
     translators are added as new views to an existing pool (``vstk pool add-view``). With
     ``shard`` (a :class:`vstk.pool.shard.ShardSpec`) only that shard's share of the view
     entries and targets is written, to a shard file for ``vstk pool merge``; ``checkpoints``
-    then needs only the translators of that share.
+    then needs only the translators of that share. ``ears`` (``vstk run --ears found``): the
+    ears found on each labelled ceT1 by case id, kept with its views' provenance
+    (``ears_found``, as :meth:`vstk.ears.Ears.as_dict`).
     """
     from ..pool import PoolBuilder
     from ..pool.schema import ATTR_SHARD
@@ -188,7 +191,9 @@ def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Map
                 if not builder.has(name, case.case_id):
                     if image is None:
                         image, label = load_case(case, "ceT1")
-                    builder.add_view(name, case.case_id, translator.translate_volume(image), provenance[name])
+                    found = {} if ears is None or case.case_id not in ears else {"ears_found": dict(ears[case.case_id])}
+                    builder.add_view(name, case.case_id, translator.translate_volume(image),
+                                     {**provenance[name], **found})
                 done += 1
                 if progress:
                     progress(done, total, f"{name} {case.case_id}")
@@ -225,10 +230,19 @@ def ear_crops(image: Volume, label: Volume | None, rule: EarRule,
             for side, box in zip(EAR_SIDES, boxes)]
 
 
-def pool_training_cases(pool_path: Path, rule: EarRule, *, pseudo_round: int | None = None,
+def segmenter_parts(image: Volume, label: Volume | None, rule: EarRule | None,
+                    case_id: str) -> list[tuple[str, Box | None, Volume, Volume | None]]:
+    """What the segmenter sees of one image: its two ear crops (:func:`ear_crops`), or with
+    ``rule`` None the whole volume as ``(case_id, None, image, label)``."""
+    if rule is None:
+        return [(case_id, None, image, label)]
+    return list(ear_crops(image, label, rule, case_id))
+
+
+def pool_training_cases(pool_path: Path, rule: EarRule | None, *, pseudo_round: int | None = None,
                         views: Sequence[str] | None = None) -> list[TrainingCase]:
-    """Ear crops of every view entry (with its ceT1 label) and, from ``pseudo_round``, of every
-    pseudo-labelled real hrT2: the segmenter's training set."""
+    """Ear crops (with ``rule`` None: whole volumes) of every view entry (with its ceT1 label)
+    and, from ``pseudo_round``, of every pseudo-labelled real hrT2: the segmenter's training set."""
     from ..pool import Pool
 
     pool = Pool(pool_path)
@@ -236,23 +250,25 @@ def pool_training_cases(pool_path: Path, rule: EarRule, *, pseudo_round: int | N
     for view in views or pool.views():
         for case in pool.cases(view):
             image, label = pool.read(view, case)
-            for cid, _, image_crop, label_crop in ear_crops(image, label, rule, f"{view}__{case}"):
+            for cid, _, image_crop, label_crop in segmenter_parts(image, label, rule, f"{view}__{case}"):
                 cases.append(TrainingCase(cid, image_crop, label_crop))
     if pseudo_round is not None:
         for case in pool.pseudo_labels(pseudo_round):
             image = pool.read_target(case)
             label, _ = pool.read_pseudo_label(pseudo_round, case)
-            for cid, _, image_crop, label_crop in ear_crops(image, label, rule, f"pseudo_r{pseudo_round}__{case}"):
+            for cid, _, image_crop, label_crop in segmenter_parts(image, label, rule,
+                                                                  f"pseudo_r{pseudo_round}__{case}"):
                 cases.append(TrainingCase(cid, image_crop, label_crop, pseudo_labelled=True))
     return cases
 
 
-def predict_full(segmenter: Any, images: Mapping[str, Volume], rule: EarRule, *, round_index: int,
+def predict_full(segmenter: Any, images: Mapping[str, Volume], rule: EarRule | None, *, round_index: int,
                  progress: ProgressFn | None = None) -> list[Prediction]:
-    """Predict both ear crops of each image and paste them onto the image's own grid.
-
-    Outside the ear boxes the label is background with probability 1.
-    """
+    """Predict both ear crops of each image and paste them onto the image's own grid (outside
+    the ear boxes the label is background with probability 1); with ``rule`` None, predict
+    each whole image."""
+    if rule is None:
+        return list(segmenter.predict(dict(images), round_index=round_index, progress=progress))
     crops = {case_id: ear_crops(image, None, rule, case_id) for case_id, image in images.items()}
     inputs = {key: part for parts in crops.values() for key, _, part, _ in parts}
     predictions = {p.case_id: p for p in segmenter.predict(inputs, round_index=round_index, progress=progress)}

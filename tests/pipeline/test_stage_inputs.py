@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from vstk.config import result_settings
+from vstk.crossmoda import load_case
 from vstk.errors import ConfigError, InputError
 from vstk.phantom import PhantomConfig, generate_phantom
 from vstk.pipeline import records, stages
@@ -246,3 +247,20 @@ def test_ear_crops_refuse_to_drop_labelled_voxels(phantom):
         stages.ear_crops(image, label, EarRule(size_mm=(8.0, 8.0, 8.0)), "view__a")
     crops = stages.ear_crops(image, label, EarRule(), "view__a")
     assert sum(int((c[3].array > 0).sum()) for c in crops) == int((label.array > 0).sum())
+
+
+def test_the_paper_profile_segments_whole_volumes_and_cpu_the_ear_boxes(phantom, tmp_path, host):
+    cpu = plan(phantom, tmp_path / "cpu", host)
+    assert cpu.segment_rule is cpu.ear_rule and "segment_on" not in stage_inputs(cpu)["segment-r0"]
+    paper = plan(phantom, tmp_path / "paper", host, profile="paper")
+    assert paper.segment_rule is None and stage_inputs(paper)["segment-r0"]["segment_on"] == "whole"
+    overridden = plan(phantom, tmp_path / "paper", host, profile="paper", segment_on="ears")
+    assert overridden.segment_rule is overridden.ear_rule
+    source = paper.train.source[0]  # a whole volume is one training case, named without an ear
+    image, label = load_case(source, "ceT1")
+    [(case_id, box, part, part_label)] = stages.segmenter_parts(image, label, paper.segment_rule, source.case_id)
+    assert (case_id, box) == (source.case_id, None) and part is image and part_label is label
+    with pytest.raises(ConfigError, match="--ears found crops every image.*--segment-on ears"):
+        RunOptions(out=tmp_path / "x", profile="paper", ears="found")
+    with pytest.raises(ConfigError, match="--segment-on 'all' is not known"):
+        RunOptions(out=tmp_path / "x", segment_on="all")
