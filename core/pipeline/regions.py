@@ -69,6 +69,13 @@ def found_centres(regions: Mapping[str, Region]) -> dict[str, tuple[tuple[float,
     return {grid: next(iter(centres)) for grid, centres in claims.items() if len(centres) == 1}
 
 
+def ears_by_case(regions: Mapping[str, Region], suffix: str) -> dict[str, dict[str, Any]]:
+    """``{case id: ears found (Ears.as_dict)}`` of the images named ``{case}{suffix}``
+    (e.g. ``"_ceT1.nii.gz"``) among ``regions``."""
+    return {Path(key).name[: -len(suffix)]: region.ears.as_dict()
+            for key, region in regions.items() if Path(key).name.endswith(suffix)}
+
+
 def _stamp(path: Path) -> list[Any]:
     stat = path.stat()
     return [path.name, stat.st_size, stat.st_mtime_ns]

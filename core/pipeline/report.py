@@ -87,6 +87,8 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
         for name, t in evaluation["paired_t_tests"].items():
             lines.append(f"| {name} | {t['t']:.3f} | {t['p']:.4f} |")
         lines.append("")
+    if plan.regions is not None:
+        lines += _ears_section(plan, figures / "ears_found.png")
     lines += _model_sections(plan)
     lines += ["## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {info.get('seconds', '-')} |" for name, info in summary.items()]
@@ -95,6 +97,65 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
               f"![Test contours]({contours_png.relative_to(plan.out)})", ""]
     path = plan.out / "report.md"
     path.write_text("\n".join(lines))
+    return path
+
+
+def _ears_section(plan, path: Path) -> list[str]:
+    """With ``--ears found``: where the ears were found in each test image (the distance to
+    the truth cochlea where a test label exists) and a figure of them."""
+    from ..crossmoda import read_image, read_label
+    from ..ears import cochlea_centres
+    from ..errors import InputError
+
+    lines = ["## Ears found in the test images", "",
+             "Cochlea centres found (mm, physical x y z; `-x` side first) and, with a test label, the distance "
+             "to the centroid of each true cochlea. Every image's ears: `ears/regions.json`.", "",
+             "| image | cochlea 1 | cochlea 2 | distance to truth (mm) |", "|---|---|---|---|"]
+    shown = []
+    for case in plan.test.target:
+        region = plan.regions[str(case.hrT2)]
+        found = [np.asarray(c) for c in region.ears.cochleae]
+        truth = []
+        if case.label is not None:
+            try:
+                truth = cochlea_centres(read_label(case.label))
+            except InputError:  # a label without cochleae: no distance to show
+                truth = []
+        distances = "-"
+        if len(truth) == 2:
+            distances = ", ".join(f"{min(np.linalg.norm(f - t) for t in truth):.1f}" for f in found)
+        lines.append(f"| {case.case_id} | " + " | ".join(" ".join(f"{v:.1f}" for v in c) for c in found)
+                     + f" | {distances} |")
+        if len(shown) < 4:
+            shown.append((case, region, truth))
+    lines += ["", f"![Ears found]({ears_figure(shown, path, read_image).relative_to(plan.out)})", ""]
+    return lines
+
+
+def ears_figure(shown, path: Path, read_image) -> Path:
+    """Each image whole, on the axial slice through its cochleae: the ears found (red +),
+    the ear region cropped for the segmenter (yellow) and the true cochleae (green x)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.4 * len(shown), 3.6), squeeze=False)
+    for ax, (case, region, truth) in zip(axes[0], shown):
+        image = read_image(case.hrT2)
+        found = [image.physical_to_index(c) for c in region.ears.cochleae]  # (z, y, x)
+        k = int(np.clip(round(float(np.mean([f[0] for f in found]))), 0, image.shape[0] - 1))
+        plane = image.array[k]
+        lo, hi = np.percentile(plane, (1, 99.5))
+        ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi)
+        (_, y0, x0), (_, ny, nx) = region.box.start, region.box.size
+        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), nx, ny, fill=False, color="yellow", linewidth=0.8))
+        ax.plot([f[2] for f in found], [f[1] for f in found], "+", color="red", markersize=10, mew=1.5)
+        if truth:
+            points = [image.physical_to_index(t) for t in truth]
+            ax.plot([t[2] for t in points], [t[1] for t in points], "x", color="lime", markersize=7, mew=1.2)
+        ax.set_title(f"{case.case_id} z={k}", fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle("ears found (red +), truth (green x), ear region (yellow)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
     return path
 
 

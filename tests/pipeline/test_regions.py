@@ -131,6 +131,22 @@ def test_run_with_found_ears_on_whole_head_data_predicts_on_each_test_grid_and_p
         assert prediction.same_grid(read_nifti(image_path))  # the whole test image, not its ear region
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert set(evaluation["models"]["round 1"]["summary_by_site"]) == {"etz", "ldn"}
+    regions = json.loads((out / "ears" / "regions.json").read_text())["regions"]
+    report = (out / "report.md").read_text()
+    assert "## Ears found in the test images" in report and (out / "figures" / "ears_found.png").stat().st_size > 5000
+    for image_path in sorted((crossmoda / "test").glob("*_hrT2.nii.gz")):
+        found = regions[str(image_path)]["ears"]["cochleae_mm"]
+        row = next(line for line in report.splitlines() if line.startswith(f"| {image_path.name[:-12]} |"))
+        distances = [float(v) for v in row.split("|")[-2].split(",")]
+        assert len(distances) == 2 and max(distances) < 10.0, row  # found near the truth
+        assert f"{found[0][0]:.1f}" in row
+    from vstk.pool import Pool
+
+    with Pool(out / "pool.h5") as pool:  # the ears found on each labelled ceT1 travel with its views
+        for view in pool.views():
+            for case in pool.cases(view):
+                key = next(k for k in regions if Path(k).name == f"{case}_ceT1.nii.gz")
+                assert pool.provenance(view, case)["ears_found"] == regions[key]["ears"]
     predicted = tmp_path / "predicted"
     again = subprocess.run([sys.executable, "-m", "vstk.cli", "predict", str(out), str(crossmoda / "test"),
                             "--out", str(predicted)], capture_output=True, text=True, timeout=600)
