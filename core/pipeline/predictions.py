@@ -45,8 +45,7 @@ def predict_inputs(plan: Plan) -> dict[str, Any]:
     post-processing. A rerun with any of them changed predicts and scores again
     (``redo_if_changed``)."""
     return {"test.hrT2": case_ids(plan.test.target), "rounds": plan.options.rounds,
-            "keep_largest_vs": plan.options.keep_largest_vs, "folders": folder_names(plan),
-            **({"segment_on": "whole"} if plan.segment_rule is None else {})}
+            "keep_largest_vs": plan.options.keep_largest_vs, "folders": folder_names(plan)}
 
 
 def remove_stale_predictions(plan: Plan, previous: dict[str, Any] | None) -> None:
