@@ -124,6 +124,19 @@ def paste(part: np.ndarray, box: Box, shape: Sequence[int], into: np.ndarray | N
     return out
 
 
+def paste_probabilities(part: np.ndarray, box: Box, shape: Sequence[int],
+                        into: np.ndarray | None = None) -> np.ndarray:
+    """Put class probabilities ``part`` (``[classes, *box.size]``) into a float32 array
+    ``[classes, *shape]`` (or into ``into``); a new array is background (class 0) with
+    probability 1 outside the box."""
+    if into is None:
+        into = np.zeros((part.shape[0], *shape), dtype=np.float32)
+        into[0] = 1.0
+    for c in range(part.shape[0]):
+        paste(part[c].astype(np.float32, copy=False), box, shape, into=into[c])
+    return into
+
+
 def ear_boxes(volume: Volume, rule: EarRule) -> list[Box]:
     """The two ear boxes of ``volume`` under ``rule``."""
     return [box_around(volume, centre, rule.size_mm) for centre in rule.centres(volume)]

@@ -16,7 +16,7 @@ from ..crossmoda import read_image
 from ..errors import ConfigError
 from ..labels import LABEL_NAMES, VS, keep_largest_components
 from ..progress import progress_bar
-from ..roi import EarRule, paste
+from ..roi import EarRule, paste_probabilities
 from ..volume import Volume, write_nifti
 from .records import case_ids, stage_done
 from .regions import Region, crop_to_region, restore
@@ -115,7 +115,8 @@ def write_predictions(segmenter: Any, rule: EarRule | None, images: Mapping[str,
         if onto is not None and prediction.case_id in onto:
             label = restore(label, *onto[prediction.case_id])
             if probabilities is not None:
-                probabilities = restore_probabilities(probabilities, *onto[prediction.case_id])
+                region, original = onto[prediction.case_id]
+                probabilities = paste_probabilities(probabilities, region.box, original.shape)
         name = f"{prediction.case_id.removesuffix('_hrT2')}_Label"
         if save_probabilities:
             if probabilities is None:
@@ -125,16 +126,6 @@ def write_predictions(segmenter: Any, rule: EarRule | None, images: Mapping[str,
             write_probabilities(probabilities, label, folder / name)
         written.append(write_nifti(label, folder / f"{name}.nii.gz"))
     return written
-
-
-def restore_probabilities(probabilities: np.ndarray, region: Region, original: Volume) -> np.ndarray:
-    """Softmax ``[classes, z, y, x]`` of an ear region put back onto the ``original`` image's
-    grid: background with probability 1 outside the region."""
-    out = np.zeros((probabilities.shape[0], *original.shape), dtype=np.float32)
-    out[0] = 1.0
-    for c in range(probabilities.shape[0]):
-        paste(probabilities[c].astype(np.float32), region.box, original.shape, into=out[c])
-    return out
 
 
 def write_probabilities(probabilities: np.ndarray, label: Volume, stem: Path) -> tuple[Path, Path]:

@@ -103,7 +103,7 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
 def _ears_section(plan, path: Path) -> list[str]:
     """With ``--ears found``: where the ears were found in each test image (the distance to
     the truth cochlea where a test label exists) and a figure of them."""
-    from ..crossmoda import read_image, read_label
+    from ..crossmoda import read_label
     from ..ears import cochlea_centres
     from ..errors import InputError
 
@@ -120,7 +120,7 @@ def _ears_section(plan, path: Path) -> list[str]:
             try:
                 truth = cochlea_centres(read_label(case.label))
             except InputError:  # a label without cochleae: no distance to show
-                truth = []
+                pass
         distances = "-"
         if len(truth) == 2:
             distances = ", ".join(f"{min(np.linalg.norm(f - t) for t in truth):.1f}" for f in found)
@@ -128,13 +128,15 @@ def _ears_section(plan, path: Path) -> list[str]:
                      + f" | {distances} |")
         if len(shown) < 4:
             shown.append((case, region, truth))
-    lines += ["", f"![Ears found]({ears_figure(shown, path, read_image).relative_to(plan.out)})", ""]
+    lines += ["", f"![Ears found]({ears_figure(shown, path).relative_to(plan.out)})", ""]
     return lines
 
 
-def ears_figure(shown, path: Path, read_image) -> Path:
+def ears_figure(shown, path: Path) -> Path:
     """Each image whole, on the axial slice through its cochleae: the ears found (red +),
     the ear region cropped for the segmenter (yellow) and the true cochleae (green x)."""
+    from ..crossmoda import read_image
+
     plt = pyplot()
     fig, axes = plt.subplots(1, len(shown), figsize=(3.4 * len(shown), 3.6), squeeze=False)
     for ax, (case, region, truth) in zip(axes[0], shown):

@@ -19,7 +19,7 @@ from ..plugins import PluginHost
 from ..progress import progress_bar
 from ..protocols import Prediction, ProgressFn, TrainingCase
 from ..resources import usable_cores
-from ..roi import Box, EarRule, crop, ear_boxes, labels_outside, paste
+from ..roi import Box, EarRule, crop, ear_boxes, labels_outside, paste, paste_probabilities
 from ..volume import Volume
 from ..components import plugin_provenance
 from .records import changed_inputs, mark_done, mark_started, stage_done, timed
@@ -280,12 +280,7 @@ def predict_full(segmenter: Any, images: Mapping[str, Volume], rule: EarRule | N
             prediction = predictions[key]
             paste(prediction.label.array.astype(np.uint8), box, image.shape, into=label)
             if prediction.probabilities is not None:
-                if probabilities is None:
-                    classes = prediction.probabilities.shape[0]
-                    probabilities = np.zeros((classes, *image.shape), dtype=np.float32)
-                    probabilities[0] = 1.0
-                for c in range(probabilities.shape[0]):
-                    paste(prediction.probabilities[c].astype(np.float32), box, image.shape, into=probabilities[c])
+                probabilities = paste_probabilities(prediction.probabilities, box, image.shape, into=probabilities)
         out.append(Prediction(case_id, image.with_array(label), probabilities))
     return out
 
