@@ -133,13 +133,24 @@ def plugins_command(as_json: bool) -> None:
                    "heads shifted and turned in the field of view, as the CrossMoDA data.")
 @click.option("--scale", "resolution_scale", type=click.FloatRange(0.2, 2.0), default=1.0, show_default=True,
               help="Voxels per axis relative to the real protocols (same fields of view); 0.5 for a quick set.")
+@click.option("--vary", is_flag=True, default=False,
+              help="Draw one population per seed, shared by all its subjects: tissue contrasts (+-25 %, "
+                   "fluid brightest and VS grey on hrT2, VS enhancing on ceT1), VS texture, noise and bias, "
+                   "slab voxel sizes and fields of view per site, tumour sizes, intrameatal share and "
+                   "cochlea size; recorded under \"population\" in OUT/phantom.json.")
 def phantom_command(out: Path, cases: int, test_cases: int | None, paired_cases: int | None, seed: int,
-                    png: bool, target_labels: bool, geometry: str, resolution_scale: float) -> None:
-    """Write a procedural CrossMoDA-layout phantom data set to OUT."""
+                    png: bool, target_labels: bool, geometry: str, resolution_scale: float, vary: bool) -> None:
+    """Write a procedural CrossMoDA-layout phantom data set to OUT.
+
+    Without --vary every seed shares one contrast table, one pair of grids per site and one
+    set of anatomy distributions; with --vary those differ between seeds too, so settings
+    chosen on some seeds can be judged on others.
+    """
     from .phantom import PhantomConfig, generate_phantom, save_overview_png
 
     config = PhantomConfig(cases=cases, test_cases=test_cases, paired_cases=paired_cases, seed=seed,
-                           target_labels=target_labels, geometry=geometry, resolution_scale=resolution_scale)
+                           target_labels=target_labels, geometry=geometry, resolution_scale=resolution_scale,
+                           vary=vary)
     summary = generate_phantom(out, config, progress=lambda message: log.info("%s", message),
                                workers=min(2, os.cpu_count() or 1))
     click.echo(f"wrote phantom data to {out}: " + ", ".join(

@@ -11,8 +11,12 @@ import pytest
 
 from vstk.errors import ConfigError, InputError
 from vstk.phantom import (
-    MANIFEST, PhantomConfig, generate_phantom, load_manifest, save_overview_png, site_protocols,
+    CONTRASTS, MANIFEST, SITES, PhantomConfig, Population, generate_phantom, load_manifest, save_overview_png,
+    site_protocols,
 )
+from vstk.phantom.anatomy import AnatomyParameters, Layer, Subject, Tissue
+from vstk.phantom.rendering import AcquisitionProtocol, Grid, Pose, mean_intensity, render
+from vstk.phantom.solids import Ellipsoid
 from vstk.volume import read_nifti
 
 # Half the matrix size of the real protocols: 8 small cases in a couple of seconds.
@@ -318,3 +322,133 @@ def test_crossmoda_overview_draws_whole_volumes(crossmoda, tmp_path):
 def test_an_unknown_geometry_is_refused():
     with pytest.raises(ConfigError, match="geometry 'whole' is not known"):
         PhantomConfig(geometry="whole")
+
+
+# --- vary: one drawn population per seed ---------------------------------------------------
+CE, T2 = CONTRASTS.index("ceT1"), CONTRASTS.index("hrT2")
+
+
+def _render_one_tissue(tissue: Tissue, intensity: np.ndarray | None = None) -> np.ndarray:
+    """A 40 mm ball of one tissue (no jitter, no texture) rendered on a 2 mm grid, noise-free:
+    the value of a voxel 1.7 mm from its centre (the very centre has no distance gradient)."""
+    subject = Subject(1, (Layer("ball", Ellipsoid(np.ones(3), np.full(3, 20.0)), tissue),),
+                      np.ones((len(Tissue), 2)), {}, {})
+    grid = Grid.centred(AcquisitionProtocol((2.0, 2.0, 2.0), (9, 9, 9)), np.zeros(3))
+    extra = () if intensity is None else (intensity,)
+    images, _ = render(subject, grid, Pose(), CONTRASTS, *extra)
+    return np.array([images[c][4, 4, 4] for c in CONTRASTS])
+
+
+def test_without_vary_no_population_is_drawn_and_the_fixed_table_is_rendered(tmp_path, monkeypatch):
+    def refuse(cls, seed):
+        raise AssertionError("Population.draw called without vary")
+
+    monkeypatch.setattr(Population, "draw", classmethod(refuse))
+    population = PhantomConfig(seed=7).population()
+    assert population == Population.fixed() and population.seed is None
+    assert np.array_equal(population.intensity_table(), mean_intensity())
+    assert (population.noise_factor, population.bias_factor) == (1.0, 1.0)
+    assert population.anatomy == AnatomyParameters()
+    for site in SITES:
+        assert population.site_protocols(site, 0.3) == site_protocols(site, 0.3)
+    for tissue in (Tissue.CSF, Tissue.VS, Tissue.COCHLEA, Tissue.WHITE):
+        assert np.allclose(_render_one_tissue(tissue), mean_intensity()[tissue], rtol=1e-6)
+    out = tmp_path / "fixed"
+    generate_phantom(out, PhantomConfig(cases=2, seed=7, resolution_scale=0.3))
+    manifest = load_manifest(out)
+    assert manifest["config"]["vary"] is False and manifest["population"] is None
+
+
+def test_a_drawn_table_is_what_render_paints():
+    table = Population.draw(5).intensity_table()
+    assert not np.allclose(table, mean_intensity())
+    for tissue in (Tissue.CSF, Tissue.VS, Tissue.GREY):
+        assert np.allclose(_render_one_tissue(tissue, table), table[tissue], rtol=1e-6)
+
+
+def test_populations_repeat_per_seed_and_differ_between_seeds():
+    first, again, other = Population.draw(3), Population.draw(3), Population.draw(4)
+    assert first == again and first.to_json() == again.to_json()
+    assert not np.allclose(first.intensity_table(), other.intensity_table())
+    assert first.protocols != other.protocols and first.anatomy != other.anatomy
+    assert first.noise_factor != other.noise_factor and first.bias_factor != other.bias_factor
+    assert first.protocols != Population.fixed().protocols
+
+
+def test_drawn_contrasts_keep_what_defines_ceT1_and_hrT2():
+    base = mean_intensity()
+    redefined = {(Tissue.LABYRINTH, CE), (Tissue.LABYRINTH, T2), (Tissue.COCHLEA, T2), (Tissue.VS, CE),
+                 (Tissue.VS, T2), (Tissue.VS_CYST, T2)}
+    for seed in range(200):
+        t = Population.draw(seed).intensity_table()
+        ce, t2 = t[:, CE], t[:, T2]
+        # hrT2: the fluids brightest, the VS grey at 0.3-0.6 of CSF, bone, air and flowing blood dark
+        fluid = min(t2[Tissue.CSF], t2[Tissue.COCHLEA])
+        assert t2[Tissue.LABYRINTH] == t2[Tissue.COCHLEA] >= 0.87 * t2[Tissue.CSF], seed
+        assert 0.3 * t2[Tissue.CSF] - 0.01 <= t2[Tissue.VS] <= 0.6 * t2[Tissue.CSF] + 0.01, seed
+        assert t2[Tissue.CSF] > t2[Tissue.VS] and t2[Tissue.COCHLEA] > 1.4 * t2[Tissue.VS], seed
+        others = [x for x in Tissue if x not in (Tissue.CSF, Tissue.LABYRINTH, Tissue.COCHLEA)]
+        assert t2[others].max() < fluid, seed
+        assert max(t2[Tissue.BONE], t2[Tissue.AIR], t2[Tissue.VESSEL]) < 0.1 * t2[Tissue.CSF], seed
+        # ceT1: CSF and the labyrinth dark, the VS enhancing above every brain tissue
+        brain = ce[[Tissue.GREY, Tissue.WHITE, Tissue.BRAINSTEM]].max()
+        assert ce[Tissue.VS] >= 1.34 * brain and ce[Tissue.VS] > ce[Tissue.GREY], seed
+        assert ce[Tissue.CSF] < 0.5 * ce[Tissue.GREY] and ce[Tissue.COCHLEA] < ce[Tissue.GREY], seed
+        # every other tissue within -20 % / +25 % of the fixed table
+        for tissue in Tissue:
+            for column in (CE, T2):
+                if (tissue, column) not in redefined and base[tissue, column] > 0:
+                    assert 0.79 <= t[tissue, column] / base[tissue, column] <= 1.26, (seed, tissue, column)
+
+
+def test_drawn_protocols_and_anatomy_stay_within_their_ranges():
+    slices = {"ceT1": (1.0, 1.5), "hrT2": (0.5, 1.0)}
+    inplane = {"ceT1": (0.4, 0.6), "hrT2": (0.4, 0.7)}
+    for seed in range(200):
+        population = Population.draw(seed)
+        for site in SITES:
+            for contrast, protocol in population.site_protocols(site).items():
+                sx, sy, sz = protocol.spacing
+                assert sx == sy and inplane[contrast][0] <= sx <= inplane[contrast][1], (seed, site, contrast)
+                assert slices[contrast][0] <= sz <= slices[contrast][1], (seed, site, contrast)
+                assert all(isinstance(n, int) for n in protocol.size) and protocol.size[0] == protocol.size[1]
+                fov = protocol.field_of_view_mm  # whole voxels: within half a voxel of the drawn field
+                assert 100.0 - sx / 2 <= fov[0] <= 140.0 + sx / 2, (seed, site, contrast, fov)
+                assert 45.0 - sz / 2 <= fov[2] <= 70.0 + sz / 2, (seed, site, contrast, fov)
+        anatomy = population.anatomy
+        assert 0.2 <= anatomy.intrameatal_fraction <= 0.5 and 0.85 <= anatomy.cochlea_scale <= 1.15
+        low, high = anatomy.extrameatal_diameter_mm
+        assert 8.0 <= low <= 12.0 and 18.0 <= high <= 22.0
+        scale = np.asarray(anatomy.intrameatal_diameter_mm) / [3.0, 6.5]
+        assert 0.85 - 0.01 <= scale.min() and scale.max() <= 1.15 + 0.01 and np.ptp(scale) < 0.01
+        assert 0.06 <= anatomy.vs_texture_gain[0] <= 0.15 and 0.14 <= anatomy.vs_texture_gain[1] <= 0.32
+        assert 0.6 <= population.noise_factor <= 1.6 and 0.5 <= population.bias_factor <= 1.5
+
+
+def test_vary_phantom_writes_checks_and_records_its_population(tmp_path):
+    from click.testing import CliRunner
+
+    from vstk.cli import cli
+
+    out = tmp_path / "varied"
+    runner = CliRunner()
+    assert "--vary" in runner.invoke(cli, ["phantom", "--help"]).output
+    result = runner.invoke(cli, ["phantom", str(out), "--cases", "2", "--scale", "0.3", "--seed", "5", "--vary",
+                                 "--no-png"])
+    assert result.exit_code == 0, result.output
+    check = runner.invoke(cli, ["data", "check", str(out / "train")])
+    assert check.exit_code == 0, check.output
+    assert "2 labelled ceT1, 2 hrT2" in check.output
+    manifest = load_manifest(out)
+    population = Population.draw(5)
+    assert manifest["config"]["vary"] is True
+    assert manifest["population"] == json.loads(json.dumps(population.to_json()))
+    assert manifest["population"]["seed_sequence"] == [5, 0, 99]
+    assert set(manifest["population"]["intensity"]) == {t.name.lower() for t in Tissue}
+    for record in manifest["cases"]:  # every image on its site's drawn grid
+        contrast = "ceT1" if record["split"] in ("train_ceT1", "paired") else "hrT2"
+        drawn = population.site_protocols(record["site"], 0.3)[contrast]
+        assert record["grid"]["size"] == list(drawn.size) and record["grid"]["spacing"] == list(drawn.spacing)
+        image = read_nifti(out / record["files"][contrast])
+        assert np.allclose(image.spacing, drawn.spacing, atol=1e-4)
+        assert record["vs"]["kind"] == "intrameatal" or record["vs"]["diameter_mm"] <= 22.0

@@ -92,25 +92,47 @@ class Subject:
     landmarks: dict[str, np.ndarray]
 
 
+@dataclasses.dataclass(frozen=True)
+class AnatomyParameters:
+    """The distributions subjects are drawn from; the defaults are the fixed phantom's.
+
+    Attributes:
+        intrameatal_fraction: share of tumours that stay inside the canal (the rest grow
+            into the cerebellopontine angle).
+        intrameatal_diameter_mm: (low, high) of an intrameatal tumour's nominal diameter (mm).
+        extrameatal_diameter_mm: (low, high) of an extrameatal tumour's nominal diameter (mm).
+        cochlea_scale: multiplies every length of the cochlear spiral (its turn radii, its
+            height and its lumen radius).
+        vs_texture_gain: (ceT1, hrT2) amplitude of the tumour's intensity texture.
+    """
+
+    intrameatal_fraction: float = 0.35
+    intrameatal_diameter_mm: tuple[float, float] = (3.0, 6.5)
+    extrameatal_diameter_mm: tuple[float, float] = (9.0, 25.0)
+    cochlea_scale: float = 1.0
+    vs_texture_gain: tuple[float, float] = (0.10, 0.22)
+
+
 def subject_rng(seed: int, subject_id: int, stream: int) -> np.random.Generator:
     """The random stream ``stream`` of subject ``subject_id`` (0: anatomy, 1: pose and noise)."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(subject_id), int(stream)]))
 
 
 def _cochlea_curve(base: np.ndarray, axis: np.ndarray, towards: np.ndarray, chirality: float,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   rng: np.random.Generator, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Centre line (N, 3) and lumen radius (N,) of a cochlear spiral, base to apex, in mm.
 
     2.4-2.75 turns; the basal turn (radius about 3.5 mm to the lumen centre, lumen radius
     about 0.9 mm, so about 9 mm across) starts towards ``towards``; the spiral narrows and
     rises by about 3.6 mm along ``axis``. ``chirality`` +-1 mirrors it between the ears.
+    ``scale`` multiplies every one of these lengths (the number of turns stays).
     """
     frame = frame_along(axis, towards - base)
     u, v, w = frame[0], frame[1] * chirality, frame[2]
     theta_max = 2 * np.pi * rng.uniform(2.4, 2.75)
-    rho0, rho1 = rng.uniform(3.3, 3.7), rng.uniform(0.9, 1.2)
-    height = rng.uniform(3.2, 4.0)
-    lumen0, lumen1 = rng.uniform(0.8, 0.95), rng.uniform(0.6, 0.7)
+    rho0, rho1 = rng.uniform(3.3, 3.7) * scale, rng.uniform(0.9, 1.2) * scale
+    height = rng.uniform(3.2, 4.0) * scale
+    lumen0, lumen1 = rng.uniform(0.8, 0.95) * scale, rng.uniform(0.6, 0.7) * scale
     theta = np.linspace(0.0, theta_max, int(rho0 * theta_max / 0.05))
     frac = theta / theta_max
     rho = rho0 * (rho1 / rho0) ** frac
@@ -137,7 +159,7 @@ def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nd
     return np.linalg.norm(points - (a + t[:, None] * d), axis=1)
 
 
-def _build_ear(rng: np.random.Generator, e: float) -> dict[str, Any]:
+def _build_ear(rng: np.random.Generator, e: float, cochlea_scale: float = 1.0) -> dict[str, Any]:
     """Temporal bone, IAC, cochlea, vestibule and canals of one ear (``e`` +1 left, -1 right)."""
     U = rng.uniform
     petrous = np.deg2rad(U(35.0, 45.0))  # angle of the petrous ridge to the coronal plane
@@ -149,7 +171,7 @@ def _build_ear(rng: np.random.Generator, e: float) -> dict[str, Any]:
     vestibule = fundus + np.array([e * U(3.8, 4.6), U(2.6, 3.4), U(0.0, 0.8)])
     cochlea_axis = unit(np.array([e * 0.5, -0.55, -0.65]) + rng.normal(0, 0.08, 3))
     base = fundus + 1.5 * cochlea_axis + np.array([e * 0.8, -1.2, 0.0])
-    cochlea, lumen = _cochlea_curve(base, cochlea_axis, vestibule, e, rng)
+    cochlea, lumen = _cochlea_curve(base, cochlea_axis, vestibule, e, rng, cochlea_scale)
     for _ in range(30):  # keep bone between the canal and the basal turn
         gap = _segment_distance(cochlea, start, fundus + axis * iac_r) - lumen - iac_r
         if gap.min() > 0.4:
@@ -199,26 +221,27 @@ def _build_ear(rng: np.random.Generator, e: float) -> dict[str, Any]:
                 canals=canals, mastoid_c=mastoid_c)
 
 
-def _build_tumour(rng: np.random.Generator, ear: dict[str, Any]) -> tuple[Any, Any, dict[str, Any], np.ndarray]:
+def _build_tumour(rng: np.random.Generator, ear: dict[str, Any],
+                  parameters: AnatomyParameters) -> tuple[Any, Any, dict[str, Any], np.ndarray]:
     """The VS in one ear's IAC: (shape, cyst shape or None, facts, centre in mm).
 
-    About a third are small intrameatal ellipsoids (3-6.5 mm); the rest fill the canal and
-    grow a lobulated extrameatal part (9-25 mm) into the cerebellopontine angle, stopped
-    by the petrous bone.
+    By default about a third are small intrameatal ellipsoids (3-6.5 mm); the rest fill the
+    canal and grow a lobulated extrameatal part (9-25 mm) into the cerebellopontine angle,
+    stopped by the petrous bone (``parameters`` sets the share and the diameters).
     """
     U = rng.uniform
     e, axis, porus, iac_r = ear["e"], ear["axis"], ear["porus"], ear["iac_r"]
     canal_len = float(np.linalg.norm(ear["fundus"] - porus))
-    if rng.random() < 0.35:
+    if rng.random() < parameters.intrameatal_fraction:
         kind = "intrameatal"
-        diameter = U(3.0, 6.5)
+        diameter = U(*parameters.intrameatal_diameter_mm)
         along = min(diameter / 2, 0.5 * (canal_len - 1.5))
         centre = porus + axis * U(along, max(along, canal_len - 1.5 - along))
         across = min(diameter / 2, iac_r * 1.05)
         shape: Any = Ellipsoid(centre, np.array([across, across * U(0.85, 1.0), along]), frame_along(axis))
     else:
         kind = "extrameatal"
-        diameter = U(9.0, 25.0)
+        diameter = U(*parameters.extrameatal_diameter_mm)
         canal = Capsule(porus - axis * 1.5, porus + axis * U(0.5, 0.85) * canal_len, iac_r * 1.08)
         centre = (porus - axis * 0.36 * diameter
                   + np.array([0.0, U(0.0, 0.15) * diameter, U(-0.1, 0.1) * diameter]))
@@ -236,14 +259,16 @@ def _build_tumour(rng: np.random.Generator, ear: dict[str, Any]) -> tuple[Any, A
     return shape, cyst, facts, centre
 
 
-def build_subject(subject_id: int, seed: int) -> Subject:
-    """Draw one subject's anatomy, reproducibly from ``(seed, subject_id)``."""
+def build_subject(subject_id: int, seed: int, parameters: AnatomyParameters = AnatomyParameters()) -> Subject:
+    """Draw one subject's anatomy, reproducibly from ``(seed, subject_id)``, from the
+    distributions of ``parameters``."""
     rng = subject_rng(seed, subject_id, 0)
     U = rng.uniform
     scale = U(0.94, 1.06)  # head size
-    ears = {"left": _build_ear(rng, 1.0), "right": _build_ear(rng, -1.0)}
+    ears = {"left": _build_ear(rng, 1.0, parameters.cochlea_scale),
+            "right": _build_ear(rng, -1.0, parameters.cochlea_scale)}
     vs_side = "left" if rng.random() < 0.5 else "right"
-    vs_shape, cyst, vs_facts, vs_centre = _build_tumour(rng, ears[vs_side])
+    vs_shape, cyst, vs_facts, vs_centre = _build_tumour(rng, ears[vs_side], parameters)
     e_vs = ears[vs_side]["e"]
     # A large tumour pushes the brainstem towards the other side.
     medial_edge = abs(float(vs_centre[0])) - vs_facts["diameter_mm"] / 2
@@ -331,7 +356,7 @@ def build_subject(subject_id: int, seed: int) -> Subject:
                                                      np.array([2.5, 2.0, 3.0])), Tissue.CHOROID))
 
     L.append(Layer("vestibular schwannoma", vs_shape, Tissue.VS, Field.random(rng, (2.5, 8.0), 24, per_group=2),
-                    (0.10, 0.22)))
+                    parameters.vs_texture_gain))
     if cyst is not None:
         L.append(Layer("tumour cyst", cyst, Tissue.VS_CYST))
 

@@ -15,7 +15,10 @@ then paired) and the two sites alternate within every split. ``phantom.json`` re
 case: stem, split, site, id, seed, files, grid (size, spacing, origin, direction), head pose,
 the tumour (side, kind, nominal diameter in mm, cystic, volume in mm3 measured on the case's
 grid), cochlea volume (mm3), label fractions, and landmarks (brainstem, fourth ventricle,
-cochleae, IAC fundi, VS centre) as physical points in mm on that case's grid.
+cochleae, IAC fundi, VS centre) as physical points in mm on that case's grid. With
+``PhantomConfig.vary``, ``population`` holds the drawn population (:class:`Population`:
+tissue intensities, noise and bias factors, slab protocols, anatomy distributions); it is
+null otherwise.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from ..errors import ConfigError, InputError, format_value
 from ..labels import BACKGROUND, COCHLEA, VS
 from ..volume import write_nifti
 from .anatomy import TISSUE_TO_LABEL, build_subject, subject_rng
+from .population import Population
 from .rendering import (CONTRASTS, FOV_CENTRE, GEOMETRIES, HEAD_FOV_CENTRE, SITES, Grid, Pose, acquire,
-                        crossmoda_protocols, draw_pose, grid_frame, render, site_protocols)
+                        crossmoda_protocols, draw_pose, grid_frame, render)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,11 @@ class PhantomConfig:
             ceT1 with the head shifted about +-12 mm in-plane and +-15 mm in z, hrT2 slabs
             planned on the canals within about +-8 mm, heads rotated about +-8 degrees and the
             grids oblique by as much (their direction matrices); ``pose_*`` are then unused.
+        vary: draw one :class:`Population` per seed (its own stream, ``[seed, 0, 99]``):
+            tissue contrasts within the orderings that define ceT1 and hrT2, VS texture,
+            noise and bias, the slab protocols of each site, and the tumour and cochlea size
+            distributions, the same for every subject of the data set. False keeps the fixed
+            phantom, the same bytes for every seed's subjects as without the option.
     """
 
     cases: int = 10
@@ -98,6 +107,7 @@ class PhantomConfig:
     pose_shift_mm: float = 2.0
     target_labels: bool = False
     geometry: str = "slab"
+    vary: bool = False
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRIES:
@@ -116,6 +126,10 @@ class PhantomConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"PhantomConfig.{name} must be >= 0, got {format_value(getattr(self, name))}",
                                   fix="use 0 to switch the effect off")
+
+    def population(self) -> Population:
+        """The population every subject is drawn from: drawn from the seed with ``vary``, else fixed."""
+        return Population.draw(self.seed) if self.vary else Population.fixed()
 
     @property
     def n_test(self) -> int:
@@ -161,9 +175,9 @@ def _grid_record(grid: Grid) -> dict[str, Any]:
             "direction": list(grid.direction)}
 
 
-def _write_case(out: Path, case: _Case, config: PhantomConfig) -> dict[str, Any]:
-    """Render one subject for its split, write its files, return its metadata."""
-    subject = build_subject(case.case_id, config.seed)
+def _write_case(out: Path, case: _Case, config: PhantomConfig, population: Population) -> dict[str, Any]:
+    """Render one subject of ``population`` for its split, write its files, return its metadata."""
+    subject = build_subject(case.case_id, config.seed, population.anatomy)
     rng = subject_rng(config.seed, case.case_id, 1)
     pose = draw_pose(rng, rotation_deg=config.pose_rotation_deg, shift_mm=config.pose_shift_mm)
     if config.geometry == "crossmoda":  # draws of their own: the slab geometry's stay as they were
@@ -174,7 +188,7 @@ def _write_case(out: Path, case: _Case, config: PhantomConfig) -> dict[str, Any]
         oblique = round(float(geometry.uniform(-8.0, 8.0)), 4)
         slab_shift = geometry.uniform(-8.0, 8.0, 3)
     else:
-        protocols = site_protocols(case.site, config.resolution_scale)
+        protocols = population.site_protocols(case.site, config.resolution_scale)
     if case.split == "train_ceT1":
         folder, contrasts, grid_contrast, label_folder = "train", ("ceT1",), "ceT1", "train"
     elif case.split == "train_hrT2":
@@ -191,11 +205,13 @@ def _write_case(out: Path, case: _Case, config: PhantomConfig) -> dict[str, Any]
         grid = Grid.centred(protocols[grid_contrast], HEAD_FOV_CENTRE, oblique)
     else:  # a slab planned on the canals, off by a few mm
         grid = Grid.centred(protocols[grid_contrast], pose.to_physical(FOV_CENTRE) + slab_shift, oblique)
-    clean, tissue = render(subject, *grid_frame(grid, pose), contrasts)
+    intensity = population.intensity_table()
+    clean, tissue = render(subject, *grid_frame(grid, pose), contrasts, intensity)
     files: dict[str, str] = {}
     for contrast in contrasts:
-        image = acquire(clean[contrast], grid, contrast, rng, bias_strength=config.bias_strength,
-                        noise_fraction=config.noise_fraction)
+        image = acquire(clean[contrast], grid, contrast, rng, intensity=intensity,
+                        bias_strength=config.bias_strength * population.bias_factor,
+                        noise_fraction=config.noise_fraction * population.noise_factor)
         path = write_nifti(grid.volume(image), out / folder / f"{case.stem}_{contrast}.nii.gz")
         files[contrast] = str(path.relative_to(out))
     label = TISSUE_TO_LABEL[tissue]
@@ -272,6 +288,7 @@ def generate_phantom(out_dir: str | Path, config: PhantomConfig = PhantomConfig(
     out = Path(out_dir)
     _prepare_folder(out)
     plan = _plan(config)
+    population = config.population()
     records: dict[int, dict[str, Any]] = {}
 
     def done(record: dict[str, Any]) -> None:
@@ -284,11 +301,11 @@ def generate_phantom(out_dir: str | Path, config: PhantomConfig = PhantomConfig(
 
     if workers == 1 or len(plan) == 1:
         for case in plan:
-            done(_write_case(out, case, config))
+            done(_write_case(out, case, config, population))
     else:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(min(workers, len(plan)), mp_context=context) as pool:
-            futures = [pool.submit(_write_case, out, case, config) for case in plan]
+            futures = [pool.submit(_write_case, out, case, config, population) for case in plan]
             try:
                 for future in concurrent.futures.as_completed(futures):
                     done(future.result())
@@ -307,8 +324,9 @@ def generate_phantom(out_dir: str | Path, config: PhantomConfig = PhantomConfig(
         "labels": {str(BACKGROUND): "background", str(VS): "vestibular schwannoma", str(COCHLEA): "cochlea"},
         # the crossmoda geometry draws each case's grids: cases[].grid holds them
         "protocols": ({site: {c: dataclasses.asdict(p)
-                              for c, p in site_protocols(site, config.resolution_scale).items()}
+                              for c, p in population.site_protocols(site, config.resolution_scale).items()}
                        for site in SITES} if config.geometry == "slab" else "per case"),
+        "population": population.to_json() if config.vary else None,
         "counts": counts,
         "seconds": round(seconds, 2),
         "cases": ordered,

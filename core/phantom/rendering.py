@@ -171,6 +171,11 @@ _MEAN_INTENSITY: dict[Tissue, tuple[float, float]] = {
 _INTENSITY = np.array([_MEAN_INTENSITY[t] for t in Tissue], dtype=np.float64)  # (tissues, contrasts)
 
 
+def mean_intensity() -> np.ndarray:
+    """The fixed phantom's mean intensity per tissue: a (tissues, 2) copy, columns ceT1, hrT2."""
+    return _INTENSITY.copy()
+
+
 # --------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------
@@ -188,9 +193,13 @@ def _index_box(grid: Grid, pose: Pose, lo: np.ndarray, hi: np.ndarray) -> tuple[
     return (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0]))
 
 
-def render(subject: Subject, grid: Grid, pose: Pose,
-           contrasts: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Noise-free partial-volume images (float32 per contrast) and the tissue map (uint8) on ``grid``."""
+def render(subject: Subject, grid: Grid, pose: Pose, contrasts: tuple[str, ...],
+           intensity: np.ndarray = _INTENSITY) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Noise-free partial-volume images (float32 per contrast) and the tissue map (uint8) on ``grid``.
+
+    ``intensity`` is the mean intensity per tissue, (tissues, 2) with columns ceT1, hrT2
+    (default: the fixed table, :func:`mean_intensity`).
+    """
     ox, oy, oz = grid.origin
     sx, sy, sz = grid.spacing
     nx, ny, nz = grid.size
@@ -220,12 +229,13 @@ def render(subject: Subject, grid: Grid, pose: Pose,
                 zs, ys, xs = box
                 blocks[key] = Block(qx_full[:, ys, xs], qy_full[:, ys, xs], qz_full[zs], s_xy, float(sz),
                                     plane=plane, xy_key=key[1:])
-            _paint(layer, blocks[key], box, subject, images, tissue, contrasts)
+            _paint(layer, blocks[key], box, subject, images, tissue, contrasts, intensity)
     return images, tissue
 
 
 def _paint(layer: Layer, b: Block, box: tuple[slice, slice, slice], subject: Subject,
-           images: dict[str, np.ndarray], tissue: np.ndarray, contrasts: tuple[str, ...]) -> None:
+           images: dict[str, np.ndarray], tissue: np.ndarray, contrasts: tuple[str, ...],
+           intensity: np.ndarray) -> None:
     """Blend one layer over ``box`` of the images (partial volume); set its tissue where it holds the voxel centre."""
     sd = layer.shape.sd(b)
     if sd.shape != b.shape:
@@ -236,7 +246,7 @@ def _paint(layer: Layer, b: Block, box: tuple[slice, slice, slice], subject: Sub
         return
     texture = layer.texture(b) if layer.texture is not None else None
     for contrast, column in zip(contrasts, (CONTRASTS.index(c) for c in contrasts)):
-        value = np.float32(_INTENSITY[layer.tissue, column] * subject.gains[layer.tissue, column])
+        value = np.float32(intensity[layer.tissue, column] * subject.gains[layer.tissue, column])
         gain = layer.texture_gain[column]
         if texture is not None and gain:
             value = value * np.maximum(np.float32(1.0) + np.float32(gain) * texture, np.float32(0.0))
@@ -262,14 +272,15 @@ def _bias_field(grid: Grid, strength: float, rng: np.random.Generator) -> np.nda
 
 
 def acquire(clean: np.ndarray, grid: Grid, contrast: str, rng: np.random.Generator, *, bias_strength: float,
-            noise_fraction: float) -> np.ndarray:
+            noise_fraction: float, intensity: np.ndarray = _INTENSITY) -> np.ndarray:
     """Apply a bias field and Rician noise (magnitude of complex Gaussian) to a clean image.
 
     ``bias_strength`` is the peak amplitude of the log bias field, ``noise_fraction`` the noise
-    sigma as a fraction of the contrast's brightest tissue; 0 switches either off.
+    sigma as a fraction of the contrast's brightest tissue in ``intensity`` (the table the
+    image was rendered with); 0 switches either off.
     """
     image = clean * _bias_field(grid, bias_strength, rng) if bias_strength else clean.copy()
-    sigma = np.float32(noise_fraction * _INTENSITY[:, CONTRASTS.index(contrast)].max())
+    sigma = np.float32(noise_fraction * intensity[:, CONTRASTS.index(contrast)].max())
     if sigma > 0:
         real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
         imag = sigma * rng.standard_normal(image.shape, dtype=np.float32)

@@ -327,7 +327,8 @@ class Tube:
         far = ~np.isfinite(dist)
         idx[far] = 0
         dist = np.where(far, reach, dist)
-        nz = (q[:, 2] - self.points[idx, 2]) / np.maximum(dist, 1e-9)
+        # far points (set to 1e3 below) get nz 0: their clamped distance would give |nz| > 1
+        nz = np.where(far, 0.0, (q[:, 2] - self.points[idx, 2]) / np.maximum(dist, 1e-9))
         width = np.sqrt(b.s_xy ** 2 + (b.s_z ** 2 - b.s_xy ** 2) * nz * nz)
         out = ((dist - self.radii[idx]) / width).astype(np.float32)
         out[far] = 1e3
