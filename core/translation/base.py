@@ -44,7 +44,8 @@ class TranslatorConfig:
     Training: ``steps`` at the initial rate then ``decay_steps`` linear decay (or ``epochs`` /
     ``decay_epochs`` over the larger slice set, as the official code counts them),
     ``batch_size``, Adam ``lr``/``beta1``/``beta2``, ``checkpoint_every``, ``sample_every``,
-    ``seed``, ``flip``. Networks: ``ngf``, ``n_blocks``, ``ndf``, ``n_layers_d``, ``norm``,
+    ``seed``, ``flip``, ``train_crop`` (random square windows of the slices per step, None =
+    whole slices). Networks: ``ngf``, ``n_blocks``, ``ndf``, ``n_layers_d``, ``norm``,
     ``init_type``, ``init_gain``. Inference: ``translate_batch`` slices at a time.
     """
 
@@ -65,6 +66,7 @@ class TranslatorConfig:
     sample_every: int = 500
     seed: int = 0
     flip: bool = True
+    train_crop: int | None = None
     ngf: int = 64
     n_blocks: int = 9
     ndf: int = 64
@@ -85,6 +87,12 @@ class TranslatorConfig:
             raise ConfigError(f"centre={self.centre!r} is not allowed", fix="use head, volume or ears")
         if self.translate_batch < 1:
             raise ConfigError("translate_batch must be at least 1")
+        if self.train_crop is not None and (self.train_crop < 8 or self.train_crop % 4):
+            raise ConfigError(f"train_crop={self.train_crop} must be a multiple of 4 and at least 8",
+                              fix="e.g. train_crop=64, or none for whole slices")
+        if self.train_crop is not None and self.train_crop > self.size:
+            raise ConfigError(f"train_crop={self.train_crop} is larger than the slices (size={self.size})",
+                              fix=f"use train_crop <= {self.size}, or none")
 
     def slice_options(self) -> SliceOptions:
         return SliceOptions(SliceGeometry(self.size, self.spacing, self.crop), self.centre,
@@ -97,7 +105,7 @@ class TranslatorConfig:
         if self.decay_epochs is not None:
             decay = self.decay_epochs * num_slices
         return TrainSchedule(steps, decay, self.batch_size, self.lr, self.beta1, self.beta2,
-                             self.checkpoint_every, self.sample_every, self.seed, self.flip)
+                             self.checkpoint_every, self.sample_every, self.seed, self.flip, self.train_crop)
 
 
 def pick_device(device: str | None = None) -> str:

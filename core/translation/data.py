@@ -203,10 +203,16 @@ class SliceSet:
         order.sort()
         return SliceSet(self.slices[order], self.volume_index[order], self.names)
 
-    def sample(self, rng: np.random.Generator, batch_size: int, *, flip: bool = True) -> np.ndarray:
-        """A random batch ``[B, 1, N, N]`` (with random left-right flips when ``flip``)."""
+    def sample(self, rng: np.random.Generator, batch_size: int, *, flip: bool = True,
+               crop: int | None = None) -> np.ndarray:
+        """A random batch ``[B, 1, N, N]`` (with random left-right flips when ``flip``); with
+        ``crop``, each slice is cut to a random ``crop`` x ``crop`` window first (``[B, 1, crop, crop]``)."""
         index = rng.integers(0, len(self.slices), size=batch_size)
-        batch = self.slices[index][:, None].copy()
+        if crop is None or crop >= self.size:
+            batch = self.slices[index][:, None].copy()
+        else:
+            corners = rng.integers(0, self.size - crop + 1, size=(batch_size, 2))
+            batch = np.stack([self.slices[i, y:y + crop, x:x + crop] for i, (y, x) in zip(index, corners)])[:, None]
         if flip:
             flips = rng.random(batch_size) < 0.5
             batch[flips] = batch[flips][..., ::-1]

@@ -20,6 +20,9 @@ class TrainSchedule:
         sample_every: steps between sample PNGs (0: only at the end).
         seed: seeds torch and the slice sampler.
         flip: random left-right flips of training slices.
+        crop: train on random ``crop`` x ``crop`` windows of the slices (None: whole slices),
+            as the official CycleGAN trains on 256-pixel crops of 286-pixel images; the
+            networks are fully convolutional and translate whole slices.
     """
 
     steps: int = 1000
@@ -32,12 +35,16 @@ class TrainSchedule:
     sample_every: int = 500
     seed: int = 0
     flip: bool = True
+    crop: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.decay_steps < 0 or self.steps + self.decay_steps < 1:
             raise ConfigError(f"steps={self.steps}, decay_steps={self.decay_steps}: need at least one step")
         if self.batch_size < 1 or self.checkpoint_every < 1:
             raise ConfigError("batch_size and checkpoint_every must be at least 1")
+        if self.crop is not None and (self.crop < 8 or self.crop % 4):
+            raise ConfigError(f"train_crop={self.crop} must be a multiple of 4 and at least 8",
+                              fix="e.g. train_crop=64, or none for whole slices")
 
     @property
     def total_steps(self) -> int:

@@ -312,8 +312,8 @@ def _train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: P
     started = time.perf_counter()
     try:
         while step < end:
-            real_a = _to_tensor(share_a.sample(rng, schedule.batch_size, flip=schedule.flip), device)
-            real_b = _to_tensor(share_b.sample(rng, schedule.batch_size, flip=schedule.flip), device)
+            real_a = _to_tensor(share_a.sample(rng, schedule.batch_size, flip=schedule.flip, crop=schedule.crop), device)
+            real_b = _to_tensor(share_b.sample(rng, schedule.batch_size, flip=schedule.flip, crop=schedule.crop), device)
             losses = model.train_step(real_a, real_b)
             for sched in schedulers.values():
                 sched.step()

@@ -160,3 +160,24 @@ def test_slice_set_skips_empty_slices_and_samples_in_range():
     assert len(slices) == 4
     batch = slices.sample(np.random.default_rng(0), 3)
     assert batch.shape == (3, 1, 32, 32) and batch.min() >= -1 and batch.max() <= 1
+
+
+def test_training_crops_are_windows_of_the_slices_and_whole_slices_are_translated(volumes, tmp_path):
+    volume = make_image(shape=(6, 40, 40))
+    slices = SliceSet.from_volumes([volume], SliceOptions(SliceGeometry(32, (0.8, 0.8))))
+    batch = slices.sample(np.random.default_rng(0), 5, flip=False, crop=24)
+    assert batch.shape == (5, 1, 24, 24)
+    for window in batch[:, 0]:  # each window lies somewhere in one of the slices
+        found = any(np.array_equal(s[y:y + 24, x:x + 24], window)
+                    for s in slices.slices for y in range(9) for x in range(9))
+        assert found
+    source, target = volumes
+    for name in TRANSLATORS:
+        translator = tiny(name, train_crop=24)
+        translator.train(source, target, tmp_path / name)
+        out = translator.translate_volume(source[0])
+        assert out.same_grid(source[0]) and np.isfinite(out.array).all()
+    with pytest.raises(ConfigError, match="train_crop=40 is larger than the slices"):
+        tiny("cyclegan", train_crop=40)
+    with pytest.raises(ConfigError, match="train_crop=10 must be a multiple of 4"):
+        tiny("cyclegan", train_crop=10)
