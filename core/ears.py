@@ -138,7 +138,7 @@ def _resampled(image: sitk.Image, spacing: float, *, centre: np.ndarray | None =
     sigma = [max(0.0, spacing ** 2 - s ** 2) ** 0.5 / 2.355 for s in spacings]
     if centre is not None:  # smooth only the part that is resampled (with room for the kernel)
         image = _around(image, np.asarray(centre), edge_mm / 2.0 + 4.0 * max(max(sigma), spacing))
-    if max(sigma) > 0.05:
+    if max(sigma) > 0.05 and min(image.GetSize()) >= 4:  # the recursive filter needs 4 voxels per axis
         image = sitk.SmoothingRecursiveGaussian(image, [max(v, 1e-3) for v in sigma])
     axes = np.asarray(image.GetDirection()).reshape(3, 3)
     if centre is None:
@@ -153,14 +153,16 @@ def _resampled(image: sitk.Image, spacing: float, *, centre: np.ndarray | None =
 
 def _around(image: sitk.Image, centre: np.ndarray, half_mm: float) -> sitk.Image:
     """The part of ``image`` within ``half_mm`` of ``centre`` along each of its axes (at least
-    two voxels per axis, kept inside the image)."""
+    four voxels per axis where the image has them, the least the smoothing filter takes; kept
+    inside the image, so a centre near or beyond an edge gets the voxels at that edge)."""
     axes = np.asarray(image.GetDirection()).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing())
     index = axes.T @ (centre - np.asarray(image.GetOrigin())) / spacing
     reach = half_mm / spacing
     size = np.asarray(image.GetSize())
-    low = np.clip(np.floor(index - reach), 0, size - 2).astype(int)
-    high = np.clip(np.ceil(index + reach) + 1, low + 2, size).astype(int)
+    least = np.minimum(size, 4)
+    low = np.clip(np.floor(index - reach), 0, size - least).astype(int)
+    high = np.clip(np.ceil(index + reach) + 1, low + least, size).astype(int)
     return image[int(low[0]):int(high[0]), int(low[1]):int(high[1]), int(low[2]):int(high[2])]
 
 

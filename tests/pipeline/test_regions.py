@@ -154,3 +154,21 @@ def test_run_with_found_ears_on_whole_head_data_predicts_on_each_test_grid_and_p
     for path in sorted(predicted.iterdir()):
         ours, runs = read_nifti(path), read_nifti(out / "predictions" / path.name)
         assert ours.same_grid(runs) and np.array_equal(ours.array, runs.array), path.name
+
+
+def test_smoothing_a_region_at_the_edge_of_a_thin_image_keeps_four_voxels_per_axis():
+    import SimpleITK as sitk
+
+    from vstk.ears import _around, _resampled
+
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((30, 40, 40)).astype(np.float32))
+    image.SetSpacing((0.5, 0.5, 0.5))
+    beyond_the_top = np.array([10.0, 10.0, 40.0])  # 25 mm above the last slice
+    part = _around(image, beyond_the_top, 2.0)
+    assert min(part.GetSize()) >= 4  # the top slices of the image
+    assert part.GetOrigin()[2] + (part.GetSize()[2] - 1) * 0.5 == pytest.approx(14.5)
+    out = _resampled(image, 2.0, centre=beyond_the_top, edge_mm=12.0)  # was an ITK error: < 4 voxels in z
+    assert out.GetSize() == (6, 6, 6)
+    thin = sitk.GetImageFromArray(np.ones((3, 20, 20), np.float32))
+    coarse = sitk.GetArrayFromImage(_resampled(thin, 2.0))  # too thin to smooth: resampled as it is
+    assert coarse.shape == (2, 10, 10) and np.allclose(coarse[0], 1.0)
