@@ -8,7 +8,8 @@ hrT2), translates every ``DATA/paired/*_ceT1`` and scores it against the same an
 ``_hrT2`` rendering on the same grid. Baseline: ceT1 histogram-matched to a real training
 hrT2 (SimpleITK). Both images are normalised to [-1, 1] by robust percentiles (data range
 2); scores cover the head voxels inside the translated field of view. Writes a Markdown
-table (stdout and OUT/translation_quality.md), JSON, and OUT/translation_examples.png.
+table (stdout and OUT/translation_quality.md), JSON, and OUT/translation_examples.png (slices
+through each paired case's VS and cochlea in every view).
 """
 
 from __future__ import annotations
@@ -113,11 +114,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "translation_quality.md").write_text(text + "\n")
     (args.out / "translation_quality.json").write_text(json.dumps({"rows": rows, "per_case": per_case}, indent=2))
-    save_examples(pairs, translated, coverage, args.out / "translation_examples.png")
+    save_examples(pairs, translated, coverage, args.out / "translation_examples.png", labels)
 
 
-def save_examples(pairs, translated, coverage, path: Path) -> None:
-    """Fig. 4 style: per paired case, an axial slice through the ears in every view."""
+def save_examples(pairs, translated, coverage, path: Path, labels=None) -> None:
+    """Fig. 4 style: per paired case, an axial slice through the VS and one through a cochlea
+    (60 mm windows around them; the slice of widest coverage where a case has no label), in
+    every view."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,14 +128,25 @@ def save_examples(pairs, translated, coverage, path: Path) -> None:
 
     from vstk.translation.data import robust_normalisation
 
+    labels = labels or {}
+    rows = []
+    for case, ce, t2 in pairs:
+        label = labels.get(case)
+        for value, name in ((1, "VS"), (2, "cochlea")):
+            if label is not None and (label == value).any():
+                points = np.argwhere(label == value)
+                k, y, x = points[len(points) // 2]
+                half = int(round(30.0 / ce.spacing[0]))
+                window = (slice(max(0, y - half), y + half), slice(max(0, x - half), x + half))
+                rows.append((case, name, ce, t2, int(k), window))
+        if label is None:
+            cover = coverage.get(case)
+            k = int(np.argmax(cover.sum(axis=(1, 2)))) if cover is not None else ce.shape[0] // 2
+            rows.append((case, "", ce, t2, k, (slice(None), slice(None))))
     methods = list(translated)
     columns = ["ceT1"] + methods + ["true hrT2"]
-    fig, axes = plt.subplots(len(pairs), len(columns), figsize=(2.6 * len(columns), 2.6 * len(pairs)), squeeze=False)
-    for r, (case, ce, t2) in enumerate(pairs):
-        cover = coverage.get(case)
-        k = int(np.argmax(cover.sum(axis=(1, 2)))) if cover is not None else ce.shape[0] // 2
-        ys, xs = np.nonzero(cover[k]) if cover is not None and cover[k].any() else (np.arange(ce.shape[1]), np.arange(ce.shape[2]))
-        window = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.4 * len(columns), 2.4 * len(rows)), squeeze=False)
+    for r, (case, name, ce, t2, k, window) in enumerate(rows):
         images = [ce.array] + [translated[m][case] for m in methods] + [t2.array]
         for c, (image, title) in enumerate(zip(images, columns)):
             norm = robust_normalisation(ce.with_array(image)).forward(image[k][window][None])
@@ -140,9 +154,9 @@ def save_examples(pairs, translated, coverage, path: Path) -> None:
             axes[r, c].set_axis_off()
             if r == 0:
                 axes[r, c].set_title(title, fontsize=10)
-        axes[r, 0].text(2, 10, case, color="yellow", fontsize=7)
+        axes[r, 0].text(2, 10, f"{case} {name}", color="yellow", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
