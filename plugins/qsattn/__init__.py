@@ -63,10 +63,14 @@ class QSAttnConfig(TranslatorConfig):
 
 PAPER = QSAttnConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay_epochs=200, ngf=64,
                      n_blocks=9, checkpoint_every=5000, sample_every=5000)
-#: The CycleGAN cpu profile's slices, steps and widths, for the same 15-minute budget
-#: (docs/results.md#translator-steps); 128 patches and a 128-wide head: halved with the networks (not measured).
-CPU = QSAttnConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=400, decay_steps=400, ngf=16,
-                   n_blocks=6, ndf=32, num_patches=128, netf_nc=128, checkpoint_every=150, sample_every=300)
+#: The CycleGAN cpu profile's slices and widths, for the same 15-minute budget: 3 residual blocks and
+#: ndf 16 (docs/results.md#lighter-translator-networks), the NCE layers at the input, the two down
+#: convolutions and the first and last residual blocks (0, 4, 8, 12, 14: CUT's choice moved to the
+#: shorter generator), 560 + 560 steps (the time of 400 + 400 with 6 blocks);
+#: 128 patches and a 128-wide head: halved with the networks (not measured).
+CPU = QSAttnConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=560, decay_steps=560, ngf=16,
+                   n_blocks=3, ndf=16, nce_layers=(0, 4, 8, 12, 14), num_patches=128, netf_nc=128,
+                   checkpoint_every=190, sample_every=380)
 
 
 class QSAttnTranslator(SliceTranslator):
