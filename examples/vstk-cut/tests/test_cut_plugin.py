@@ -42,7 +42,7 @@ def test_profiles_follow_the_official_cut_and_fastcut_defaults():
     qsattn = load_plugins().get("translator", "qsattn").profile("cpu")
     for profile in (cut.profile("cpu"), fast.profile("cpu")):
         for field in ("size", "spacing", "crop", "centre", "steps", "decay_steps", "ngf", "n_blocks", "ndf",
-                      "num_patches", "netf_nc"):
+                      "num_patches", "netf_nc", "nce_layers"):
             assert getattr(profile, field) == getattr(qsattn, field), field
 
 

@@ -68,8 +68,8 @@ class TemplateConfig(TranslatorConfig):
 # `vstk bench` compares methods at the same budget).
 PAPER = TemplateConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay_epochs=200, ngf=64, n_blocks=9,
                        checkpoint_every=5000, sample_every=5000)
-CPU = TemplateConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=400, decay_steps=400, ngf=16,
-                     n_blocks=6, ndf=32, checkpoint_every=150, sample_every=300)
+CPU = TemplateConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=660, decay_steps=660, ngf=16,
+                     n_blocks=3, ndf=16, checkpoint_every=220, sample_every=440)
 
 
 class TemplateTranslator(SliceTranslator):
