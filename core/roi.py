@@ -8,7 +8,10 @@ size; both are settings to adjust to a site's protocol. The defaults fit the bui
 phantom, measured from its labels (training ceT1 and test hrT2, mm from the field-of-view
 centre, |x| mirrored): cochleae at |x| 30-43, y -19 to -2, z -10 to 8; schwannomas reach
 |x| 9-37, y -20 to 8, z -8 to 16. The default box (|x| 5-49, y -26 to 14, z -15 to 19)
-holds all of them with at least 4 mm to spare.
+held all of them with at least 4 mm to spare on the phantom those were measured on; other
+seeds draw tumours up to 25 mm that can cross its medial edge (seed 4 at ``--scale 0.5``
+does), and a run then stops naming the case (:func:`labels_outside`) rather than crop a
+label away: use ``--ears found`` or a larger ``--ear-size`` there.
 
 Boxes are axis-aligned in voxel space; cropping keeps physical geometry (origin moves), and
 :func:`paste` puts a cropped result back on the full grid.
