@@ -22,7 +22,8 @@ class TrainSchedule:
         flip: random left-right flips of training slices.
         crop: train on random ``crop`` x ``crop`` windows of the slices (None: whole slices),
             as the official CycleGAN trains on 256-pixel crops of 286-pixel images; the
-            networks are fully convolutional and translate whole slices.
+            networks are fully convolutional and translate whole slices. Checked where it is
+            set, :class:`vstk.translation.base.TranslatorConfig` (which knows the slice size).
     """
 
     steps: int = 1000
@@ -42,9 +43,6 @@ class TrainSchedule:
             raise ConfigError(f"steps={self.steps}, decay_steps={self.decay_steps}: need at least one step")
         if self.batch_size < 1 or self.checkpoint_every < 1:
             raise ConfigError("batch_size and checkpoint_every must be at least 1")
-        if self.crop is not None and (self.crop < 8 or self.crop % 4):
-            raise ConfigError(f"train_crop={self.crop} must be a multiple of 4 and at least 8",
-                              fix="e.g. train_crop=64, or none for whole slices")
 
     @property
     def total_steps(self) -> int:
