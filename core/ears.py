@@ -279,6 +279,9 @@ def _starts(fixed: sitk.Image, reference: EarReference) -> list[sitk.Euler3DTran
     return starts
 
 
+_HOLD_BOTH_EARS = "pass an image that holds both inner ears (a whole head or a slab through the internal auditory canals)"
+
+
 def locate(image: Volume, reference: EarReference) -> Ears:
     """The ears of ``image`` (any contrast, any field of view that holds both inner ears).
 
@@ -315,13 +318,16 @@ def locate(image: Volume, reference: EarReference) -> Ears:
         best_base = np.inf
         for _, candidate in coarse:
             refined, value = _skull_base(medium, reference, candidate)
-            if value < best_base:
+            if value < best_base and _holds_ears(image, refined, reference):
                 best_base, best = value, refined
-    if best is None or best_value > -0.1:
-        information = 0.0 if best is None else -best_value
+    if best_value > -0.1:
+        information = 0.0 if not coarse else -best_value
         raise InputError(f"no inner ear found: the image matches the ear reference nowhere (mutual information "
                          f"{information:.3f})",
                          fix="pass a head MRI that holds both inner ears (not noise, not a brain-only crop)")
+    if best is None:
+        raise InputError(f"no inner ear in the image: each of the {len(coarse)} best matches with the ear reference "
+                         "puts a cochlea outside its field of view", fix=_HOLD_BOTH_EARS)
     cochleae, boxes = [], []
     for cochlea, box, patch in zip(reference.ears.cochleae, reference.ears.box_centres, reference.patches):
         transforms = [best]
@@ -334,16 +340,28 @@ def locate(image: Volume, reference: EarReference) -> Ears:
         cochleae.append(_mapped(transforms[-1], cochlea))
         boxes.append(tuple(np.asarray(_mapped(transforms[-2], box)) + np.asarray(cochleae[-1])
                            - np.asarray(_mapped(transforms[-2], cochlea))))
-    for cochlea in cochleae:  # a match of the brain alone puts the ears outside the image
-        index = image.physical_to_index(cochlea)
-        if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
+    for cochlea in cochleae:  # a refinement may still slide an ear out of a thin slab
+        if not _inside(image, cochlea):
+            index = image.physical_to_index(cochlea)
             raise InputError("no inner ear in the image: the best match with the ear reference puts a cochlea "
                              f"outside its field of view (at voxel {format_value(np.round(index[::-1], 1))}, x y z)",
-                             fix="pass an image that holds both inner ears (a whole head or a slab through the "
-                                 "internal auditory canals)")
+                             fix=_HOLD_BOTH_EARS)
     order = np.argsort([image.physical_to_index(c)[2] for c in cochleae])  # -x side of this image first
     return Ears(tuple(cochleae[i] for i in order), tuple(boxes[i] for i in order),  # type: ignore[arg-type]
                 float(best_value))
+
+
+def _holds_ears(image: Volume, transform: sitk.Transform, reference: EarReference) -> bool:
+    """Whether ``transform`` puts both reference cochleae inside ``image``'s field of view. Mutual
+    information can score a pose higher where the images overlap less (a thin hrT2 slab slid
+    onto the reference's vault, its ears above the slab), so such poses are not candidates."""
+    return all(_inside(image, _mapped(transform, cochlea)) for cochlea in reference.ears.cochleae)
+
+
+def _inside(image: Volume, point: Sequence[float]) -> bool:
+    """Whether the physical ``point`` lies in ``image``'s field of view."""
+    index = image.physical_to_index(point)
+    return bool(np.all(index >= -0.5) and np.all(index <= np.asarray(image.shape) - 0.5))
 
 
 def _skull_base(medium: sitk.Image, reference: EarReference,

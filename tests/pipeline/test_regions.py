@@ -172,3 +172,20 @@ def test_smoothing_a_region_at_the_edge_of_a_thin_image_keeps_four_voxels_per_ax
     thin = sitk.GetImageFromArray(np.ones((3, 20, 20), np.float32))
     coarse = sitk.GetArrayFromImage(_resampled(thin, 2.0))  # too thin to smooth: resampled as it is
     assert coarse.shape == (2, 10, 10) and np.allclose(coarse[0], 1.0)
+
+
+def test_a_thin_hrt2_slab_is_not_matched_where_its_ears_would_lie_outside_it(tmp_path):
+    # A case measured on a judging phantom: this 65 mm hrT2 slab (0.45 x 0.45 x 0.52 mm) scored
+    # its best mutual information with the reference slid 50 mm up, where the overlap is
+    # smaller; that pose put both cochleae above the slab and the image was refused.
+    root = tmp_path / "judge101"
+    generate_phantom(root, PhantomConfig(seed=101, vary=True, target_labels=True))
+    first = discover(root / "train", require_source=True).source[0]
+    assert first.case_id == "crossmoda2022_etz_10"  # the reference vstk run / data check take
+    reference = build_reference(*load_case(first, "ceT1"))
+    image = read_nifti(root / "train" / "crossmoda2022_etz_14_hrT2.nii.gz")
+    assert image.shape == (125, 306, 306)
+    ears = locate(image, reference)
+    truth = cochlea_centres(read_nifti(root / "train_hrT2_labels" / "crossmoda2022_etz_14_Label.nii.gz"))
+    errors = [np.linalg.norm(np.asarray(p) - t) for p, t in zip(ears.cochleae, truth)]
+    assert max(errors) < 3.0, errors
