@@ -45,6 +45,7 @@ from .bench_model import NONE, SUPERVISED, BenchOptions, BenchPlan, Method, Repl
 from .bench_report import write_bench_report
 from .plan import RunOptions, check_labels_inside, component_classes, phantom_data, plan_run
 from .predictions import write_predictions
+from .regions import EARS_DIR, Region, crop_labelled, crop_to_region, locate_regions
 from .run import stage_inputs
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
         from ..phantom import TARGET_LABELS
 
         # the benchmark's own phantom has labels of the training hrT2, for the supervised row
-        root = phantom_data(options.out, cases=options.phantom_cases, seed=options.phantom_seed, target_labels=True)
+        root = phantom_data(options.out, cases=options.phantom_cases, seed=options.phantom_seed, target_labels=True,
+                           geometry=options.phantom_geometry)
         data, test, test_labels = root / "train", root / "test", root / "test_labels"
         target_labels = root / TARGET_LABELS if (root / TARGET_LABELS).is_dir() else None
         paired_dir = root / "paired"
@@ -96,7 +98,7 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
                              segmenter=options.segmenter, pseudo_labeler=options.pseudo_labeler,
                              settings=options.settings, device=options.device, progress=options.progress,
                              ear_offset_mm=options.ear_offset_mm, ear_size_mm=options.ear_size_mm,
-                             segment_on=options.segment_on)
+                             ears=options.ears, segment_on=options.segment_on)
     run_plan = plan_run(run_options, host)
     assert run_plan.test is not None
 
@@ -107,8 +109,8 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
         if not labelled_targets:
             raise InputError("no label matches a training hrT2 image", path=target_labels,
                              fix="name them {case}_Label.nii.gz for {case}_hrT2.nii.gz in --data")
-        for case in labelled_targets:  # a label off its grid or its ear boxes stops here, not after hours
-            image, label = load_case(case, "hrT2")
+        for case in labelled_targets:  # a label off its grid, its ear region or its boxes stops here, not after hours
+            image, label = _supervised_case(run_plan, case)
             if run_plan.segment_rule is not None:
                 check_labels_inside(case.hrT2, image, label, run_plan.segment_rule)
         if len(labelled_targets) < len(folder.target):
@@ -143,6 +145,17 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
     return plan
 
 
+def _supervised_case(run_plan: Any, case: Any) -> tuple[Volume, Volume]:
+    """A labelled training hrT2 and its label, both cut to the image's ear region with
+    ``--ears found`` (the region the run found for that file; no labelled voxel cropped away)."""
+    image, label = load_case(case, "hrT2")
+    if run_plan.regions is None:
+        return image, label
+    cropped, cropped_label = crop_labelled(image, label, run_plan.regions[str(case.hrT2)].box, case.label)
+    assert cropped_label is not None
+    return cropped, cropped_label
+
+
 class _TimedTranslator:
     """A translator whose ``translate_volume`` calls add up their wall time in ``seconds``."""
 
@@ -174,7 +187,8 @@ def training_cases(plan: BenchPlan, method: Method) -> list[TrainingCase]:
     if method.name == NONE:
         return _ear_cases(((f"ceT1__{c.case_id}", *load_case(c, "ceT1")) for c in plan.run.train.source), plan)
     if method.name == SUPERVISED:
-        return _ear_cases(((f"hrT2__{c.case_id}", *load_case(c, "hrT2")) for c in plan.labelled_targets), plan)
+        return _ear_cases(((f"hrT2__{c.case_id}", *_supervised_case(plan.run, c)) for c in plan.labelled_targets),
+                          plan)
     return stages.pool_training_cases(plan.run.pool, plan.run.segment_rule, views=method.views)
 
 
@@ -201,13 +215,12 @@ def pseudo_labels(plan: BenchPlan, replicate: Replicate, round_index: int, show:
                       pseudo_labelled=True)
 
 
-def _predict(plan: BenchPlan, replicate: Replicate, images: Callable[[], dict[str, Volume]],
-             show: bool | None) -> dict[str, Any]:
+def _predict(plan: BenchPlan, replicate: Replicate, images: "_TestImages", show: bool | None) -> dict[str, Any]:
     folder = plan.method_dir(replicate) / "predictions"
     shutil.rmtree(folder, ignore_errors=True)  # no prediction of an earlier test set stays behind
     written = write_predictions(plan.segmenters[replicate.key], plan.run.segment_rule, images(), folder,
                                 round_index=plan.rounds_of(replicate.method), keep_largest_vs=False, show=show,
-                                title=f"predict {replicate.key}")
+                                title=f"predict {replicate.key}", onto=images.onto)
     return {"cases": len(written), "folder": str(folder)}
 
 
@@ -228,6 +241,8 @@ def row_inputs(plan: BenchPlan, replicate: Replicate) -> dict[str, dict[str, Any
     segmenter = plan.segmenters[replicate.key]
     segment = {**training, "segmenter": options.segmenter, **records.named_settings(options.segmenter, segmenter),
                "ear_offset_mm": list(options.ear_offset_mm), "ear_size_mm": list(options.ear_size_mm)}
+    if options.ears != "rule":  # on the ear regions found (a record without the key: the rule)
+        segment["ears"] = options.ears
     if plan.run.segment_rule is None:  # (a record without the key: ear boxes)
         segment["segment_on"] = "whole"
     labeler = records.named_settings(options.pseudo_labeler, plan.run.pseudo_labeler)
@@ -313,15 +328,22 @@ def bench(options: BenchOptions, host: PluginHost) -> dict[str, Any]:
 
 
 class _TestImages:
-    """The test hrT2 of a plan, read once on first use."""
+    """The test hrT2 of a plan, read once on first use; with ``--ears found`` each is cut to
+    its ear region and ``onto`` gives the region and the original, to put predictions back."""
 
     def __init__(self, plan: BenchPlan) -> None:
         self._plan = plan
         self._images: dict[str, Volume] = {}
+        self.onto: dict[str, tuple[Region, Volume]] | None = None
 
     def __call__(self) -> dict[str, Volume]:
         if not self._images:
-            self._images.update({c.case_id: read_image(c.hrT2) for c in self._plan.run.test.target})
+            images = {c.case_id: read_image(c.hrT2) for c in self._plan.run.test.target}
+            regions = self._plan.run.regions
+            if regions is not None:
+                self.onto = {c.case_id: (regions[str(c.hrT2)], images[c.case_id]) for c in self._plan.run.test.target}
+                images = {case: crop_to_region(image, self.onto[case][0]) for case, image in images.items()}
+            self._images.update(images)
         return self._images
 
 
@@ -332,7 +354,7 @@ def _pending(plan: BenchPlan, replicate: Replicate) -> bool:
                for name, wanted in row_inputs(plan, replicate).items())
 
 
-def run_replicate(plan: BenchPlan, replicate: Replicate, test_images: Callable[[], dict[str, Volume]],
+def run_replicate(plan: BenchPlan, replicate: Replicate, test_images: _TestImages,
                   show: bool | None) -> dict[str, dict[str, Any]]:
     """Train (every round), predict and evaluate one replicate, skipping finished stages."""
     from ..evaluation.evaluate import evaluate_folders
@@ -425,8 +447,11 @@ def fidelity_stage(plan: BenchPlan, translators: dict[str, Any], show: bool | No
     outputs.update({name: {} for name in translators})
     with progress_bar(len(plan.paired) * len(translators), "fidelity", enabled=show) as bar:
         for i, case in enumerate(plan.paired):
-            ce = read_image(case.ceT1)
-            truths[case.case_id] = read_image(case.hrT2)
+            ce, truth = read_image(case.ceT1), read_image(case.hrT2)
+            if plan.run.regions is not None:  # both cut to the region of the ears found on the ceT1
+                region = locate_regions({case.case_id: (case.ceT1, ce)}, plan.out / EARS_DIR)[case.case_id]
+                ce, truth = crop_to_region(ce, region), crop_to_region(truth, region)
+            truths[case.case_id] = truth
             outputs[NONE][case.case_id] = ce
             for j, (name, translator) in enumerate(translators.items()):
                 started = time.perf_counter()

@@ -74,9 +74,6 @@ class BenchOptions(JobOptions):
         if any(seed < 0 for seed in self.seeds):
             raise ConfigError(f"--seeds {','.join(str(s) for s in self.seeds)}: seeds are 0 or more")
         super().__post_init__()
-        if self.ears != "rule":
-            raise ConfigError("vstk bench places the ear boxes by rule only (its supervised row's labelled hrT2 "
-                              "are not cropped to found ear regions yet)", fix="leave out --ears, or use vstk run")
         for name in self.translators:
             if name in (NONE, SUPERVISED):
                 raise ConfigError(f"--translators: {name!r} is the name of a reference row of the benchmark",

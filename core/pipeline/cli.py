@@ -96,6 +96,11 @@ def add_view_command(pool: Path, translators: str, data: Path, work: Path, profi
     click.echo(f"pool extended: {path}")
 
 
+phantom_geometry_option = click.option(
+    "--phantom-geometry", type=click.Choice(["slab", "crossmoda"]), default="slab", show_default=True,
+    help="Geometry of the phantom used without --data (see vstk phantom --geometry); crossmoda needs --ears found.")
+
+
 @click.command("run")
 @translators_option
 @click.option("--data", type=click.Path(path_type=Path), default=None,
@@ -111,9 +116,7 @@ def add_view_command(pool: Path, translators: str, data: Path, work: Path, profi
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--phantom-cases", type=click.IntRange(1, 500), default=10, show_default=True,
               help="Labelled cases of the phantom used without --data.")
-@click.option("--phantom-geometry", type=click.Choice(["slab", "crossmoda"]), default="slab", show_default=True,
-              help="Geometry of the phantom used without --data (see vstk phantom --geometry); crossmoda "
-                   "needs --ears found.")
+@phantom_geometry_option
 @click.option("--keep-largest-vs", is_flag=True, default=False,
               help="Post-process the test predictions: keep only the largest connected VS component "
                    "(one tumour per patient); off by default: stock nnU-Net predictions.")
@@ -205,6 +208,7 @@ def predict_command(run_dir: Path, images: Path, out: Path, round_index: int | N
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--phantom-cases", type=click.IntRange(2, 500), default=10, show_default=True,
               help="Labelled cases of the phantom used without --data.")
+@phantom_geometry_option
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Rows whose segmenters train side by side, one process each, with cores / jobs "
                    "threads each.")
@@ -218,9 +222,9 @@ def predict_command(run_dir: Path, images: Path, out: Path, round_index: int | N
 @device_option
 def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, test: Path | None,
                   test_labels: Path | None, target_labels: Path | None, paired: Path | None, profile: str | None,
-                  rounds: int, segmenter: str, pseudo_labeler: str, out: Path, phantom_cases: int, jobs: int,
-                  seeds: str | None, ears: str, ear_offset, ear_size, segment_on: str | None, settings,
-                  config_file, device: str | None) -> None:
+                  rounds: int, segmenter: str, pseudo_labeler: str, out: Path, phantom_cases: int,
+                  phantom_geometry: str, jobs: int, seeds: str | None, ears: str, ear_offset, ear_size,
+                  segment_on: str | None, settings, config_file, device: str | None) -> None:
     """Benchmark translators alone and combined under one segmentation protocol.
 
     Rows: none (segmenter on raw ceT1: the floor), each translator, each --combos
@@ -240,7 +244,8 @@ def bench_command(translators: str, combos: tuple[str, ...], data: Path | None, 
                            paired=paired, profile=default_profile(profile, device), rounds=rounds,
                            segmenter=segmenter, pseudo_labeler=pseudo_labeler,
                            settings=collect_settings(settings, config_file), device=device,
-                           phantom_cases=phantom_cases, jobs=jobs, seeds=_parse_seeds(seeds),
+                           phantom_cases=phantom_cases, phantom_geometry=phantom_geometry, jobs=jobs,
+                           seeds=_parse_seeds(seeds),
                            segment_on=segment_on, **ear_settings(ear_offset, ear_size, ears))
     with log_to_file(out / "vstk.log"):
         data_out = bench(options, plugin_host())

@@ -145,16 +145,26 @@ def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
 
 
 def _write_crop(folder: Path, path: Path, image: Volume, label: Volume | None, case: CaseFiles, box: Box) -> None:
+    image_crop, label_crop = crop_labelled(image, label, box, case.label)
+    if label_crop is not None:
+        write_nifti(label_crop, folder / case.label.name)
+    write_nifti(image_crop, folder / path.name)
+
+
+def crop_labelled(image: Volume, label: Volume | None, box: Box,
+                  label_path: Path | None) -> tuple[Volume, Volume | None]:
+    """``image`` and its ``label`` cut to the ear region ``box``; a label with voxels outside
+    it is refused, naming ``label_path``: nothing labelled is cropped away."""
+    label_crop = None
     if label is not None:
         outside = labels_outside(label, [box])
         if outside:
             raise InputError("; ".join(o.describe("the ear region found (the crop the run trains on)")
-                                       for o in outside), path=case.label,
+                                       for o in outside), path=label_path,
                              fix="check the image (both inner ears in view?), or give the boxes by hand "
                                  "with --ears rule --ear-offset X,Y,Z")
-        write_nifti(crop(label, box), folder / case.label.name)
-    fill = float(np.percentile(image.array, 1.0))
-    write_nifti(crop(image, box, fill=fill), folder / path.name)
+        label_crop = crop(label, box)
+    return crop(image, box, fill=float(np.percentile(image.array, 1.0))), label_crop
 
 
 def crop_to_region(image: Volume, region: Region) -> Volume:

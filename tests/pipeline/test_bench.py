@@ -361,3 +361,31 @@ def test_gap_closed_needs_a_ceiling_above_the_floor():
     assert gap_closed(0.2, 0.2, 0.8) == 0.0 and gap_closed(0.8, 0.2, 0.8) == 1.0
     assert gap_closed(0.0, 0.01, 0.0) is None  # supervised below none: no gap, not "100%"
     assert gap_closed(0.3, 0.3, 0.3) is None and gap_closed(0.3, None, 0.9) is None
+
+
+@pytest.mark.slow
+def test_found_ears_bench_whole_head_data_with_every_row_on_ear_regions(tmp_path):
+    root = tmp_path / "crossmoda"
+    generate_phantom(root, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.4, seed=21,
+                                         geometry="crossmoda", target_labels=True))
+    data = ["--translators", "cyclegan", "--data", str(root / "train"), "--test", str(root / "test"),
+            "--test-labels", str(root / "test_labels"), "--target-labels", str(root / "train_hrT2_labels"),
+            "--paired", str(root / "paired"), *TINY]
+    # the boxes of the rule miss the ears of whole-head ceT1: refused before anything trains
+    refused = vstk_fails(*data, "--out", str(tmp_path / "rule"))
+    assert "_ceT1.nii.gz" in refused.stderr and "outside" in refused.stderr  # names the case
+    out = tmp_path / "found"
+    done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", *data, "--ears", "found", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "supervised: mean Dice" in done.stdout
+    regions = json.loads((out / "ears" / "regions.json").read_text())["regions"]
+    assert len(regions) == 2 + 2 + 2  # training ceT1 and hrT2, test hrT2 (paired ceT1 are located when scored)
+    report = json.loads((out / "bench.json").read_text())
+    assert set(report["fidelity"]) >= {"none", "cyclegan"}  # paired cases scored on their ear regions
+    for row in ("none", "cyclegan", "supervised"):
+        record = json.loads((out / "state" / f"segment-{row}-r0.json").read_text())
+        assert record["inputs"]["ears"] == "found"
+        for truth in sorted((root / "test_labels").glob("*_Label.nii.gz")):  # back on each test image's grid
+            predicted = read_nifti(out / "methods" / row / "predictions" / truth.name)
+            assert predicted.same_grid(read_nifti(truth)), (row, truth.name)
