@@ -279,7 +279,8 @@ def _starts(fixed: sitk.Image, reference: EarReference) -> list[sitk.Euler3DTran
     return starts
 
 
-_HOLD_BOTH_EARS = "pass an image that holds both inner ears (a whole head or a slab through the internal auditory canals)"
+_HOLD_BOTH_EARS = ("pass an image that holds both inner ears (a whole head or a slab through the internal "
+                   "auditory canals)")
 
 
 def locate(image: Volume, reference: EarReference) -> Ears:
