@@ -11,8 +11,8 @@ both contrasts) is located without its label. Reported per seed and contrast: th
 of each found cochlea centre from the centroid of that cochlea in the image's own truth
 label (median, worst), the share of labelled voxels inside the ear region the run would
 crop and inside the ear boxes within it, and seconds per image. An image in which no ear is
-found counts as a failure (printed with its error) and is left out of the error columns. The last line is the CPU
-flags that matter for timing (AMX or not).
+found counts as a failure (printed with its error) and is left out of the error columns. The
+last line is the CPU flags that matter for timing (AMX or not).
 """
 
 from __future__ import annotations

@@ -164,12 +164,17 @@ def crop_labelled(image: Volume, label: Volume | None, box: Box,
                              fix="check the image (both inner ears in view?), or give the boxes by hand "
                                  "with --ears rule --ear-offset X,Y,Z")
         label_crop = crop(label, box)
-    return crop(image, box, fill=float(np.percentile(image.array, 1.0))), label_crop
+    return _crop_image(image, box), label_crop
 
 
 def crop_to_region(image: Volume, region: Region) -> Volume:
     """``image`` cut to its ear region (padding with its background where none is needed)."""
-    return crop(image, region.box, fill=float(np.percentile(image.array, 1.0)))
+    return _crop_image(image, region.box)
+
+
+def _crop_image(image: Volume, box: Box) -> Volume:
+    """``image`` cut to ``box``, padded with its background (1st percentile) where it ends."""
+    return crop(image, box, fill=float(np.percentile(image.array, 1.0)))
 
 
 def restore(label: Volume, region: Region, original: Volume) -> Volume:
