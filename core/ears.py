@@ -13,8 +13,9 @@ every image (ceT1, a translation of it, hrT2), without labels:
 2. A new image is registered rigidly to it (:func:`locate`) with Mattes mutual information,
    which ties ceT1 (fluid dark) to hrT2 (fluid bright) as well as to ceT1: a coarse search
    over head positions along z and turns about z (the image may be a thin slab anywhere on
-   the head) at ``COARSE_SPACING_MM``, the best starts optimised, the best of them refined
-   at ``MEDIUM_SPACING_MM``, then each ear refined on its own at
+   the head) at ``COARSE_SPACING_MM``, the best starts optimised, the best distinct poses
+   they reach refined at ``MEDIUM_SPACING_MM`` on the skull base and the best there kept,
+   then each ear refined on its own at
    ``FINE_SPACING_MM`` within ``EAR_RADII_MM`` of it.
 3. The reference's cochleae and box centres, mapped through the result, are the image's.
 
@@ -44,9 +45,16 @@ log = logging.getLogger(__name__)
 COARSE_SPACING_MM = 4.0
 #: Voxel size (mm) at which the pose is then refined on the skull base (and the reference kept).
 MEDIUM_SPACING_MM = 2.0
-#: coarse poses (the best-scoring starts after registration at 4 mm) whose skull base is
-#: registered at 2 mm; the best there wins (at 4 mm, poses 10-15 mm apart can score alike)
-COARSE_CANDIDATES = 3
+#: Starts (the best-scoring of the coarse search) registered at ``COARSE_SPACING_MM``.
+COARSE_TRIES = 10
+#: Coarse poses (the best after registration at 4 mm, one per distinct pose) whose skull base
+#: is then registered at 2 mm; the best there wins. At 4 mm poses 10-20 mm apart, or turned
+#: the other way, can score alike, and on a thin slab the best starts can all converge on one
+#: wrong pose (the slab matched 20 mm too high), so several distinct poses go on.
+COARSE_CANDIDATES = 6
+#: Two coarse poses are one candidate when they put each reference cochlea within this many
+#: mm of where the other puts it.
+SAME_POSE_MM = 3.0
 #: Radius (mm) of the sphere around the midpoint of the ears that the skull-base refinement
 #: looks at: both inner ears, the canals and the posterior fossa, not the vault.
 SKULL_BASE_RADIUS_MM = 50.0
@@ -302,15 +310,19 @@ def locate(image: Volume, reference: EarReference) -> Ears:
         except RuntimeError:  # too little overlap with the reference at this start
             continue
     scored.sort(key=lambda item: item[0])
-    coarse = []  # (metric, transform) of the best starts registered at the coarse grid
-    for _, start in scored[:COARSE_CANDIDATES]:
+    registered = []  # (metric, transform) of the best starts registered at the coarse grid
+    for _, start in scored[:COARSE_TRIES]:
         method = _registration(iterations=60, sampling=0.3)
         method.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
         try:
             found = _euler_of(method.Execute(fixed, moving))
         except RuntimeError:
             continue
-        coarse.append((method.GetMetricValue(), found))
+        registered.append((method.GetMetricValue(), found))
+    coarse = []  # the best distinct poses among them
+    for value, found in sorted(registered, key=lambda item: item[0]):
+        if len(coarse) < COARSE_CANDIDATES and not any(_same_pose(found, other, reference) for _, other in coarse):
+            coarse.append((value, found))
     best_value = min((value for value, _ in coarse), default=np.inf)
     best = None
     if coarse:  # each candidate's skull base at a finer grid: its turn decides where each ear lands,
@@ -350,6 +362,12 @@ def locate(image: Volume, reference: EarReference) -> Ears:
     order = np.argsort([image.physical_to_index(c)[2] for c in cochleae])  # -x side of this image first
     return Ears(tuple(cochleae[i] for i in order), tuple(boxes[i] for i in order),  # type: ignore[arg-type]
                 float(best_value))
+
+
+def _same_pose(one: sitk.Transform, other: sitk.Transform, reference: EarReference) -> bool:
+    """Whether two poses put each of the reference's cochleae within ``SAME_POSE_MM`` of each other."""
+    return all(np.linalg.norm(np.subtract(_mapped(one, c), _mapped(other, c))) <= SAME_POSE_MM
+               for c in reference.ears.cochleae)
 
 
 def _holds_ears(image: Volume, transform: sitk.Transform, reference: EarReference) -> bool:

@@ -189,3 +189,26 @@ def test_a_thin_hrt2_slab_is_not_matched_where_its_ears_would_lie_outside_it(tmp
     truth = cochlea_centres(read_nifti(root / "train_hrT2_labels" / "crossmoda2022_etz_14_Label.nii.gz"))
     errors = [np.linalg.norm(np.asarray(p) - t) for p, t in zip(ears.cochleae, truth)]
     assert max(errors) < 3.0, errors
+
+
+
+@pytest.mark.parametrize("seed, image_file, label_file, shape", [
+    # a 50 mm test slab (0.5 x 0.5 x 1.0 mm, turned 7 degrees): the three best coarse starts
+    # all converged on one pose about 20 mm too high, whose cochleae still lie inside the slab
+    (61, "test/crossmoda2022_ldn_7_hrT2.nii.gz", "test_labels/crossmoda2022_ldn_7_Label.nii.gz", (50, 448, 448)),
+    # a test slab whose head is turned 8 degrees: the four best starts all turned it the other
+    # way (one cochlea 11 mm off); the best pose after the coarse registration was the fifth start
+    (71, "test/crossmoda2022_etz_8_hrT2.nii.gz", "test_labels/crossmoda2022_etz_8_Label.nii.gz", None),
+])
+def test_the_skull_base_judges_several_distinct_coarse_poses(tmp_path, seed, image_file, label_file, shape):
+    # Both measured on varied-contrast crossmoda phantoms, where the ear finder placed a cochlea
+    # 22 mm and 11 mm off before candidates were the best distinct poses after registration.
+    root = tmp_path / f"vary{seed}"
+    generate_phantom(root, PhantomConfig(cases=3, seed=seed, geometry="crossmoda", target_labels=True, vary=True))
+    reference = build_reference(*load_case(discover(root / "train", require_source=True).source[0], "ceT1"))
+    image = read_nifti(root / image_file)
+    assert shape is None or image.shape == shape
+    ears = locate(image, reference)
+    truth = cochlea_centres(read_nifti(root / label_file))
+    errors = [np.linalg.norm(np.asarray(p) - t) for p, t in zip(ears.cochleae, truth)]
+    assert max(errors) < 3.0, errors
