@@ -52,6 +52,11 @@ COARSE_TRIES = 10
 #: the other way, can score alike, and on a thin slab the best starts can all converge on one
 #: wrong pose (the slab matched 20 mm too high), so several distinct poses go on.
 COARSE_CANDIDATES = 6
+#: A coarse pose is a candidate only when its metric reaches this share of the best pose's: a
+#: pose that matches the reference much worse than the best (a brain-only crop slid down until
+#: its lower edge holds the cochleae) is no candidate. Correct poses measured down to 0.85 of
+#: the best (a thin slab whose best coarse poses were wrong), such slid poses near 0.45.
+COARSE_SHARE = 0.7
 #: Two coarse poses are one candidate when they put each reference cochlea within this many
 #: mm of where the other puts it.
 SAME_POSE_MM = 3.0
@@ -319,9 +324,12 @@ def locate(image: Volume, reference: EarReference) -> Ears:
         except RuntimeError:
             continue
         registered.append((method.GetMetricValue(), found))
-    coarse = []  # the best distinct poses among them
-    for value, found in sorted(registered, key=lambda item: item[0]):
-        if len(coarse) < COARSE_CANDIDATES and not any(_same_pose(found, other, reference) for _, other in coarse):
+    registered.sort(key=lambda item: item[0])
+    coarse = []  # the best distinct poses among them that match nearly as well as the best
+    for value, found in registered:
+        if len(coarse) == COARSE_CANDIDATES or value > COARSE_SHARE * registered[0][0]:
+            break
+        if not any(_same_pose(found, other, reference) for _, other in coarse):
             coarse.append((value, found))
     best_value = min((value for value, _ in coarse), default=np.inf)
     best = None
