@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vstk.crossmoda import discover, load_case
-from vstk.ears import REGION_MM, build_reference, cochlea_centres, locate
+from vstk.ears import REGION_MM, Ears, build_reference, cochlea_centres, locate
 from vstk.errors import InputError
 from vstk.phantom import PhantomConfig, generate_phantom
 from vstk.pipeline.plan import RunOptions, plan_run
@@ -18,6 +18,12 @@ from vstk.pipeline.regions import crop_to_region, restore
 from vstk.plugins import load_plugins
 from vstk.roi import crop, ear_boxes, labels_outside
 from vstk.volume import Volume, read_nifti
+
+
+def cochlea_errors_mm(ears: Ears, label_path: Path) -> list[float]:
+    """Distance (mm) of each cochlea found from the centre of that cochlea in the truth label."""
+    truth = cochlea_centres(read_nifti(label_path))
+    return [float(np.linalg.norm(np.asarray(p) - t)) for p, t in zip(ears.cochleae, truth)]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +49,7 @@ def test_the_cochleae_are_found_on_whole_head_ceT1_and_hrT2_slabs_without_labels
                 continue
             image = read_nifti(crossmoda / record["files"][contrast])
             ears = locate(image, reference)
-            truth = cochlea_centres(read_nifti(crossmoda / record["files"]["Label"]))
-            errors = [np.linalg.norm(np.asarray(p) - t) for p, t in zip(ears.cochleae, truth)]
+            errors = cochlea_errors_mm(ears, crossmoda / record["files"]["Label"])
             assert max(errors) < 6.0, (record["stem"], contrast, errors)  # coarse 0.4-scale grids: mm-level
             assert ears.score < -0.1
             found += 1
@@ -185,11 +190,9 @@ def test_a_thin_hrt2_slab_is_not_matched_where_its_ears_would_lie_outside_it(tmp
     reference = build_reference(*load_case(first, "ceT1"))
     image = read_nifti(root / "train" / "crossmoda2022_etz_14_hrT2.nii.gz")
     assert image.shape == (125, 306, 306)
-    ears = locate(image, reference)
-    truth = cochlea_centres(read_nifti(root / "train_hrT2_labels" / "crossmoda2022_etz_14_Label.nii.gz"))
-    errors = [np.linalg.norm(np.asarray(p) - t) for p, t in zip(ears.cochleae, truth)]
+    errors = cochlea_errors_mm(locate(image, reference),
+                               root / "train_hrT2_labels" / "crossmoda2022_etz_14_Label.nii.gz")
     assert max(errors) < 3.0, errors
-
 
 
 @pytest.mark.parametrize("seed, image_file, label_file, shape", [
@@ -208,7 +211,5 @@ def test_the_skull_base_judges_several_distinct_coarse_poses(tmp_path, seed, ima
     reference = build_reference(*load_case(discover(root / "train", require_source=True).source[0], "ceT1"))
     image = read_nifti(root / image_file)
     assert shape is None or image.shape == shape
-    ears = locate(image, reference)
-    truth = cochlea_centres(read_nifti(root / label_file))
-    errors = [np.linalg.norm(np.asarray(p) - t) for p, t in zip(ears.cochleae, truth)]
+    errors = cochlea_errors_mm(locate(image, reference), root / label_file)
     assert max(errors) < 3.0, errors
