@@ -125,7 +125,8 @@ def train_and_predict(segmenter: Any, cases: list, images: Mapping[str, Any], ru
 def run_seed(seed: int, args: argparse.Namespace, overrides: dict[str, str]) -> dict[str, Any]:
     phantom = args.out / f"phantom_seed{seed}"
     if not (phantom / "phantom.json").is_file():
-        generate_phantom(phantom, PhantomConfig(seed=seed, target_labels=True, resolution_scale=args.scale))
+        generate_phantom(phantom, PhantomConfig(seed=seed, target_labels=True, resolution_scale=args.scale,
+                                                geometry="slab"))
     rule = EarRule()
     cases = labelled_crops(phantom, rule)
     test = discover(phantom / "test", labels=phantom / "test_labels", require_target=True)

@@ -212,7 +212,7 @@ def phantom_ratios(settings: dict[str, Compression], out: Path) -> list[str]:
     from vstk.volume import read_nifti
 
     folder = out / "phantom"
-    generate_phantom(folder, PhantomConfig(cases=2, test_cases=2, paired_cases=2))
+    generate_phantom(folder, PhantomConfig(cases=2, test_cases=2, paired_cases=2, geometry="slab"))
     volumes = [read_nifti(case.ceT1) for case in discover(folder / "train").source]
     rows = []
     raw = sum(v.array.astype(np.float32).nbytes for v in volumes)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .cli_options import format_table, plugin_host
+from .cli_options import DEFAULT_PHANTOM_GEOMETRY, PHANTOM_GEOMETRIES, format_table, plugin_host
 from .errors import VstkError
 
 log = logging.getLogger("vstk")
@@ -128,7 +128,8 @@ def plugins_command(as_json: bool) -> None:
 @click.option("--target-labels", is_flag=True, default=False,
               help="Also write truth labels of the training hrT2 to OUT/train_hrT2_labels (vstk bench's "
                    "supervised reference).")
-@click.option("--geometry", type=click.Choice(["slab", "crossmoda"]), default="slab", show_default=True,
+@click.option("--geometry", type=click.Choice(PHANTOM_GEOMETRIES), default=DEFAULT_PHANTOM_GEOMETRY,
+              show_default=True,
               help="slab: small fields of view around the ears; crossmoda: whole-head ceT1 and hrT2 slabs, "
                    "heads shifted and turned in the field of view, as the CrossMoDA data.")
 @click.option("--scale", "resolution_scale", type=click.FloatRange(0.2, 2.0), default=1.0, show_default=True,

@@ -15,6 +15,11 @@ import click
 
 _SCRIPT_HOST = None
 
+#: vstk.phantom.GEOMETRIES and DEFAULT_GEOMETRY, spelt out so that ``vstk --help`` does not
+#: import the phantom generator (a test keeps them equal).
+PHANTOM_GEOMETRIES = ("slab", "crossmoda")
+DEFAULT_PHANTOM_GEOMETRY = "crossmoda"
+
 
 def plugin_host(ctx: click.Context | None = None):
     """The plugin host of this invocation (loaded once, honouring ``VSTK_DISABLE_PLUGINS``);
@@ -91,10 +96,11 @@ def ear_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--ear-offset`` / ``--ear-size``: the boxes around the inner ears (vstk.roi.EarRule)."""
     command = click.option("--ear-size", callback=_mm_triple, default=None, metavar="X,Y,Z",
                            help="Size of each ear box in mm [44,40,34].")(command)
-    command = click.option("--ears", type=click.Choice(["rule", "found"]), default="rule", show_default=True,
+    command = click.option("--ears", type=click.Choice(["rule", "found"]), default=None,
                            help="found: find the inner ears of every image from its content and crop it to the "
                                 "region around them first (any field of view: whole-head ceT1, hrT2 slabs); "
-                                "rule: the boxes at --ear-offset from the field-of-view centre.")(command)
+                                "rule: the boxes at --ear-offset from the field-of-view centre [found; rule where "
+                                "--ear-offset is given or the segmenter trains on whole volumes].")(command)
     return click.option("--ear-offset", callback=_mm_triple, default=None, metavar="X,Y,Z",
                         help="Centre of the right-hand ear box in mm from the field-of-view centre, along the "
                              "image axes; the other ear is mirrored in x [27,-6,2, fitted to the phantom: "
@@ -109,11 +115,13 @@ def segment_on_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def ear_settings(ear_offset: tuple[float, float, float] | None, ear_size: tuple[float, float, float] | None,
-                 ears: str = "rule") -> dict[str, Any]:
+                 ears: str | None = None) -> dict[str, Any]:
     """The ``ear_offset_mm`` / ``ear_size_mm`` / ``ears`` options of a run, the defaults where
-    not given."""
+    not given: a box offset asks for the rule; otherwise the run chooses (JobOptions.ears)."""
     from .roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM
 
+    if ears is None and ear_offset is not None:
+        ears = "rule"
     return {"ear_offset_mm": ear_offset or DEFAULT_OFFSET_MM, "ear_size_mm": ear_size or DEFAULT_SIZE_MM,
             "ears": ears}
 

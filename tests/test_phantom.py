@@ -20,7 +20,7 @@ from vstk.phantom.solids import Ellipsoid
 from vstk.volume import read_nifti
 
 # Half the matrix size of the real protocols: 8 small cases in a couple of seconds.
-SMALL = PhantomConfig(cases=2, seed=7, resolution_scale=0.5)
+SMALL = PhantomConfig(cases=2, seed=7, resolution_scale=0.5, geometry="slab")
 NAME = re.compile(r"^crossmoda2022_(?P<site>ldn|etz)_(?P<id>\d+)_(?P<mod>ceT1|hrT2|Label)\.nii\.gz$")
 
 
@@ -46,11 +46,11 @@ def _ball(image, centre_mm, radius_mm: float) -> np.ndarray:
 
 
 def test_same_seed_gives_identical_arrays_and_another_seed_differs(tmp_path):
-    tiny = PhantomConfig(cases=2, seed=7, resolution_scale=0.3)
+    tiny = PhantomConfig(cases=2, seed=7, resolution_scale=0.3, geometry="slab")
     first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
     generate_phantom(first, tiny)
     generate_phantom(again, tiny)
-    generate_phantom(other, PhantomConfig(cases=2, seed=8, resolution_scale=0.3))
+    generate_phantom(other, PhantomConfig(cases=2, seed=8, resolution_scale=0.3, geometry="slab"))
     files = sorted(p.relative_to(first) for p in first.rglob("*.nii.gz"))
     assert len(files) == 16 and files == sorted(p.relative_to(again) for p in again.rglob("*.nii.gz"))
     for rel in files:
@@ -208,14 +208,14 @@ def test_rerun_replaces_an_interrupted_phantom_but_refuses_a_foreign_folder(tmp_
     assert (foreign / "notes.txt").read_text() == "keep me"
 
     out = tmp_path / "phantom"
-    generate_phantom(out, PhantomConfig(cases=2, seed=1, resolution_scale=0.3))
+    generate_phantom(out, PhantomConfig(cases=2, seed=1, resolution_scale=0.3, geometry="slab"))
     # Simulate an interrupted rerun: no manifest, a stray half-written file.
     (out / MANIFEST).unlink()
     stray = out / "train" / ".crossmoda2022_ldn_99_ceT1.nii.gz.tmp.nii.gz"
     stray.write_bytes(b"partial")
     with pytest.raises(InputError, match="not a complete phantom"):
         load_manifest(out)
-    summary = generate_phantom(out, PhantomConfig(cases=2, seed=1, resolution_scale=0.3))
+    summary = generate_phantom(out, PhantomConfig(cases=2, seed=1, resolution_scale=0.3, geometry="slab"))
     assert not stray.exists()
     assert (out / MANIFEST).is_file() and load_manifest(out)["counts"] == summary["counts"]
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*.nii.gz"))
@@ -246,7 +246,8 @@ def test_default_ear_boxes_hold_every_labelled_voxel(tmp_path):
     from vstk.roi import EarRule, crop, ear_boxes
 
     out = tmp_path / "data"
-    generate_phantom(out, PhantomConfig(cases=4, test_cases=4, paired_cases=2, seed=11, resolution_scale=0.5))
+    generate_phantom(out, PhantomConfig(cases=4, test_cases=4, paired_cases=2, seed=11, resolution_scale=0.5,
+                                        geometry="slab"))
     labels = sorted((out / "train").glob("*_Label.nii.gz")) + sorted((out / "test_labels").glob("*_Label.nii.gz"))
     assert len(labels) == 8
     for path in labels:
@@ -256,10 +257,11 @@ def test_default_ear_boxes_hold_every_labelled_voxel(tmp_path):
 
 
 def test_target_labels_add_truth_on_the_training_hrt2_grids_and_change_no_image(tmp_path):
-    tiny = PhantomConfig(cases=2, seed=7, resolution_scale=0.3)
+    tiny = PhantomConfig(cases=2, seed=7, resolution_scale=0.3, geometry="slab")
     plain, labelled = tmp_path / "plain", tmp_path / "labelled"
     generate_phantom(plain, tiny)
-    generate_phantom(labelled, PhantomConfig(cases=2, seed=7, resolution_scale=0.3, target_labels=True))
+    generate_phantom(labelled, PhantomConfig(cases=2, seed=7, resolution_scale=0.3, target_labels=True,
+                                             geometry="slab"))
     images = sorted(p.relative_to(plain) for p in plain.rglob("*.nii.gz"))
     assert images == sorted(p.relative_to(labelled) for p in labelled.rglob("*.nii.gz")
                             if p.parent.name != "train_hrT2_labels")
@@ -344,7 +346,7 @@ def test_without_vary_no_population_is_drawn_and_the_fixed_table_is_rendered(tmp
         raise AssertionError("Population.draw called without vary")
 
     monkeypatch.setattr(Population, "draw", classmethod(refuse))
-    population = PhantomConfig(seed=7).population()
+    population = PhantomConfig(seed=7, geometry="slab").population()
     assert population == Population.fixed() and population.seed is None
     assert np.array_equal(population.intensity_table(), mean_intensity())
     assert (population.noise_factor, population.bias_factor) == (1.0, 1.0)
@@ -354,7 +356,7 @@ def test_without_vary_no_population_is_drawn_and_the_fixed_table_is_rendered(tmp
     for tissue in (Tissue.CSF, Tissue.VS, Tissue.COCHLEA, Tissue.WHITE):
         assert np.allclose(_render_one_tissue(tissue), mean_intensity()[tissue], rtol=1e-6)
     out = tmp_path / "fixed"
-    generate_phantom(out, PhantomConfig(cases=2, seed=7, resolution_scale=0.3))
+    generate_phantom(out, PhantomConfig(cases=2, seed=7, resolution_scale=0.3, geometry="slab"))
     manifest = load_manifest(out)
     assert manifest["config"]["vary"] is False and manifest["population"] is None
 
@@ -434,7 +436,7 @@ def test_vary_phantom_writes_checks_and_records_its_population(tmp_path):
     runner = CliRunner()
     assert "--vary" in runner.invoke(cli, ["phantom", "--help"]).output
     result = runner.invoke(cli, ["phantom", str(out), "--cases", "2", "--scale", "0.3", "--seed", "5", "--vary",
-                                 "--no-png"])
+                                 "--geometry", "slab", "--no-png"])
     assert result.exit_code == 0, result.output
     check = runner.invoke(cli, ["data", "check", str(out / "train")])
     assert check.exit_code == 0, check.output
@@ -452,3 +454,10 @@ def test_vary_phantom_writes_checks_and_records_its_population(tmp_path):
         image = read_nifti(out / record["files"][contrast])
         assert np.allclose(image.spacing, drawn.spacing, atol=1e-4)
         assert record["vs"]["kind"] == "intrameatal" or record["vs"]["diameter_mm"] <= 22.0
+
+
+def test_the_command_line_offers_the_generators_geometries_and_default():
+    from vstk.cli_options import DEFAULT_PHANTOM_GEOMETRY, PHANTOM_GEOMETRIES
+    from vstk.phantom import DEFAULT_GEOMETRY, GEOMETRIES
+
+    assert (PHANTOM_GEOMETRIES, DEFAULT_PHANTOM_GEOMETRY) == (GEOMETRIES, DEFAULT_GEOMETRY) == (GEOMETRIES, "crossmoda")

@@ -41,8 +41,8 @@ from ..labels import BACKGROUND, COCHLEA, VS
 from ..volume import write_nifti
 from .anatomy import TISSUE_TO_LABEL, build_subject, subject_rng
 from .population import Population
-from .rendering import (CONTRASTS, FOV_CENTRE, GEOMETRIES, HEAD_FOV_CENTRE, SITES, Grid, Pose, acquire,
-                        crossmoda_protocols, draw_pose, grid_frame, render)
+from .rendering import (CONTRASTS, DEFAULT_GEOMETRY, FOV_CENTRE, GEOMETRIES, HEAD_FOV_CENTRE, SITES, Grid, Pose,
+                        acquire, crossmoda_protocols, draw_pose, grid_frame, render)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class PhantomConfig:
             ceT1 with the head shifted about +-12 mm in-plane and +-15 mm in z, hrT2 slabs
             planned on the canals within about +-8 mm, heads rotated about +-8 degrees and the
             grids oblique by as much (their direction matrices); ``pose_*`` are then unused.
+            The default (:data:`DEFAULT_GEOMETRY`) is ``crossmoda``.
         vary: draw one :class:`Population` per seed (its own stream, ``[seed, 0, 99]``):
             tissue contrasts within the orderings that define ceT1 and hrT2, VS texture,
             noise and bias, the slab protocols of each site, and the tumour and cochlea size
@@ -106,7 +107,7 @@ class PhantomConfig:
     pose_rotation_deg: float = 4.0
     pose_shift_mm: float = 2.0
     target_labels: bool = False
-    geometry: str = "slab"
+    geometry: str = DEFAULT_GEOMETRY
     vary: bool = False
 
     def __post_init__(self) -> None:

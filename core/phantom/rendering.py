@@ -63,6 +63,8 @@ def site_protocols(site: str, scale: float = 1.0) -> dict[str, AcquisitionProtoc
 #: on small fields of view around the ears, the grid centred on them) and ``crossmoda``
 #: (whole-head ceT1, hrT2 slabs around the canals, as the CrossMoDA data: :func:`crossmoda_protocols`).
 GEOMETRIES: tuple[str, str] = ("slab", "crossmoda")
+#: The geometry of ``vstk phantom`` and of the built-in data of ``vstk run`` / ``vstk bench``.
+DEFAULT_GEOMETRY = "crossmoda"
 
 
 def crossmoda_protocols(site: str, rng: np.random.Generator, scale: float = 1.0) -> dict[str, AcquisitionProtocol]:

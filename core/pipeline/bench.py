@@ -77,6 +77,21 @@ def method_config(base: Any, replicate: Replicate, segmenter: str) -> Any:
     return dataclasses.replace(base, **changes) if changes else base
 
 
+def _paired_cases(paired_dir: Path) -> tuple[Any, ...]:
+    """The cases of ``--paired``, each a ceT1 and an hrT2 on one grid."""
+    paired = tuple(c for c in discover(paired_dir).source if c.hrT2 is not None)
+    if not paired:
+        raise InputError("no paired case: every case needs {case}_ceT1 and {case}_hrT2 on one grid",
+                         path=paired_dir, fix="point --paired at the phantom's paired/ folder")
+    for case in paired:
+        ce, t2 = read_image(case.ceT1), read_image(case.hrT2)
+        mismatch = ce.grid_mismatch(t2)
+        if mismatch is not None:
+            raise InputError(f"paired case {case.case_id}: ceT1 and hrT2 are not on one grid ({mismatch})",
+                             path=case.hrT2, fix="paired cases render both contrasts on the same grid")
+    return paired
+
+
 def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
     """Resolve plugins, configs and data; raise on any bad input before training starts."""
     component_classes(options, host)  # unknown names and --set keys fail before the phantom is made
@@ -99,9 +114,7 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
                              settings=options.settings, device=options.device, progress=options.progress,
                              ear_offset_mm=options.ear_offset_mm, ear_size_mm=options.ear_size_mm,
                              ears=options.ears, segment_on=options.segment_on)
-    run_plan = plan_run(run_options, host)
-    assert run_plan.test is not None
-
+    # the extra folders are matched first: finding the ears of every image takes minutes
     labelled_targets: tuple[Any, ...] = ()
     if target_labels is not None:
         folder = discover(data, labels=target_labels, require_target=True)
@@ -109,6 +122,11 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
         if not labelled_targets:
             raise InputError("no label matches a training hrT2 image", path=target_labels,
                              fix="name them {case}_Label.nii.gz for {case}_hrT2.nii.gz in --data")
+    paired = _paired_cases(paired_dir) if paired_dir is not None else ()
+    run_plan = plan_run(run_options, host)
+    assert run_plan.test is not None
+
+    if target_labels is not None:
         for case in labelled_targets:  # a label off its grid, its ear region or its boxes stops here, not after hours
             image, label = _supervised_case(run_plan, case)
             if run_plan.segment_rule is not None:
@@ -120,19 +138,7 @@ def plan_bench(options: BenchOptions, host: PluginHost) -> BenchPlan:
         notes.append(f"{SUPERVISED}: skipped: the training hrT2 have no labels (pass --target-labels DIR, "
                      "or generate the phantom with --target-labels).")
 
-    paired: tuple[Any, ...] = ()
-    if paired_dir is not None:
-        paired = tuple(c for c in discover(paired_dir).source if c.hrT2 is not None)
-        if not paired:
-            raise InputError("no paired case: every case needs {case}_ceT1 and {case}_hrT2 on one grid",
-                             path=paired_dir, fix="point --paired at the phantom's paired/ folder")
-        for case in paired:
-            ce, t2 = read_image(case.ceT1), read_image(case.hrT2)
-            mismatch = ce.grid_mismatch(t2)
-            if mismatch is not None:
-                raise InputError(f"paired case {case.case_id}: ceT1 and hrT2 are not on one grid ({mismatch})",
-                                 path=case.hrT2, fix="paired cases render both contrasts on the same grid")
-    else:
+    if paired_dir is None:
         notes.append("translation fidelity: skipped: no paired ceT1/hrT2 cases (pass --paired DIR).")
 
     methods = tuple(m for m in options.methods() if m.name != SUPERVISED or labelled_targets)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from ..cli_options import (collect_settings, config_option, default_profile, device_option, ear_options, ear_settings,
-                           log_to_file, plugin_host, profile_option, segment_on_option, set_option,
-                           translators_option)
+from ..cli_options import (DEFAULT_PHANTOM_GEOMETRY, PHANTOM_GEOMETRIES, collect_settings, config_option,
+                           default_profile, device_option, ear_options, ear_settings, log_to_file, plugin_host,
+                           profile_option, segment_on_option, set_option, translators_option)
 from ..pool.cli import pool_group
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,9 @@ def add_view_command(pool: Path, translators: str, data: Path, work: Path, profi
 
 
 phantom_geometry_option = click.option(
-    "--phantom-geometry", type=click.Choice(["slab", "crossmoda"]), default="slab", show_default=True,
-    help="Geometry of the phantom used without --data (see vstk phantom --geometry); crossmoda needs --ears found.")
+    "--phantom-geometry", type=click.Choice(PHANTOM_GEOMETRIES), default=DEFAULT_PHANTOM_GEOMETRY, show_default=True,
+    help="Geometry of the phantom used without --data (see vstk phantom --geometry); crossmoda (whole-head ceT1) "
+         "needs the ears found (--ears found, the default where the segmenter trains on the ear boxes).")
 
 
 @click.command("run")

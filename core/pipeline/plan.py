@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from ..crossmoda import DataFolder, discover, load_case
 from ..errors import ConfigError, InputError, format_value
+from ..phantom import DEFAULT_GEOMETRY
 from ..plugins import PluginHost
 from ..resources import usable_cores
 from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule, ear_boxes, labels_outside
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 #: How the inner ears are placed: ``rule``, boxes at ``ear_offset_mm`` from the field-of-view
 #: centre (vstk.roi.EarRule); ``found``, every image cropped to the region around its ears
 #: found from its content first (vstk.pipeline.regions), the boxes placed inside that region.
+#: Not given, a run finds them, unless its segmenter trains on whole volumes (nothing is cropped).
 EAR_MODES = ("rule", "found")
 #: What the segmenter trains on and predicts: ``ears``, the two ear boxes of every image (the
 #: ``cpu`` profile's choice); ``whole``, whole volumes with nnU-Net's own preprocessing (the
@@ -52,11 +54,13 @@ class JobOptions:
     ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
     ear_size_mm: tuple[float, float, float] = DEFAULT_SIZE_MM
     progress: bool | None = None
-    ears: str = "rule"
-    phantom_geometry: str = "slab"
+    ears: str | None = None
+    phantom_geometry: str = DEFAULT_GEOMETRY
     segment_on: str | None = None
 
     def __post_init__(self) -> None:
+        if self.ears is None:  # the ears are found wherever the segmenter works on ear boxes
+            object.__setattr__(self, "ears", "rule" if self.segments_whole_volumes else "found")
         if self.ears not in EAR_MODES:
             raise ConfigError(f"--ears {self.ears!r} is not known", fix=f"use one of {', '.join(EAR_MODES)}")
         if self.segment_on is not None and self.segment_on not in SEGMENT_ON:
@@ -135,7 +139,8 @@ def parse_translators(value: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(n.strip() for n in names if n.strip())
 
 
-def phantom_data(out: Path, *, cases: int, seed: int, target_labels: bool = False, geometry: str = "slab") -> Path:
+def phantom_data(out: Path, *, cases: int, seed: int, target_labels: bool = False,
+                 geometry: str = DEFAULT_GEOMETRY) -> Path:
     """The built-in phantom of a run or benchmark in ``OUT/phantom``, generated on first use.
 
     A phantom already there is used only when it was made with the same ``cases``, ``seed``

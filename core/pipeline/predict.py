@@ -19,6 +19,7 @@ from typing import Any
 from ..crossmoda import discover, load_case, read_image
 from ..errors import ConfigError, InputError
 from ..plugins import PluginHost
+from . import records
 from .plan import RunOptions, component_classes, ear_rule, run_components
 from .predictions import write_predictions
 from .regions import EARS_DIR, crop_to_region, found_centres, locate_regions
@@ -80,7 +81,7 @@ def predict(run_dir: Path, images: Path, out: Path, host: PluginHost, *, round_i
 
     Raises:
         InputError: no run record, an image folder without hrT2, a corrupt image.
-        ConfigError: a round the run did not train.
+        ConfigError: a round the run does not have or has not finished.
         NotTrainedError: (from the segmenter) the round's model is missing.
     """
     options = on_device(recorded_options(run_dir), device)
@@ -95,6 +96,11 @@ def predict(run_dir: Path, images: Path, out: Path, host: PluginHost, *, round_i
     if out.resolve() == Path(images).resolve():
         raise ConfigError(f"the output folder {out} is the image folder",
                           fix="write the labels to another folder (--out)")
+    if records.stage_done(run_dir / "state", f"segment-r{round_index}") is None:  # before the ears are sought
+        raise ConfigError(f"round {round_index} has not been trained in {run_dir}: its stage "
+                          f"segment-r{round_index} is not finished",
+                          fix="rerun the vstk run command that made this folder (it resumes), or pick a finished "
+                              "--round")
     segmenter = run_components(options, component_classes(options, host)).segmenter
     volumes = {c.case_id: read_image(c.hrT2) for c in folder.target}
     originals = None

@@ -151,7 +151,8 @@ def make_phantom_data(folder: Path) -> tuple[list[Volume], list[Volume], Volume]
     """Write the kit's tiny phantom into ``folder``; return (ceT1 train, hrT2 train, paired ceT1)."""
     from ..phantom import PhantomConfig, generate_phantom
 
-    generate_phantom(folder, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.25, seed=0))
+    generate_phantom(folder, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.25, seed=0,
+                                           geometry="slab"))
     source = [read_nifti(p) for p in sorted((folder / "train").glob("*_ceT1.nii.gz"))]
     target = [read_nifti(p) for p in sorted((folder / "train").glob("*_hrT2.nii.gz"))]
     probe = read_nifti(sorted((folder / "paired").glob("*_ceT1.nii.gz"))[0])

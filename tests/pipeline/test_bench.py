@@ -21,6 +21,7 @@ TINY = ["--set", "steps=3", "--set", "decay_steps=1", "--set", "ngf=4", "--set",
         "--set", "num_epochs=2", "--set", "iterations_per_epoch=2", "--set", "val_iterations_per_epoch=1",
         "--set", "save_every=1"]
 TINY_QSATTN = ["--set", "qsattn.num_patches=16", "--set", "qsattn.netf_nc=8"]
+RULE = ["--ears", "rule"]  # the slab phantom's fixed boxes: these tests are about the benchmark, not the ears
 ROWS = ["none", "cyclegan", "qsattn", "cyclegan+qsattn", "supervised"]
 
 
@@ -28,7 +29,7 @@ ROWS = ["none", "cyclegan", "qsattn", "cyclegan+qsattn", "supervised"]
 def phantom(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantom")
     generate_phantom(root, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3, seed=3,
-                                         target_labels=True))
+                                         target_labels=True, geometry="slab"))
     return root
 
 
@@ -36,7 +37,7 @@ def vstk_bench(phantom: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "vstk.cli", "bench", "--translators", "cyclegan,qsattn",
             "--combos", "cyclegan+qsattn", "--data", str(phantom / "train"), "--test", str(phantom / "test"),
             "--test-labels", str(phantom / "test_labels"), "--target-labels", str(phantom / "train_hrT2_labels"),
-            "--paired", str(phantom / "paired"), "--out", str(out), *TINY, *TINY_QSATTN, *extra]
+            "--paired", str(phantom / "paired"), "--out", str(out), *TINY, *TINY_QSATTN, *RULE, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +202,9 @@ def test_a_benchmark_of_an_older_vstk_is_refused(tmp_path):
     records.mark_done(out / "state", "segment-none-r0", {"training_cases": 4, "seconds": 1.0})  # no inputs
     phantom = out / "phantom"
     generate_phantom(phantom, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3,
-                                            target_labels=True))
-    done = vstk_fails("--translators", "cyclegan", "--phantom-cases", "2", "--out", str(out), *TINY)
+                                            target_labels=True, geometry="slab"))
+    done = vstk_fails("--translators", "cyclegan", "--phantom-cases", "2", "--phantom-geometry", "slab", "--out",
+                      str(out), *TINY, *RULE)
     assert "holds a benchmark of an older vstk: its row none was trained without recording" in done.stderr
     assert "new --out" in done.stderr and not (out / "translators").exists()
 
@@ -215,7 +217,7 @@ def test_self_training_round_without_target_labels_or_paired_cases_then_a_new_tr
         done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", "--translators", translators,
                                "--data", str(phantom / "train"), "--test", str(phantom / "test"),
                                "--test-labels", str(phantom / "test_labels"), "--rounds", "1", "--out", str(out),
-                               *TINY, "--set", "self_training_epochs=1", *extra],
+                               *TINY, *RULE, "--set", "self_training_epochs=1", *extra],
                               capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads((out / "bench.json").read_text())
@@ -258,7 +260,7 @@ def test_seeds_train_each_row_once_per_seed_and_report_the_spread(phantom, tmp_p
         done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", "--translators", "cyclegan",
                                "--data", str(phantom / "train"), "--test", str(phantom / "test"),
                                "--test-labels", str(labels), "--seeds", seeds, "--out", str(out),
-                               *TINY], capture_output=True, text=True, timeout=1200)
+                               *TINY, *RULE], capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads((out / "bench.json").read_text()), done.stdout
 

@@ -126,10 +126,10 @@ def test_run_with_found_ears_on_whole_head_data_predicts_on_each_test_grid_and_p
     out = tmp_path / "run"
     command = [sys.executable, "-m", "vstk.cli", "run", "--translators", "cyclegan,qsattn",
                "--data", str(crossmoda / "train"), "--test", str(crossmoda / "test"),
-               "--test-labels", str(crossmoda / "test_labels"), "--out", str(out), "--rounds", "1", "--ears", "found",
-               *TINY]
+               "--test-labels", str(crossmoda / "test_labels"), "--out", str(out), "--rounds", "1", *TINY]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["options"]["ears"] == "found"  # the default of a cpu run
     for image_path in sorted((crossmoda / "test").glob("*_hrT2.nii.gz")):
         name = image_path.name.replace("_hrT2", "_Label")
         prediction = read_nifti(out / "predictions" / name)
@@ -184,7 +184,7 @@ def test_a_thin_hrt2_slab_is_not_matched_where_its_ears_would_lie_outside_it(tmp
     # its best mutual information with the reference slid 50 mm up, where the overlap is
     # smaller; that pose put both cochleae above the slab and the image was refused.
     root = tmp_path / "judge101"
-    generate_phantom(root, PhantomConfig(seed=101, vary=True, target_labels=True))
+    generate_phantom(root, PhantomConfig(seed=101, vary=True, target_labels=True, geometry="slab"))
     first = discover(root / "train", require_source=True).source[0]
     assert first.case_id == "crossmoda2022_etz_10"  # the reference vstk run / data check take
     reference = build_reference(*load_case(first, "ceT1"))

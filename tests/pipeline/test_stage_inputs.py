@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from vstk.cli_options import ear_settings
 from vstk.config import result_settings
 from vstk.crossmoda import load_case
 from vstk.errors import ConfigError, InputError
@@ -23,7 +24,8 @@ from vstk_nnunet.config import CPU as NNUNET_CPU
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantom")
-    generate_phantom(root, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3, seed=5))
+    generate_phantom(root, PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3, seed=5,
+                                         geometry="slab"))
     return root
 
 
@@ -33,6 +35,7 @@ def host():
 
 
 def plan(phantom: Path, out: Path, host, *settings: tuple[str, str], **options):
+    options.setdefault("ears", "rule")  # the slab phantom's fixed boxes: these tests are about the stages
     return plan_run(RunOptions(out=out, translators=("cyclegan", "qsattn"), data=phantom / "train",
                                settings=tuple(settings), **options), host)
 
@@ -99,7 +102,7 @@ def test_changed_segmenter_seed_names_the_first_stage_and_the_later_ones(phantom
     other_labeler = plan(phantom, out, host, pseudo_labeler="confidence")
     with pytest.raises(ConfigError, match='stage segment-r1 was finished with .*pseudo_labeler: "all" -> "confidence"'):
         check_inputs(other_labeler, stage_inputs(other_labeler))
-    fewer_views = plan_run(RunOptions(out=out, translators=("qsattn",), data=phantom / "train"), host)
+    fewer_views = plan_run(RunOptions(out=out, translators=("qsattn",), data=phantom / "train", ears="rule"), host)
     with pytest.raises(ConfigError, match=r'views: \["cyclegan", "qsattn"\] -> \["qsattn"\]'):
         check_inputs(fewer_views, stage_inputs(fewer_views))
 
@@ -146,11 +149,14 @@ def test_cheap_stages_are_redone_when_their_inputs_change(phantom, tmp_path, hos
 
 def test_a_phantom_of_other_size_is_refused(tmp_path):
     out = tmp_path / "out"
-    generate_phantom(out / "phantom", PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3))
+    generate_phantom(out / "phantom", PhantomConfig(cases=2, test_cases=2, paired_cases=2, resolution_scale=0.3,
+                                                    geometry="slab"))
     with pytest.raises(ConfigError, match="has 2 cases of seed 0, not 10 of seed 0") as error:
         phantom_data(out, cases=RunOptions(out=out).phantom_cases, seed=0)
     assert "--phantom-cases 2" in error.value.fix
-    assert phantom_data(out, cases=2, seed=0) == out / "phantom"
+    with pytest.raises(ConfigError, match="has the slab geometry, not crossmoda"):
+        phantom_data(out, cases=2, seed=0)  # the built-in data's geometry is crossmoda
+    assert phantom_data(out, cases=2, seed=0, geometry="slab") == out / "phantom"
 
 
 def test_a_final_translator_of_other_settings_is_not_used(phantom, tmp_path, host):
@@ -230,7 +236,7 @@ def test_settings_of_the_self_training_rounds_only_are_not_round_0_inputs(phanto
 
 
 def test_a_run_whose_ear_boxes_would_cut_a_training_label_stops_before_training(phantom, tmp_path, host):
-    options = dict(out=tmp_path / "out", translators=("cyclegan",), data=phantom / "train")
+    options = dict(out=tmp_path / "out", translators=("cyclegan",), data=phantom / "train", ears="rule")
     with pytest.raises(InputError, match=r"voxels lie outside the ear boxes, up to [0-9.]+ mm") as error:
         plan_run(RunOptions(**options, ear_offset_mm=(70.0, -6.0, 2.0)), host)  # boxes beside the head
     assert error.value.path.name.endswith("_ceT1.nii.gz") and "--ear-offset" in error.value.fix
@@ -262,5 +268,10 @@ def test_the_paper_profile_segments_whole_volumes_and_cpu_the_ear_boxes(phantom,
     assert (case_id, box) == (source.case_id, None) and part is image and part_label is label
     with pytest.raises(ConfigError, match="--ears found crops every image.*--segment-on ears"):
         RunOptions(out=tmp_path / "x", profile="paper", ears="found")
+    # not given, the ears are found where the segmenter works on ear boxes; an offset asks for the rule
+    defaults = RunOptions(out=tmp_path / "x")
+    assert (defaults.ears, RunOptions(out=tmp_path / "x", profile="paper").ears) == ("found", "rule")
+    assert ear_settings(None, None)["ears"] is None and ear_settings((27.0, -6.0, 2.0), None)["ears"] == "rule"
+    assert ear_settings((27.0, -6.0, 2.0), None, "found")["ears"] == "found"
     with pytest.raises(ConfigError, match="--segment-on 'all' is not known"):
         RunOptions(out=tmp_path / "x", segment_on="all")
