@@ -374,7 +374,7 @@ def test_found_ears_bench_whole_head_data_with_every_row_on_ear_regions(tmp_path
             "--test-labels", str(root / "test_labels"), "--target-labels", str(root / "train_hrT2_labels"),
             "--paired", str(root / "paired"), *TINY]
     # the boxes of the rule miss the ears of whole-head ceT1: refused before anything trains
-    refused = vstk_fails(*data, "--out", str(tmp_path / "rule"))
+    refused = vstk_fails(*data, "--ears", "rule", "--out", str(tmp_path / "rule"))
     assert "_ceT1.nii.gz" in refused.stderr and "outside" in refused.stderr  # names the case
     out = tmp_path / "found"
     done = subprocess.run([sys.executable, "-m", "vstk.cli", "bench", *data, "--ears", "found", "--out", str(out)],
