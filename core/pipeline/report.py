@@ -87,6 +87,7 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
         for name, t in evaluation["paired_t_tests"].items():
             lines.append(f"| {name} | {t['t']:.3f} | {t['p']:.4f} |")
         lines.append("")
+    lines += _contrast_section(plan)
     if plan.regions is not None:
         lines += _ears_section(plan, figures / "ears_found.png")
     lines += _model_sections(plan)
@@ -98,6 +99,24 @@ def write_report(plan, summary: dict[str, Any]) -> Path:
     path = plan.out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _contrast_section(plan) -> list[str]:
+    """How each view draws the VS and the cochlea next to the ceT1 and the labelled test hrT2
+    (-> ``structure_contrast.json``); nothing for a run without a pool."""
+    from ..evaluation.contrast import RING_MM, contrast_summary, contrast_table, pool_contrasts
+
+    if not plan.pool.is_file():
+        return []
+    sources = {c.case_id: c.ceT1 for c in plan.train.source}
+    real = [(c.hrT2, c.label) for c in plan.test.target if c.label is not None]
+    summary = contrast_summary(pool_contrasts(plan.pool, sources, real))
+    write_json_atomic(plan.out / "structure_contrast.json", {"ring_mm": RING_MM, "summary": summary})
+    return ["## Structure contrast of the views", "",
+            f"Mean inside the structure minus the mean of the unlabelled voxels within {RING_MM:g} mm of it, over the "
+            "image's robust intensity range; median (min..max) over cases. A view that has taken on hrT2's "
+            "contrast reads like the real hrT2 column (cochlea bright against bone, VS grey against bright "
+            "fluid), one that kept ceT1's like the ceT1 column.", "", contrast_table(summary), ""]
 
 
 def _ears_section(plan, path: Path) -> list[str]:

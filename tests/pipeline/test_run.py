@@ -54,6 +54,10 @@ def test_run_end_to_end_then_resume_skips_finished_stages(phantom, tmp_path):
         assert 0.0 <= model["summary"]["mean_dice"]["mean"] <= 1.0 and model["summary"]["mean_dice"]["n"] == 2
     report = (out / "report.md").read_text()
     assert "| round 1 |" in report and "figures/dice_boxplot.png" in report
+    contrast = json.loads((out / "structure_contrast.json").read_text())["summary"]
+    assert set(contrast) == {"ceT1", "cyclegan", "qsattn", "real hrT2"}
+    assert contrast["real hrT2"]["cochlea"]["cases"] == 2 and contrast["cyclegan"]["VS"]["cases"] == 2
+    assert "## Structure contrast of the views" in report and "| cochlea | " in report
     for name in ("dice_boxplot", "translated_views", "test_contours"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
     assert "stage pool done" in (out / "vstk.log").read_text()
