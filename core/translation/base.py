@@ -40,7 +40,9 @@ class TranslatorConfig:
 
     Slices: ``size`` N (pixels), ``spacing`` (mm, x y) the slice is resampled to, ``crop``
     (pixels at ``spacing`` before resizing to N; None = N), ``centre`` ("head", "volume", or
-    "ears": one slice frame per ear at ``ear_offset_mm`` from the grid centre, see vstk.roi).
+    "ears": one slice frame per ear at ``ear_offset_mm`` from the grid centre, see vstk.roi);
+    with "ears", ``focus_mm`` > 0 makes the slices within that distance of an ear-box centre
+    (the cochlea, the canal and the tumour around it) ``focus_share`` of the training draws.
     Training: ``steps`` at the initial rate then ``decay_steps`` linear decay (or ``epochs`` /
     ``decay_epochs`` over the larger slice set, as the official code counts them),
     ``batch_size``, Adam ``lr``/``beta1``/``beta2``, ``checkpoint_every``, ``sample_every``,
@@ -54,6 +56,8 @@ class TranslatorConfig:
     crop: int | None = None
     centre: str = "head"
     ear_offset_mm: tuple[float, float, float] = DEFAULT_OFFSET_MM
+    focus_mm: float = 0.0
+    focus_share: float = 0.5
     steps: int = 1000
     decay_steps: int = 1000
     epochs: int | None = None
@@ -85,6 +89,13 @@ class TranslatorConfig:
                               fix=f"e.g. size={self.size - self.size % 4}")
         if self.centre not in ("head", "volume", "ears"):
             raise ConfigError(f"centre={self.centre!r} is not allowed", fix="use head, volume or ears")
+        if self.focus_mm < 0 or not 0.0 < self.focus_share < 1.0:
+            raise ConfigError(f"focus_mm={self.focus_mm}, focus_share={self.focus_share}: the focus needs "
+                              "focus_mm >= 0 and a share between 0 and 1",
+                              fix="e.g. focus_mm=6 focus_share=0.5, or focus_mm=0 for no focus")
+        if self.focus_mm > 0 and self.centre != "ears":
+            raise ConfigError(f"focus_mm={self.focus_mm} needs the slices cut around the ears (centre={self.centre})",
+                              fix="set centre=ears, or focus_mm=0")
         if self.translate_batch < 1:
             raise ConfigError("translate_batch must be at least 1")
         if self.train_crop is not None and (self.train_crop < 8 or self.train_crop % 4):
@@ -96,7 +107,7 @@ class TranslatorConfig:
 
     def slice_options(self) -> SliceOptions:
         return SliceOptions(SliceGeometry(self.size, self.spacing, self.crop), self.centre,
-                            EarRule(offset_mm=self.ear_offset_mm))
+                            EarRule(offset_mm=self.ear_offset_mm), focus_mm=self.focus_mm)
 
     def schedule(self, num_slices: int = 0) -> TrainSchedule:
         steps, decay = self.steps, self.decay_steps
@@ -180,9 +191,9 @@ class SliceTranslator:
 
         options = self.config.slice_options()
         if not isinstance(source, SliceSet):
-            source = SliceSet.from_volumes(source, options)
+            source = SliceSet.from_volumes(source, options, focus_share=self.config.focus_share)
         if not isinstance(target, SliceSet):
-            target = SliceSet.from_volumes(target, options)
+            target = SliceSet.from_volumes(target, options, focus_share=self.config.focus_share)
         if source.size != self.config.size or target.size != self.config.size:
             raise InputError(f"slice sets are {source.size}/{target.size} px, config size is {self.config.size}")
         schedule = self.config.schedule(max(len(source), len(target)))

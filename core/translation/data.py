@@ -91,6 +91,8 @@ class SliceOptions:
         percentiles: robust intensity range mapped to [-1, 1].
         min_content: slices whose fraction of non-background pixels is below this are not
             used for training (air above and below the head).
+        focus_mm: with ``centre="ears"``, the slices within this distance (mm, along the
+            slice normal) of an ear-box centre are the focus of :meth:`SliceSet.sample`; 0: none.
     """
 
     geometry: SliceGeometry = SliceGeometry()
@@ -98,6 +100,7 @@ class SliceOptions:
     ears: EarRule = EarRule()
     percentiles: tuple[float, float] = (0.5, 99.5)
     min_content: float = 0.05
+    focus_mm: float = 0.0
 
     def regions(self, volume: Volume) -> list[tuple[slice, SliceFrame]]:
         """Where ``volume`` is sliced: ``(z range, frame)`` pairs, the frame laid on the
@@ -115,13 +118,27 @@ class SliceOptions:
             raise ValueError(f"centre must be 'head', 'volume' or 'ears', got {self.centre!r}")
         out = []
         half = self.ears.size_mm[2] / 2.0 / volume.spacing[2]
-        for point in self.ears.centres(volume):
-            kz = float(volume.physical_to_index(point)[0])
+        for point, kz in zip(self.ears.centres(volume), self._ear_slices(volume)):
             z0 = int(np.clip(np.floor(kz - half), 0, volume.shape[0] - 1))
             z1 = int(np.clip(np.ceil(kz + half) + 1, z0 + 1, volume.shape[0]))
             zs = slice(z0, z1)
             out.append((zs, slice_frame(sub_volume(volume, zs), self.geometry, point)))
         return out
+
+    def _ear_slices(self, volume: Volume) -> list[float]:
+        """The (fractional) slice index of each ear-box centre of ``volume``."""
+        return [float(volume.physical_to_index(point)[0]) for point in self.ears.centres(volume)]
+
+    def focus(self, volume: Volume) -> list[np.ndarray] | None:
+        """Per region of :meth:`regions`, which of its slices lie within ``focus_mm`` of the
+        region's ear-box centre; None without a focus."""
+        if self.focus_mm <= 0 or self.centre != "ears":
+            return None
+        masks = []
+        for (zs, _), kz in zip(self.regions(volume), self._ear_slices(volume)):
+            ks = np.arange(zs.start, zs.stop)
+            masks.append(np.abs(ks - kz) * volume.spacing[2] <= self.focus_mm)
+        return masks
 
     def frames(self, volume: Volume) -> list[SliceFrame]:
         """The frames of :meth:`regions` (each relative to its own z range)."""
@@ -147,36 +164,54 @@ def normalised_slices(volume: Volume, options: SliceOptions, start: int = 0, sto
 
 
 class SliceSet:
-    """Normalised training slices of several volumes, ``[n, N, N]`` float32 in [-1, 1]."""
+    """Normalised training slices of several volumes, ``[n, N, N]`` float32 in [-1, 1].
 
-    def __init__(self, slices: np.ndarray, volume_index: np.ndarray, names: Sequence[str]) -> None:
+    With ``focus`` (one flag per slice) and ``focus_share``, :meth:`sample` draws that share of
+    its slices from the flagged ones and the rest from the others (when both kinds exist);
+    without, every slice is equally likely.
+    """
+
+    def __init__(self, slices: np.ndarray, volume_index: np.ndarray, names: Sequence[str],
+                 focus: np.ndarray | None = None, focus_share: float = 0.5) -> None:
         if slices.ndim != 3 or slices.shape[1] != slices.shape[2]:
             raise ValueError(f"slices must be [n, N, N], got {slices.shape}")
         if len(slices) == 0:
             raise InputError("no slice with content: the slice frames miss the head",
                              fix="check the volumes, or the slice settings centre / ear_offset_mm / crop")
+        if focus is not None and focus.shape != (len(slices),):
+            raise ValueError(f"focus needs one flag per slice ({len(slices)}), got shape {focus.shape}")
         self.slices = slices
         self.volume_index = volume_index
         self.names = list(names)
+        self.focus = focus
+        self.focus_share = focus_share
+        self._groups = None
+        if focus is not None and focus.any() and not focus.all():
+            self._groups = (np.flatnonzero(focus), np.flatnonzero(~focus))
 
     @classmethod
     def from_volumes(cls, volumes: Sequence[Volume], options: SliceOptions,
-                     names: Sequence[str] | None = None) -> "SliceSet":
-        """Cut, normalise and keep the slices with content of every volume."""
+                     names: Sequence[str] | None = None, focus_share: float = 0.5) -> "SliceSet":
+        """Cut, normalise and keep the slices with content of every volume (flagging those
+        near the ears when ``options.focus_mm`` is set)."""
         names = list(names) if names is not None else [f"volume{i}" for i in range(len(volumes))]
-        chunks, owners = [], []
+        chunks, owners, flags = [], [], []
         for i, volume in enumerate(volumes):
             norm = robust_normalisation(volume, options.percentiles)
-            for zs, frame in options.regions(volume):
+            regions = options.regions(volume)
+            focus = options.focus(volume) or [None] * len(regions)
+            for (zs, frame), near in zip(regions, focus):
                 slices = normalised_slices(sub_volume(volume, zs), options, frame=frame, norm=norm)
                 content = (slices > -0.9).mean(axis=(1, 2))
                 keep = content >= options.min_content
                 chunks.append(slices[keep])
                 owners.append(np.full(int(keep.sum()), i, dtype=np.int32))
+                flags.append(near[keep] if near is not None else np.zeros(int(keep.sum()), bool))
                 log.debug("%s: %d of %d slices kept", names[i], int(keep.sum()), len(slices))
         if not chunks:
             raise InputError("no volumes given for translation", fix="check the data folder")
-        return cls(np.concatenate(chunks), np.concatenate(owners), names)
+        focus = np.concatenate(flags) if options.focus_mm > 0 and options.centre == "ears" else None
+        return cls(np.concatenate(chunks), np.concatenate(owners), names, focus, focus_share)
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -201,13 +236,20 @@ class SliceSet:
                              fix=f"use at most {len(self)} processes, or more volumes")
         order = np.random.default_rng(seed).permutation(len(self))[rank::world_size]
         order.sort()
-        return SliceSet(self.slices[order], self.volume_index[order], self.names)
+        focus = self.focus[order] if self.focus is not None else None
+        return SliceSet(self.slices[order], self.volume_index[order], self.names, focus, self.focus_share)
 
     def sample(self, rng: np.random.Generator, batch_size: int, *, flip: bool = True,
                crop: int | None = None) -> np.ndarray:
         """A random batch ``[B, 1, N, N]`` (with random left-right flips when ``flip``); with
         ``crop``, each slice is cut to a random ``crop`` x ``crop`` window first (``[B, 1, crop, crop]``)."""
-        index = rng.integers(0, len(self.slices), size=batch_size)
+        if self._groups is None:
+            index = rng.integers(0, len(self.slices), size=batch_size)
+        else:
+            near, far = self._groups
+            chosen = rng.random(batch_size) < self.focus_share
+            index = np.where(chosen, near[rng.integers(0, len(near), size=batch_size)],
+                             far[rng.integers(0, len(far), size=batch_size)])
         if crop is None or crop >= self.size:
             batch = self.slices[index][:, None].copy()
         else:

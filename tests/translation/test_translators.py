@@ -162,6 +162,44 @@ def test_slice_set_skips_empty_slices_and_samples_in_range():
     assert batch.shape == (3, 1, 32, 32) and batch.min() >= -1 and batch.max() <= 1
 
 
+def test_the_focus_draws_its_share_from_the_slices_near_the_ear_box_centres():
+    from vstk.roi import EarRule
+
+    # 40 slices of 1.5 mm; the ear-box centres 2 mm above the grid centre (slice 19.5 + 1.33)
+    volume = make_image(shape=(40, 64, 64), spacing=(1.0, 1.0, 1.5))
+    ears = EarRule(offset_mm=(16.0, 0.0, 2.0), size_mm=(30.0, 30.0, 60.0))
+    options = SliceOptions(SliceGeometry(16, (1.0, 1.0)), "ears", ears, min_content=0.0, focus_mm=3.0)
+    flags = options.focus(volume)
+    assert len(flags) == 2
+    for (zs, _), near in zip(options.regions(volume), flags):
+        ks = np.arange(zs.start, zs.stop)[near]
+        assert list(ks) == [19, 20, 21, 22]  # |k - 20.83| * 1.5 <= 3
+    slices = SliceSet.from_volumes([volume], options, focus_share=0.75)
+    assert slices.focus.sum() == 8 and len(slices) == 80
+    draws = np.concatenate([slices.sample(np.random.default_rng(n), 50, flip=False) for n in range(40)])[:, 0]
+    near = np.isin(np.arange(len(slices)), np.flatnonzero(slices.focus))
+    drawn_near = np.mean([any(np.array_equal(d, s) for s in slices.slices[near]) for d in draws])
+    assert 0.70 < drawn_near < 0.80  # 8 of 80 slices, three quarters of the draws
+    shard = slices.shard(1, 2, seed=3)
+    assert shard.focus is not None and shard.focus.sum() + slices.shard(0, 2, seed=3).focus.sum() == 8
+    for flag, one in zip(shard.focus, shard.slices):  # the flags stay with their slices
+        assert flag == any(np.array_equal(one, s) for s in slices.slices[near])
+    # without a focus the draws are the uniform ones of before
+    plain = SliceSet.from_volumes([volume], dataclasses.replace(options, focus_mm=0.0))
+    assert plain.focus is None
+    expected = plain.slices[np.random.default_rng(5).integers(0, len(plain), size=4)][:, None]
+    np.testing.assert_array_equal(plain.sample(np.random.default_rng(5), 4, flip=False), expected)
+
+
+def test_a_focus_needs_slices_cut_around_the_ears_and_a_share_between_0_and_1():
+    with pytest.raises(ConfigError, match="focus_mm=6.0 needs the slices cut around the ears"):
+        tiny("cyclegan", focus_mm=6)
+    for share in (0, 1):
+        with pytest.raises(ConfigError, match="a share between 0 and 1"):
+            tiny("qsattn", centre="ears", focus_mm=6, focus_share=share)
+    assert tiny("cyclegan", centre="ears", focus_mm=6).config.slice_options().focus_mm == 6.0
+
+
 def test_training_crops_are_windows_of_the_slices_and_whole_slices_are_translated(volumes, tmp_path):
     volume = make_image(shape=(6, 40, 40))
     slices = SliceSet.from_volumes([volume], SliceOptions(SliceGeometry(32, (0.8, 0.8))))
