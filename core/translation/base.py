@@ -41,8 +41,8 @@ class TranslatorConfig:
     Slices: ``size`` N (pixels), ``spacing`` (mm, x y) the slice is resampled to, ``crop``
     (pixels at ``spacing`` before resizing to N; None = N), ``centre`` ("head", "volume", or
     "ears": one slice frame per ear at ``ear_offset_mm`` from the grid centre, see vstk.roi);
-    with "ears", ``focus_mm`` > 0 makes the slices within that distance of an ear-box centre
-    (the cochlea, the canal and the tumour around it) ``focus_share`` of the training draws.
+    ``focus_mm`` > 0 makes the slices within that distance of an ear-box centre (the cochlea,
+    the canal and the tumour around it) ``focus_share`` of the training draws.
     Training: ``steps`` at the initial rate then ``decay_steps`` linear decay (or ``epochs`` /
     ``decay_epochs`` over the larger slice set, as the official code counts them),
     ``batch_size``, Adam ``lr``/``beta1``/``beta2``, ``checkpoint_every``, ``sample_every``,
@@ -93,9 +93,6 @@ class TranslatorConfig:
             raise ConfigError(f"focus_mm={self.focus_mm}, focus_share={self.focus_share}: the focus needs "
                               "focus_mm >= 0 and a share between 0 and 1",
                               fix="e.g. focus_mm=6 focus_share=0.5, or focus_mm=0 for no focus")
-        if self.focus_mm > 0 and self.centre != "ears":
-            raise ConfigError(f"focus_mm={self.focus_mm} needs the slices cut around the ears (centre={self.centre})",
-                              fix="set centre=ears, or focus_mm=0")
         if self.translate_batch < 1:
             raise ConfigError("translate_batch must be at least 1")
         if self.train_crop is not None and (self.train_crop < 8 or self.train_crop % 4):

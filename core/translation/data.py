@@ -91,8 +91,8 @@ class SliceOptions:
         percentiles: robust intensity range mapped to [-1, 1].
         min_content: slices whose fraction of non-background pixels is below this are not
             used for training (air above and below the head).
-        focus_mm: with ``centre="ears"``, the slices within this distance (mm, along the
-            slice normal) of an ear-box centre are the focus of :meth:`SliceSet.sample`; 0: none.
+        focus_mm: the slices within this distance (mm, along the slice normal) of an ear-box
+            centre (``ears``) are the focus of :meth:`SliceSet.sample`; 0: none.
     """
 
     geometry: SliceGeometry = SliceGeometry()
@@ -130,14 +130,17 @@ class SliceOptions:
         return [float(volume.physical_to_index(point)[0]) for point in self.ears.centres(volume)]
 
     def focus(self, volume: Volume) -> list[np.ndarray] | None:
-        """Per region of :meth:`regions`, which of its slices lie within ``focus_mm`` of the
-        region's ear-box centre; None without a focus."""
-        if self.focus_mm <= 0 or self.centre != "ears":
+        """Per region of :meth:`regions`, which of its slices lie within ``focus_mm`` of an
+        ear-box centre (with ``centre="ears"``, of the region's own ear); None without a focus."""
+        if self.focus_mm <= 0:
             return None
+        ears = self._ear_slices(volume)
+        regions = self.regions(volume)
         masks = []
-        for (zs, _), kz in zip(self.regions(volume), self._ear_slices(volume)):
-            ks = np.arange(zs.start, zs.stop)
-            masks.append(np.abs(ks - kz) * volume.spacing[2] <= self.focus_mm)
+        for n, (zs, _) in enumerate(regions):
+            ks = np.arange(zs.start, zs.stop)[:, None]
+            near = [ears[n]] if self.centre == "ears" else ears
+            masks.append((np.abs(ks - np.asarray(near)[None]) * volume.spacing[2] <= self.focus_mm).any(axis=1))
         return masks
 
     def frames(self, volume: Volume) -> list[SliceFrame]:
@@ -210,7 +213,7 @@ class SliceSet:
                 log.debug("%s: %d of %d slices kept", names[i], int(keep.sum()), len(slices))
         if not chunks:
             raise InputError("no volumes given for translation", fix="check the data folder")
-        focus = np.concatenate(flags) if options.focus_mm > 0 and options.centre == "ears" else None
+        focus = np.concatenate(flags) if options.focus_mm > 0 else None
         return cls(np.concatenate(chunks), np.concatenate(owners), names, focus, focus_share)
 
     def __len__(self) -> int:

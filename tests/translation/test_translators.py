@@ -191,9 +191,17 @@ def test_the_focus_draws_its_share_from_the_slices_near_the_ear_box_centres():
     np.testing.assert_array_equal(plain.sample(np.random.default_rng(5), 4, flip=False), expected)
 
 
-def test_a_focus_needs_slices_cut_around_the_ears_and_a_share_between_0_and_1():
-    with pytest.raises(ConfigError, match="focus_mm=6.0 needs the slices cut around the ears"):
-        tiny("cyclegan", focus_mm=6)
+def test_a_focus_of_slices_around_the_head_centre_flags_those_near_either_ear():
+    from vstk.roi import EarRule
+
+    volume = make_image(shape=(40, 64, 64), spacing=(1.0, 1.0, 1.5))
+    ears = EarRule(offset_mm=(16.0, 0.0, 2.0), size_mm=(30.0, 30.0, 60.0))
+    options = SliceOptions(SliceGeometry(16, (1.0, 1.0)), "head", ears, min_content=0.0, focus_mm=3.0)
+    (near,) = options.focus(volume)
+    assert list(np.flatnonzero(near)) == [19, 20, 21, 22]  # both ears at slice 20.83 here
+
+
+def test_a_focus_needs_a_share_between_0_and_1():
     for share in (0, 1):
         with pytest.raises(ConfigError, match="a share between 0 and 1"):
             tiny("qsattn", centre="ears", focus_mm=6, focus_share=share)
