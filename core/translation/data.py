@@ -214,6 +214,10 @@ class SliceSet:
         if not chunks:
             raise InputError("no volumes given for translation", fix="check the data folder")
         focus = np.concatenate(flags) if options.focus_mm > 0 else None
+        if focus is not None:
+            log.info("%d of %d training slices lie within %g mm of the ears: %s of the draws%s", int(focus.sum()),
+                     len(focus), options.focus_mm, f"{focus_share:.0%}",
+                     "" if focus.any() and not focus.all() else " (all alike: uniform draws)")
         return cls(np.concatenate(chunks), np.concatenate(owners), names, focus, focus_share)
 
     def __len__(self) -> int:
