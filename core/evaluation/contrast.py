@@ -29,12 +29,20 @@ REAL_HRT2 = "real hrT2"
 RING_MM = 2.0
 
 
-def structure_contrast(image: Volume, label: Volume, value: int, ring_mm: float = RING_MM) -> float | None:
-    """Contrast of the voxels of ``label == value`` in ``image`` (one grid) against their ring
-    (at least the in-plane neighbours where voxels are coarser than ``ring_mm``); None where the
-    structure is absent or has no unlabelled voxel around it."""
+def intensity_range(image: Volume) -> float:
+    """The robust intensity range contrasts are divided by (the translators' normalisation)."""
     from ..translation.data import robust_normalisation
 
+    norm = robust_normalisation(image)
+    return norm.high - norm.low
+
+
+def structure_contrast(image: Volume, label: Volume, value: int, ring_mm: float = RING_MM,
+                       scale: float | None = None) -> float | None:
+    """Contrast of the voxels of ``label == value`` in ``image`` (one grid) against their ring
+    (at least the in-plane neighbours where voxels are coarser than ``ring_mm``); None where the
+    structure is absent or has no unlabelled voxel around it. ``scale``: the image's
+    :func:`intensity_range`, when the caller has it already."""
     inside = label.array == value
     if not inside.any():
         return None
@@ -48,9 +56,9 @@ def structure_contrast(image: Volume, label: Volume, value: int, ring_mm: float 
     ring = (distance <= ring_mm) & (label.array[box] == 0)
     if not ring.any():
         return None
-    norm = robust_normalisation(image)
+    scale = intensity_range(image) if scale is None else scale
     values = image.array[box].astype(np.float64)
-    return float((values[inside[box]].mean() - values[ring].mean()) / (norm.high - norm.low))
+    return float((values[inside[box]].mean() - values[ring].mean()) / scale)
 
 
 def pool_contrasts(pool_path: Path, sources: Mapping[str, Path], real: Iterable[tuple[Path, Path]] = (),
@@ -64,8 +72,9 @@ def pool_contrasts(pool_path: Path, sources: Mapping[str, Path], real: Iterable[
     columns: dict[str, dict[str, list[float]]] = {}
 
     def add(column: str, image: Volume, label: Volume) -> None:
+        scale = intensity_range(image)  # once per image, not per structure
         for value, name in STRUCTURES.items():
-            contrast = structure_contrast(image, label, value, ring_mm)
+            contrast = structure_contrast(image, label, value, ring_mm, scale)
             if contrast is not None:
                 columns.setdefault(column, {}).setdefault(name, []).append(contrast)
 

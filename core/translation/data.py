@@ -129,13 +129,15 @@ class SliceOptions:
         """The (fractional) slice index of each ear-box centre of ``volume``."""
         return [float(volume.physical_to_index(point)[0]) for point in self.ears.centres(volume)]
 
-    def focus(self, volume: Volume) -> list[np.ndarray] | None:
-        """Per region of :meth:`regions`, which of its slices lie within ``focus_mm`` of an
-        ear-box centre (with ``centre="ears"``, of the region's own ear); None without a focus."""
+    def focus(self, volume: Volume, regions: Sequence[tuple[slice, SliceFrame]] | None = None
+              ) -> list[np.ndarray] | None:
+        """Per region of :meth:`regions` (pass them when computed already), which of its slices
+        lie within ``focus_mm`` of an ear-box centre (with ``centre="ears"``, of the region's
+        own ear); None without a focus."""
         if self.focus_mm <= 0:
             return None
         ears = self._ear_slices(volume)
-        regions = self.regions(volume)
+        regions = self.regions(volume) if regions is None else regions
         masks = []
         for n, (zs, _) in enumerate(regions):
             ks = np.arange(zs.start, zs.stop)[:, None]
@@ -202,7 +204,7 @@ class SliceSet:
         for i, volume in enumerate(volumes):
             norm = robust_normalisation(volume, options.percentiles)
             regions = options.regions(volume)
-            focus = options.focus(volume) or [None] * len(regions)
+            focus = options.focus(volume, regions) or [None] * len(regions)
             for (zs, frame), near in zip(regions, focus):
                 slices = normalised_slices(sub_volume(volume, zs), options, frame=frame, norm=norm)
                 content = (slices > -0.9).mean(axis=(1, 2))
@@ -214,11 +216,12 @@ class SliceSet:
         if not chunks:
             raise InputError("no volumes given for translation", fix="check the data folder")
         focus = np.concatenate(flags) if options.focus_mm > 0 else None
+        result = cls(np.concatenate(chunks), np.concatenate(owners), names, focus, focus_share)
         if focus is not None:
             log.info("%d of %d training slices lie within %g mm of the ears: %s of the draws%s", int(focus.sum()),
                      len(focus), options.focus_mm, f"{focus_share:.0%}",
-                     "" if focus.any() and not focus.all() else " (all alike: uniform draws)")
-        return cls(np.concatenate(chunks), np.concatenate(owners), names, focus, focus_share)
+                     "" if result._groups is not None else " (all alike: uniform draws)")
+        return result
 
     def __len__(self) -> int:
         return len(self.slices)
