@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import InputError
 from .labels import to_vstk_labels
-from .volume import Volume, count_nonfinite, read_nifti
+from .volume import Volume, read_nifti_counted
 
 MODALITIES = ("ceT1", "hrT2", "Label")
 _NAME = re.compile(r"^(?P<case>.+)_(?P<mod>ceT1|hrT2|Label)\.nii(\.gz)?$")
@@ -160,8 +160,7 @@ def read_image(path: str | Path) -> Volume:
 
     Returns a float32 :class:`Volume`.
     """
-    volume = read_nifti(path)
-    nonfinite = count_nonfinite(path)
+    volume, nonfinite = read_nifti_counted(path)
     if nonfinite:
         raise InputError(f"image contains {nonfinite} NaN/Inf voxel(s)", path=path,
                          fix="replace them (e.g. by 0) or re-export the image")
@@ -185,8 +184,8 @@ def read_image(path: str | Path) -> Volume:
 def read_label(path: str | Path, *, image: Volume | None = None, image_path: str | Path | None = None,
                scheme: str = "crossmoda2022") -> Volume:
     """Read a label map as uint8 {0 background, 1 VS, 2 cochlea} and check it fits ``image``."""
-    volume = read_nifti(path)
-    if count_nonfinite(path):
+    volume, nonfinite = read_nifti_counted(path)
+    if nonfinite:
         raise InputError("label map contains NaN or Inf", path=path, fix="re-export the label map")
     labels = to_vstk_labels(volume.array, scheme=scheme, path=path)
     volume = volume.with_array(labels)

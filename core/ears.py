@@ -25,11 +25,13 @@ are taken into account; the ears are returned in physical mm, ``-x`` side of the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -114,6 +116,11 @@ class EarReference:
     coarse: Volume
     patches: tuple[Volume, Volume]
     ears: Ears
+
+    @functools.cached_property
+    def coarse_search(self) -> sitk.Image:
+        """The whole reference at ``COARSE_SPACING_MM``, made once for every image located."""
+        return _resampled(self.coarse.to_sitk(), COARSE_SPACING_MM)
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/ear_reference_{coarse,ear0,ear1}.nii.gz`` and ``ear_reference.json``."""
@@ -242,13 +249,21 @@ def _euler(angle_deg: float, translation: np.ndarray, centre: np.ndarray) -> sit
     return transform
 
 
+def _within(shape: Sequence[int], spacing: Sequence[float], centre_mm: Sequence[float], radius: float) -> np.ndarray:
+    """Boolean array (z, y, x) of the voxels of a grid within ``radius`` mm of a point given in
+    mm along the grid's own axes (x, y, z) from its first voxel: the squared distance adds up
+    one axis at a time, so no coordinate array of the whole grid is made."""
+    squared = [((np.arange(n) * s - c) ** 2) for n, s, c in zip(shape, spacing[::-1], centre_mm[::-1])]
+    total = squared[0][:, None, None] + squared[1][None, :, None] + squared[2][None, None, :]
+    return total <= radius ** 2
+
+
 def _sphere_mask(image: sitk.Image, centre: np.ndarray, radius: float) -> sitk.Image:
     """A mask on ``image``'s grid of the voxels within ``radius`` mm of the physical ``centre``."""
+    axes = np.asarray(image.GetDirection()).reshape(3, 3)  # orthonormal: distances along the axes are mm
+    along = axes.T @ (np.asarray(centre, dtype=np.float64) - np.asarray(image.GetOrigin()))
     shape = sitk.GetArrayViewFromImage(image).shape
-    index = np.indices(shape).reshape(3, -1)[::-1].T.astype(np.float64)  # x, y, z
-    axes = np.asarray(image.GetDirection()).reshape(3, 3)
-    points = np.asarray(image.GetOrigin()) + (index * np.asarray(image.GetSpacing())) @ axes.T
-    mask = sitk.GetImageFromArray((np.linalg.norm(points - centre, axis=1) <= radius).reshape(shape).astype(np.uint8))
+    mask = sitk.GetImageFromArray(_within(shape, image.GetSpacing(), along, radius).astype(np.uint8))
     mask.CopyInformation(image)
     return mask
 
@@ -296,6 +311,20 @@ _HOLD_BOTH_EARS = ("pass an image that holds both inner ears (a whole head or a 
                    "auditory canals)")
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """ITK filters and registrations made inside run on one thread: the metric's partial sums
+    then add up in one order, so the same image gives the same ears to the last digit (two
+    threads made them differ by up to 0.1 mm from run to run). Images are located side by
+    side in processes instead (vstk.pipeline.regions)."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
 def locate(image: Volume, reference: EarReference) -> Ears:
     """The ears of ``image`` (any contrast, any field of view that holds both inner ears).
 
@@ -303,9 +332,14 @@ def locate(image: Volume, reference: EarReference) -> Ears:
         InputError: the image is empty or constant, or nothing in it matches the reference's
             ears (mutual information near zero).
     """
+    with _one_thread():
+        return _locate(image, reference)
+
+
+def _locate(image: Volume, reference: EarReference) -> Ears:
     source = _normalised(sitk.Cast(image.to_sitk(), sitk.sitkFloat32))
     fixed = _resampled(source, COARSE_SPACING_MM)
-    moving = _resampled(reference.coarse.to_sitk(), COARSE_SPACING_MM)
+    moving = reference.coarse_search
     probe = _registration(iterations=0, sampling=0.2)
     scored = []
     for start in _starts(fixed, reference):
@@ -413,9 +447,8 @@ def _refine(source: sitk.Image, patch: Volume, transform: sitk.Euler3DTransform,
     centre = np.asarray(transform.GetInverse().TransformPoint([float(v) for v in cochlea]))
     fixed = _resampled(source, FINE_SPACING_MM, centre=centre, edge_mm=2 * radius + 8.0)
     array = sitk.GetArrayViewFromImage(fixed)
-    zyx = np.indices(array.shape).reshape(3, -1).T.astype(np.float64)
-    half = (np.asarray(array.shape) - 1) / 2.0
-    inside = (np.linalg.norm((zyx - half) * FINE_SPACING_MM, axis=1) <= radius).reshape(array.shape)
+    half_mm = (np.asarray(array.shape[::-1]) - 1) / 2.0 * FINE_SPACING_MM  # x, y, z
+    inside = _within(array.shape, [FINE_SPACING_MM] * 3, half_mm, radius)
     inside &= array > 0.0  # outside the image the resampled values are 0
     if inside.sum() < 0.3 * np.pi * 4 / 3 * radius ** 3 / FINE_SPACING_MM ** 3:
         return transform

@@ -122,12 +122,11 @@ class Volume:
         )
 
 
-def _check_gzip_complete(path: Path) -> None:
-    """Raise InputError for a truncated or corrupt .gz (ITK may silently zero-fill it)."""
+def _decompressed(path: Path) -> bytes:
+    """The whole decompressed content of a .gz file; InputError for a truncated or corrupt
+    stream (ITK may silently zero-fill it)."""
     try:
-        with gzip.open(path, "rb") as handle:
-            while handle.read(1 << 22):
-                pass
+        return gzip.decompress(path.read_bytes())
     except (EOFError, OSError, zlib.error) as exc:
         raise InputError(
             f"truncated or corrupt gzip stream ({exc})",
@@ -136,19 +135,34 @@ def _check_gzip_complete(path: Path) -> None:
         ) from None
 
 
-def count_nonfinite(path: str | Path) -> int:
-    """Number of NaN/Inf voxels stored in a NIfTI file.
+def count_nonfinite(path: str | Path, content: bytes | None = None) -> int:
+    """Number of NaN/Inf voxels stored in a NIfTI file (``content``: the file's bytes,
+    decompressed, when they are already at hand).
 
     ITK's NIfTI reader silently turns NaN and Inf into 0, so this looks at the stored values
     with nibabel instead (only float data types can hold them).
     """
     import nibabel
 
-    image = nibabel.load(str(path))
+    if content is None:
+        image = nibabel.load(str(path))
+    else:  # a NIfTI-2 header is 540 bytes long, a NIfTI-1 header 348 (either byte order)
+        kind = nibabel.Nifti2Image if 540 in (int.from_bytes(content[:4], "little"),
+                                               int.from_bytes(content[:4], "big")) else nibabel.Nifti1Image
+        image = kind.from_bytes(content)
     if image.get_data_dtype().kind not in "fc":
         return 0
     data = np.asanyarray(image.dataobj)
     return int(data.size - np.count_nonzero(np.isfinite(data)))
+
+
+def read_nifti_counted(path: str | Path) -> tuple[Volume, int]:
+    """:func:`read_nifti` and :func:`count_nonfinite` of one file, decompressing it once for
+    both the gzip check and the count (besides ITK's own read)."""
+    path = Path(path)
+    content = _decompressed(path) if path.is_file() and path.name.endswith(".gz") else None
+    volume = _read_checked(path)
+    return volume, count_nonfinite(path, content)
 
 
 def read_nifti(path: str | Path) -> Volume:
@@ -158,10 +172,15 @@ def read_nifti(path: str | Path) -> Volume:
     or not 3D. Values are returned as stored (no validation of content; see ``validate``).
     """
     path = Path(path)
+    if path.is_file() and path.name.endswith(".gz"):
+        _decompressed(path)
+    return _read_checked(path)
+
+
+def _read_checked(path: Path) -> Volume:
+    """:func:`read_nifti` after its gzip check."""
     if not path.is_file():
         raise InputError("file not found", path=path, fix="check the path")
-    if path.name.endswith(".gz"):
-        _check_gzip_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

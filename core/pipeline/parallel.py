@@ -65,9 +65,15 @@ def _watch_parent(parent: int) -> None:
         time.sleep(0.5)
 
 
+def watch_parent(parent: int) -> None:
+    """In a worker process: exit at once when the process ``parent`` is gone (SIGKILL
+    included), so that no worker outlives the run that started it."""
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
 def _worker(job: TranslatorJob, threads: int, parent: int, connection) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    watch_parent(parent)
     try:
         import torch
 

@@ -16,9 +16,13 @@ predicted, and the predictions pasted back onto each test image's own grid.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,8 +31,9 @@ import numpy as np
 from ..atomic import write_json_atomic
 from ..crossmoda import CaseFiles, DataFolder, discover, load_case, read_image
 from ..ears import EarReference, Ears, build_reference, ear_region, locate
-from ..errors import InputError
+from ..errors import InputError, VstkError
 from ..progress import progress_bar
+from ..resources import usable_cores
 from ..roi import Box, crop, grid_key, labels_outside, paste
 from ..volume import Volume, write_nifti
 
@@ -97,6 +102,10 @@ def find_region(image: Volume, reference: EarReference, path: Path,
         ears = locate(image, reference)
     except InputError as error:
         raise InputError(error.problem, path=path, fix=error.fix) from None
+    return _region(image, ears, path, taken)
+
+
+def _region(image: Volume, ears: Ears, path: Path, taken: dict[str, Ears] | None) -> Region:
     start, size = ear_region(image, ears)
     box = Box(start, size)
     while taken is not None and taken.get(grid_key(image, box), ears) != ears:
@@ -107,10 +116,58 @@ def find_region(image: Volume, reference: EarReference, path: Path,
     return Region(path, ears, box, grids)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Located:
+    """What a worker of :func:`_locate_case` hands back: the region of one image before the
+    grids of the other images are known, and (training images) its crop to that region."""
+
+    region: Region
+    image: Volume | None
+    label: Volume | None
+
+
+_WORKER_REFERENCE: dict[str, EarReference] = {}  # the reference of a worker process, read once
+
+
+def _locate_case(case: CaseFiles, modality: str, crop_it: bool, reference: EarReference | str) -> _Located | VstkError:
+    """Read one image (and its label), find its ears and, for ``crop_it``, cut both to the
+    region; a bad input is returned (not raised) so that it crosses a process boundary whole.
+    ``reference``: the reference, or (in a worker) the folder it is saved in."""
+    if isinstance(reference, str):
+        if reference not in _WORKER_REFERENCE:
+            _WORKER_REFERENCE[reference] = EarReference.load(Path(reference))
+        reference = _WORKER_REFERENCE[reference]
+    path = getattr(case, modality)
+    try:
+        image, label = load_case(case, modality) if crop_it else (read_image(path), None)
+        region = find_region(image, reference, path)
+        if not crop_it:
+            return _Located(region, None, None)
+        image_crop, label_crop = crop_labelled(image, label, region.box, case.label)
+        return _Located(region, image_crop, label_crop)
+    except VstkError as error:
+        return error
+
+
+def _start_worker(parent: int) -> None:
+    from .parallel import watch_parent
+
+    watch_parent(parent)
+
+
+def ear_workers() -> int:
+    """Processes that find the ears side by side: one per core (each locates on one thread,
+    see vstk.ears.locate; docs/results.md#the-ear-stage-on-two-cores)."""
+    return max(1, usable_cores())
+
+
 def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
-                       show: bool | None = None) -> tuple[DataFolder, dict[str, Region]]:
+                       show: bool | None = None, workers: int | None = None) -> tuple[DataFolder, dict[str, Region]]:
     """The training data cropped to each image's ear region (``OUT/ears/train``), and the
-    region of every image by its file path (test images included), found or read back."""
+    region of every image by its file path (test images included), found or read back.
+
+    The images are located in ``workers`` processes side by side (one per core by default);
+    their regions are then settled in a fixed order, so the result does not depend on it."""
     folder = out / EARS_DIR
     record_path = folder / RECORD
     inputs = _inputs(train, test)
@@ -122,22 +179,43 @@ def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
     record_path.unlink(missing_ok=True)
     labelled = sorted(train.source, key=lambda c: c.case_id)
     image, label = load_case(labelled[0], "ceT1")
-    reference = build_reference(image, label)
-    reference.save(folder / "reference")
+    build_reference(image, label).save(folder / "reference")
     log.info("ear reference: %s", labelled[0].ceT1)
     regions: dict[str, Region] = {}
     taken: dict[str, Ears] = {}
     jobs: list[tuple[CaseFiles, str, str]] = [(c, "ceT1", "train") for c in train.source]
     jobs += [(c, "hrT2", "train") for c in train.target]
     jobs += [(c, "hrT2", "") for c in (test.target if test is not None else [])]
-    with progress_bar(len(jobs), "find the ears", enabled=show) as bar:
-        for n, (case, modality, split) in enumerate(jobs):
+    workers = max(1, min(workers or ear_workers(), len(jobs)))
+    reference_folder = str(folder / "reference")  # as saved: the same reference in every process
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            reference = EarReference.load(Path(reference_folder))
+            located = (_locate_case(case, modality, bool(split), reference) for case, modality, split in jobs)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                initargs=(os.getpid(),)))
+            stack.callback(pool.shutdown, cancel_futures=True)  # a bad image stops the others at once
+            futures = [pool.submit(_locate_case, case, modality, bool(split), reference_folder)
+                       for case, modality, split in jobs]
+            located = (future.result() for future in futures)
+        bar = stack.enter_context(progress_bar(len(jobs), "find the ears", enabled=show))
+        for n, ((case, modality, split), found) in enumerate(zip(jobs, located)):
+            if isinstance(found, VstkError):
+                raise found
             path = getattr(case, modality)
-            image, label = load_case(case, modality) if split else (read_image(path), None)
-            region = find_region(image, reference, path, taken)
+            region = found.region
+            if taken.get(region.grids[1], region.ears) == region.ears:  # as located: nothing to move
+                taken.update({grid: region.ears for grid in region.grids})
+                if split:
+                    _write_crops(folder / split, path, found.image, found.label, case)
+            else:  # its crop's grid is another image's: moved by whole voxels, cut again here
+                image, label = load_case(case, modality) if split else (read_image(path), None)
+                region = _region(image, region.ears, path, taken)
+                if split:
+                    _write_crop(folder / split, path, image, label, case, region.box)
             regions[str(path)] = region
-            if split:
-                _write_crop(folder / split, path, image, label, case, region.box)
             bar(n + 1, len(jobs), path.name)
     write_json_atomic(record_path, {"inputs": inputs, "reference": str(labelled[0].ceT1),
                                     "regions": {key: r.as_dict() for key, r in regions.items()}})
@@ -145,7 +223,10 @@ def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
 
 
 def _write_crop(folder: Path, path: Path, image: Volume, label: Volume | None, case: CaseFiles, box: Box) -> None:
-    image_crop, label_crop = crop_labelled(image, label, box, case.label)
+    _write_crops(folder, path, *crop_labelled(image, label, box, case.label), case)
+
+
+def _write_crops(folder: Path, path: Path, image_crop: Volume, label_crop: Volume | None, case: CaseFiles) -> None:
     if label_crop is not None:
         write_nifti(label_crop, folder / case.label.name)
     write_nifti(image_crop, folder / path.name)
@@ -174,7 +255,8 @@ def crop_to_region(image: Volume, region: Region) -> Volume:
 
 def _crop_image(image: Volume, box: Box) -> Volume:
     """``image`` cut to ``box``, padded with its background (1st percentile) where it ends."""
-    return crop(image, box, fill=float(np.percentile(image.array, 1.0)))
+    inside = all(start >= 0 and start + size <= extent for start, size, extent in zip(box.start, box.size, image.shape))
+    return crop(image, box, fill=0.0 if inside else float(np.percentile(image.array, 1.0)))
 
 
 def restore(label: Volume, region: Region, original: Volume) -> Volume:

@@ -4,6 +4,7 @@ ceT1 and hrT2 slabs, every input cut to its ear region, bad images refused by na
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,10 @@ from vstk.ears import REGION_MM, Ears, build_reference, cochlea_centres, locate
 from vstk.errors import InputError
 from vstk.phantom import PhantomConfig, generate_phantom
 from vstk.pipeline.plan import RunOptions, plan_run
-from vstk.pipeline.regions import crop_to_region, restore
+from vstk.pipeline.regions import crop_to_region, crop_training_data, restore
 from vstk.plugins import load_plugins
 from vstk.roi import crop, ear_boxes, labels_outside
-from vstk.volume import Volume, read_nifti
+from vstk.volume import Volume, read_nifti, write_nifti
 
 
 def cochlea_errors_mm(ears: Ears, label_path: Path) -> list[float]:
@@ -97,6 +98,27 @@ def test_a_run_with_found_ears_trains_on_ear_regions_that_hold_every_label(cross
     again = plan_run(options, host)  # the same files: the regions are read back, not found again
     assert (tmp_path / "out" / "ears" / "regions.json").stat().st_mtime_ns == stamp
     assert again.ear_rule.found == plan.ear_rule.found
+
+
+def test_ears_found_side_by_side_match_the_ears_found_in_turn_and_a_bad_image_is_named(crossmoda, tmp_path):
+    train = discover(crossmoda / "train", require_source=True, require_target=True)
+    test = discover(crossmoda / "test", require_target=True)
+    _, in_turn = crop_training_data(tmp_path / "one", train, test, workers=1)
+    _, side_by_side = crop_training_data(tmp_path / "two", train, test, workers=2)
+    assert {k: r.as_dict() for k, r in in_turn.items()} == {k: r.as_dict() for k, r in side_by_side.items()}
+    for crop_file in sorted((tmp_path / "one" / "ears" / "train").iterdir()):  # the same crops written
+        other = read_nifti(tmp_path / "two" / "ears" / "train" / crop_file.name)
+        assert np.array_equal(read_nifti(crop_file).array, other.array), crop_file.name
+
+    broken = tmp_path / "broken"
+    shutil.copytree(crossmoda / "test", broken)
+    victim = sorted(broken.glob("*_hrT2.nii.gz"))[-1]
+    image = read_nifti(victim)
+    write_nifti(image.with_array(np.zeros(image.shape, dtype=np.float32) + 3.0), victim)  # constant: no ears
+    with pytest.raises(InputError, match="empty") as error:
+        crop_training_data(tmp_path / "three", train, discover(broken, require_target=True), workers=2)
+    assert victim.name in str(error.value)
+    assert not (tmp_path / "three" / "ears" / "regions.json").exists()  # nothing looks finished
 
 
 def test_data_check_prints_the_ears_found_and_the_labels_inside_their_boxes(crossmoda):
