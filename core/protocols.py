@@ -36,14 +36,22 @@ class TrainingCase:
     """A labelled image for segmenter training (label on the image grid, {0, 1, 2}).
 
     ``pseudo_labelled`` marks a real target-modality image whose label is a pseudo label of a
-    self-training round (not a translated view with its source label): a segmenter may treat
-    the two kinds differently, e.g. augment only the translated ones.
+    self-training round (not a translated view with its source label); ``truth_target`` a real
+    target-modality image with its true label (the supervised reference of ``vstk bench``). A
+    segmenter may treat real target images differently from translated views, e.g. augment
+    only the translated ones.
     """
 
     case_id: str
     image: Volume
     label: Volume
     pseudo_labelled: bool = False
+    truth_target: bool = False
+
+    @property
+    def real_target(self) -> bool:
+        """A real target-modality image (pseudo- or truth-labelled), not a translated view."""
+        return self.pseudo_labelled or self.truth_target
 
 
 @dataclasses.dataclass(frozen=True)

@@ -180,11 +180,12 @@ class _TimedTranslator:
 
 
 def _ear_cases(pairs: Iterable[tuple[str, Volume, Volume]], plan: BenchPlan, *,
-               pseudo_labelled: bool = False) -> list[TrainingCase]:
+               pseudo_labelled: bool = False, truth_target: bool = False) -> list[TrainingCase]:
     cases = []
     for prefix, image, label in pairs:
         for cid, _, image_crop, label_crop in stages.segmenter_parts(image, label, plan.run.segment_rule, prefix):
-            cases.append(TrainingCase(cid, image_crop, label_crop, pseudo_labelled=pseudo_labelled))
+            cases.append(TrainingCase(cid, image_crop, label_crop, pseudo_labelled=pseudo_labelled,
+                                      truth_target=truth_target))
     return cases
 
 
@@ -194,7 +195,7 @@ def training_cases(plan: BenchPlan, method: Method) -> list[TrainingCase]:
         return _ear_cases(((f"ceT1__{c.case_id}", *load_case(c, "ceT1")) for c in plan.run.train.source), plan)
     if method.name == SUPERVISED:
         return _ear_cases(((f"hrT2__{c.case_id}", *_supervised_case(plan.run, c)) for c in plan.labelled_targets),
-                          plan)
+                          plan, truth_target=True)  # real hrT2: augmented as the pseudo-labelled ones are
     return stages.pool_training_cases(plan.run.pool, plan.run.segment_rule, views=method.views)
 
 

@@ -73,8 +73,9 @@ class NnUNetConfig:
         structure_intensity: probability, per labelled structure and training patch, of the
             label-guided structure intensity augmentation (the structure gets a random mean
             intensity and inner contrast; see ``vstk_nnunet.augmentation``); 0 = stock nnU-Net.
-        structure_intensity_pseudo: the same probability for the pseudo-labelled real target
-            images of the self-training rounds (``TrainingCase.pseudo_labelled``); None: as
+        structure_intensity_pseudo: the same probability for the real target images: the
+            pseudo-labelled ones of the self-training rounds and the truth-labelled ones of
+            ``vstk bench``'s supervised row (``TrainingCase.real_target``); None: as
             ``structure_intensity``. Their structures already look as they do on the test
             images, so 0 keeps that appearance to learn from.
         structure_intensity_invert: chance, in that augmentation, that the structure's inner

@@ -66,9 +66,11 @@ def validate_cases(cases: Sequence[TrainingCase]) -> None:
 
 
 def case_digest(case: TrainingCase) -> str:
-    """SHA-256 of a case's image and label voxels and grids (and whether it is pseudo-labelled,
-    which decides its augmentation): equal digests, equal raw files and training."""
-    digest = hashlib.sha256(b"pseudo-labelled" if case.pseudo_labelled else b"")
+    """SHA-256 of a case's image and label voxels and grids (and whether it is a real target
+    image, pseudo- or truth-labelled, which decides its augmentation): equal digests, equal raw
+    files and training."""
+    digest = hashlib.sha256(b"pseudo-labelled" if case.pseudo_labelled else b"truth-target" if case.truth_target
+                            else b"")
     for volume in (case.image, case.label):
         array = np.ascontiguousarray(volume.array)
         digest.update(f"{array.dtype.str}{array.shape}{volume.spacing}{volume.origin}{volume.direction}".encode())

@@ -141,7 +141,7 @@ class NnUNetSegmenter:
                 if config.cross_validation:
                     link_ground_truth(layout, list(digests))
                     write_round_splits(layout, list(digests), previous)
-            pseudo = tuple(sorted(case.case_id for case in cases if case.pseudo_labelled))
+            pseudo = tuple(sorted(case.case_id for case in cases if case.real_target))
             with nnunet_environment(self.workdir, n_proc=default_n_proc, n_proc_da=config.n_proc_da), \
                     torch_threads(config.num_threads), \
                     nnunet_pools_in_process(config.cross_validation and n_proc == 1 and config.num_gpus == 1):

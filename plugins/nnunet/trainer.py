@@ -100,7 +100,7 @@ class TrainerSettings:
     cpu_bf16: bool = False
     structure_intensity_vs_max: float = 0.99
     structure_intensity_pseudo: float | None = None
-    pseudo_cases: tuple[str, ...] = ()  # identifiers of the pseudo-labelled training cases
+    pseudo_cases: tuple[str, ...] = ()  # identifiers of the real target (pseudo- or truth-labelled) cases
     structure_intensity_invert: float = 0.0
     structure_intensity_texture: float = 0.0
     intensity_remap: float = 0.0
@@ -240,14 +240,14 @@ class nnUNetTrainerVstk(nnUNetTrainer):
                      "" if upper is None else f", VS mean below the patch's {vs_max:g} quantile",
                      "".join(f", {k} {v:g}" for k, v in self.structure_intensity_options.items() if v),
                      "" if not by_case else f"; probability {next(iter(by_case.values())):g} on "
-                                            f"{len(by_case)} pseudo-labelled case(s)")
+                                            f"{len(by_case)} real hrT2 case(s) (pseudo- or truth-labelled)")
         transforms = with_structure_intensity(transforms, self.label_manager.foreground_labels,
                                               self.structure_intensity, upper, by_case, self._loaded_case,
                                               **self.structure_intensity_options)
         if self.intensity_remap > 0:
             log.info("intensity remap augmentation on: probability %g, %d control points%s", self.intensity_remap,
                      self.intensity_remap_points, "" if not self.intensity_remap_by_case else
-                     f"; none on {len(self.intensity_remap_by_case)} pseudo-labelled case(s)")
+                     f"; none on {len(self.intensity_remap_by_case)} real hrT2 case(s) (pseudo- or truth-labelled)")
         return with_intensity_remap(transforms, self.intensity_remap, self.intensity_remap_points,
                                     self.intensity_remap_by_case, self._loaded_case)
 

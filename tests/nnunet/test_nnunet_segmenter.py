@@ -123,8 +123,10 @@ def test_a_case_marked_pseudo_labelled_is_another_case_to_a_round():
     from vstk_nnunet.raw_dataset import case_digest
 
     case = training_cases([0])[0]
+    pseudo, truth = dataclasses.replace(case, pseudo_labelled=True), dataclasses.replace(case, truth_target=True)
     assert case_digest(case) == case_digest(dataclasses.replace(case))
-    assert case_digest(case) != case_digest(dataclasses.replace(case, pseudo_labelled=True))
+    assert len({case_digest(case), case_digest(pseudo), case_digest(truth)}) == 3
+    assert (case.real_target, pseudo.real_target, truth.real_target) == (False, True, True)
 
 
 def test_prediction_before_training_names_the_fix(tmp_path):
@@ -270,7 +272,7 @@ def test_self_training_round_1_warm_starts_in_its_own_folders(round0, held_out, 
     pseudo = [dataclasses.replace(case, pseudo_labelled=True) for case in training_cases([201, 202], prefix="pseudo")]
     with caplog.at_level(logging.INFO, logger="vstk_nnunet.trainer"):
         segmenter.train(training_cases(TRAIN_SEEDS) + pseudo, round_index=1)
-    assert "probability 1; probability 0 on 2 pseudo-labelled case(s)" in caplog.text
+    assert "probability 1; probability 0 on 2 real hrT2 case(s) (pseudo- or truth-labelled)" in caplog.text
 
     for name, digest in round0_trees.items():
         assert tree_digest(workdir / name / "Dataset501_VSTK_round0") == digest, f"round 1 changed round 0's {name}"

@@ -90,6 +90,10 @@ def test_table_one_has_every_row_framed_by_floor_and_ceiling(bench_out):
     crops = {name: json.loads((bench_out / "state" / f"segment-{name}-r0.json").read_text())["training_cases"]
              for name in ROWS}
     assert crops == {"none": 4, "cyclegan": 4, "qsattn": 4, "cyclegan+qsattn": 8, "supervised": 4}
+    # the supervised row's crops are real hrT2: augmented as the profile augments real hrT2 (its
+    # pseudo-labelled cases), not as translated views; no other round-0 row has any
+    log = (bench_out / "vstk.log").read_text()
+    assert log.count("real hrT2 case(s)") == 1 and "probability 0 on 4 real hrT2 case(s)" in log
     datasets = set()
     for name in ROWS:
         finals = list((bench_out / "methods" / name / "segmenter" / "nnUNet_results").rglob("checkpoint_final.pth"))
