@@ -155,10 +155,15 @@ def _start_worker(parent: int) -> None:
     watch_parent(parent)
 
 
+#: At most this many processes find the ears side by side: each holds a whole-head image and
+#: its smoothed copies (up to about 1 GB), and a run has a few dozen images.
+MAX_EAR_WORKERS = 8
+
+
 def ear_workers() -> int:
-    """Processes that find the ears side by side: one per core (each locates on one thread,
-    see vstk.ears.locate; docs/results.md#the-ear-stage-on-two-cores)."""
-    return max(1, usable_cores())
+    """Processes that find the ears side by side: one per core, up to ``MAX_EAR_WORKERS``
+    (each locates on one thread, see vstk.ears.locate; docs/results.md#the-ear-stage-on-two-cores)."""
+    return max(1, min(usable_cores(), MAX_EAR_WORKERS))
 
 
 def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
