@@ -16,7 +16,7 @@ from ..plugins import PluginHost
 from ..resources import usable_cores
 from ..roi import DEFAULT_OFFSET_MM, DEFAULT_SIZE_MM, EarRule, ear_boxes, labels_outside
 from ..volume import Volume
-from .regions import Region, crop_training_data, found_centres
+from .regions import Region, crop_training_data, found_centres, regions_recorded
 from ..components import Components, build_components, resolve_classes
 
 log = logging.getLogger(__name__)
@@ -238,10 +238,11 @@ def plan_run(options: RunOptions, host: PluginHost) -> Plan:
                              fix="test labels must be named {case}_Label.nii.gz for {case}_hrT2.nii.gz")
     rule = ear_rule(options)
     regions = None
-    if options.ears == "found":  # the originals are checked first, then their ear regions
-        validate_folder(train, with_source=True)
-        if test_folder is not None:
-            validate_folder(test_folder, with_source=False)
+    if options.ears == "found":  # the originals are checked, then their ear regions
+        if regions_recorded(options.out, train, test_folder):  # else each is checked as its ears are found
+            validate_folder(train, with_source=True)
+            if test_folder is not None:
+                validate_folder(test_folder, with_source=False)
         train, regions = crop_training_data(options.out, train, test_folder, show=options.progress)
         rule = dataclasses.replace(rule, found=found_centres(regions))
     checked = None if options.segments_whole_volumes else rule  # whole volumes: nothing is cropped

@@ -22,9 +22,9 @@ import json
 import logging
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -139,7 +139,7 @@ def _locate_case(case: CaseFiles, modality: str, crop_it: bool, reference: EarRe
         reference = _WORKER_REFERENCE[reference]
     path = getattr(case, modality)
     try:
-        image, label = load_case(case, modality) if crop_it else (read_image(path), None)
+        image, label = load_case(case, modality)  # a test label too: checked against its image
         region = find_region(image, reference, path)
         if not crop_it:
             return _Located(region, None, None)
@@ -166,21 +166,46 @@ def ear_workers() -> int:
     return max(1, min(usable_cores(), MAX_EAR_WORKERS))
 
 
+def regions_recorded(out: Path, train: DataFolder, test: DataFolder | None) -> bool:
+    """Whether ``OUT/ears`` holds the regions of exactly these files, unchanged since."""
+    record_path = out / EARS_DIR / RECORD
+    if not record_path.is_file():
+        return False
+    try:
+        return json.loads(record_path.read_text()).get("inputs") == _inputs(train, test)
+    except (OSError, ValueError):
+        return False
+
+
+def _in_order(futures: list[Future]) -> Iterator[Any]:
+    """The futures' results in their order, except that a bad input (a returned VstkError) of
+    any of them comes at once, not after every image before it has been located."""
+    for future in futures:
+        while not future.done():
+            wait([future], timeout=1.0)
+            failed = next((f.result() for f in futures if f.done() and isinstance(f.result(), VstkError)), None)
+            if failed is not None:
+                yield failed
+                return
+        yield future.result()
+
+
 def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
                        show: bool | None = None, workers: int | None = None) -> tuple[DataFolder, dict[str, Region]]:
     """The training data cropped to each image's ear region (``OUT/ears/train``), and the
     region of every image by its file path (test images included), found or read back.
 
     The images are located in ``workers`` processes side by side (one per core by default);
-    their regions are then settled in a fixed order, so the result does not depend on it."""
+    their regions are then settled in a fixed order, so the result does not depend on it.
+    Every file (labels included) is read and checked as its ears are found; a bad one stops
+    the stage as soon as it is read."""
     folder = out / EARS_DIR
     record_path = folder / RECORD
     inputs = _inputs(train, test)
-    if record_path.is_file():
+    if regions_recorded(out, train, test):
         record = json.loads(record_path.read_text())
-        if record.get("inputs") == inputs:
-            regions = {key: Region.from_dict(value) for key, value in record["regions"].items()}
-            return discover(folder / "train", require_source=True, require_target=True), regions
+        regions = {key: Region.from_dict(value) for key, value in record["regions"].items()}
+        return discover(folder / "train", require_source=True, require_target=True), regions
     record_path.unlink(missing_ok=True)
     labelled = sorted(train.source, key=lambda c: c.case_id)
     image, label = load_case(labelled[0], "ceT1")
@@ -204,7 +229,7 @@ def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
             stack.callback(pool.shutdown, cancel_futures=True)  # a bad image stops the others at once
             futures = [pool.submit(_locate_case, case, modality, bool(split), reference_folder)
                        for case, modality, split in jobs]
-            located = (future.result() for future in futures)
+            located = _in_order(futures)
         bar = stack.enter_context(progress_bar(len(jobs), "find the ears", enabled=show))
         for n, ((case, modality, split), found) in enumerate(zip(jobs, located)):
             if isinstance(found, VstkError):

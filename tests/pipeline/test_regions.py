@@ -120,6 +120,18 @@ def test_ears_found_side_by_side_match_the_ears_found_in_turn_and_a_bad_image_is
     assert victim.name in str(error.value)
     assert not (tmp_path / "three" / "ears" / "regions.json").exists()  # nothing looks finished
 
+    # the originals are read and checked only here (vstk run skips its own pass over them when
+    # the regions are to be found): a test label off its image's grid is named too
+    labels = tmp_path / "labels"
+    shutil.copytree(crossmoda / "test_labels", labels)
+    label_file = sorted(labels.glob("*_Label.nii.gz"))[0]
+    label = read_nifti(label_file)
+    write_nifti(Volume(label.array[:-1].copy(), label.spacing, label.origin, label.direction), label_file)
+    with pytest.raises(InputError, match="label grid does not match") as error:
+        crop_training_data(tmp_path / "four", train, discover(crossmoda / "test", labels=labels, require_target=True),
+                           workers=2)
+    assert label_file.name in str(error.value)
+
 
 def test_data_check_prints_the_ears_found_and_the_labels_inside_their_boxes(crossmoda):
     from click.testing import CliRunner
