@@ -107,7 +107,8 @@ def main() -> None:
     scores = {p.case_id: {"vs": dice(p.label.array == 1, truth[p.case_id] == 1),
                           "cochlea": dice(p.label.array == 2, truth[p.case_id] == 2)} for p in predictions}
     result = {
-        "profile": args.profile, "overrides": overrides, "run": None if args.run is None else str(args.run), "configuration": config.configuration,
+        "profile": args.profile, "overrides": overrides, "run": None if args.run is None else str(args.run),
+        "configuration": config.configuration,
         "training_crops": len(cases), "iterations": config.num_epochs * config.iterations_per_epoch,
         "train_s": round(train_s, 1), "s_per_iteration": round(per_iteration, 4), "predict_s": round(predict_s, 1),
         "vs_dice": float(np.mean([s["vs"] for s in scores.values()])),

@@ -36,6 +36,7 @@ from ..progress import progress_bar
 from ..resources import usable_cores
 from ..roi import Box, crop, grid_key, labels_outside, paste
 from ..volume import Volume, write_nifti
+from .parallel import watch_parent
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +94,19 @@ def _inputs(train: DataFolder, test: DataFolder | None) -> dict[str, list[Any]]:
     return {str(p): _stamp(p) for p in files if p is not None}
 
 
-def find_region(image: Volume, reference: EarReference, path: Path,
-                taken: dict[str, Ears] | None = None) -> Region:
-    """The ears and ear region of ``image``; with ``taken`` (grid -> ears of the regions so far)
-    the region is moved by whole voxels until its grid is no other image's, so that a grid
-    always names one image's ears."""
+def find_region(image: Volume, reference: EarReference, path: Path) -> Region:
+    """The ears and ear region of ``image``."""
     try:
         ears = locate(image, reference)
     except InputError as error:
         raise InputError(error.problem, path=path, fix=error.fix) from None
-    return _region(image, ears, path, taken)
+    return _region(image, ears, path, None)
 
 
 def _region(image: Volume, ears: Ears, path: Path, taken: dict[str, Ears] | None) -> Region:
+    """The ear region of ``image`` around ``ears``; with ``taken`` (grid -> ears of the regions
+    so far) it is moved by whole voxels until its grid is no other image's, so that a grid
+    always names one image's ears."""
     start, size = ear_region(image, ears)
     box = Box(start, size)
     while taken is not None and taken.get(grid_key(image, box), ears) != ears:
@@ -149,12 +150,6 @@ def _locate_case(case: CaseFiles, modality: str, crop_it: bool, reference: EarRe
         return error
 
 
-def _start_worker(parent: int) -> None:
-    from .parallel import watch_parent
-
-    watch_parent(parent)
-
-
 #: At most this many processes find the ears side by side: each holds a whole-head image and
 #: its smoothed copies (up to about 1 GB), and a run has a few dozen images.
 MAX_EAR_WORKERS = 8
@@ -166,15 +161,21 @@ def ear_workers() -> int:
     return max(1, min(usable_cores(), MAX_EAR_WORKERS))
 
 
+def _recorded(out: Path, inputs: dict[str, list[Any]]) -> dict[str, Region] | None:
+    """The regions ``OUT/ears`` holds when they are of exactly the files ``inputs`` stamps."""
+    record_path = out / EARS_DIR / RECORD
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("inputs") != inputs:
+        return None
+    return {key: Region.from_dict(value) for key, value in record["regions"].items()}
+
+
 def regions_recorded(out: Path, train: DataFolder, test: DataFolder | None) -> bool:
     """Whether ``OUT/ears`` holds the regions of exactly these files, unchanged since."""
-    record_path = out / EARS_DIR / RECORD
-    if not record_path.is_file():
-        return False
-    try:
-        return json.loads(record_path.read_text()).get("inputs") == _inputs(train, test)
-    except (OSError, ValueError):
-        return False
+    return _recorded(out, _inputs(train, test)) is not None
 
 
 def _in_order(futures: list[Future]) -> Iterator[Any]:
@@ -202,10 +203,9 @@ def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
     folder = out / EARS_DIR
     record_path = folder / RECORD
     inputs = _inputs(train, test)
-    if regions_recorded(out, train, test):
-        record = json.loads(record_path.read_text())
-        regions = {key: Region.from_dict(value) for key, value in record["regions"].items()}
-        return discover(folder / "train", require_source=True, require_target=True), regions
+    recorded = _recorded(out, inputs)
+    if recorded is not None:
+        return discover(folder / "train", require_source=True, require_target=True), recorded
     record_path.unlink(missing_ok=True)
     labelled = sorted(train.source, key=lambda c: c.case_id)
     image, label = load_case(labelled[0], "ceT1")
@@ -224,7 +224,7 @@ def crop_training_data(out: Path, train: DataFolder, test: DataFolder | None, *,
             located = (_locate_case(case, modality, bool(split), reference) for case, modality, split in jobs)
         else:
             pool = stack.enter_context(ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=watch_parent,
                 initargs=(os.getpid(),)))
             stack.callback(pool.shutdown, cancel_futures=True)  # a bad image stops the others at once
             futures = [pool.submit(_locate_case, case, modality, bool(split), reference_folder)
