@@ -152,6 +152,7 @@ def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Map
     from ..pool.schema import ATTR_SHARD
     from ..pool.shard import ShardPlan
     from ..translation.checkpoint import file_sha256
+    from ..translation.structures import grey_tumour
 
     root_attrs = None
     units = None
@@ -192,7 +193,8 @@ def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Map
                     if image is None:
                         image, label = load_case(case, "ceT1")
                     found = {} if ears is None or case.case_id not in ears else {"ears_found": dict(ears[case.case_id])}
-                    builder.add_view(name, case.case_id, translator.translate_volume(image),
+                    source = grey_tumour(image, label) if getattr(translator.config, "grey_tumour", False) else image
+                    builder.add_view(name, case.case_id, translator.translate_volume(source),
                                      {**provenance[name], **found})
                 done += 1
                 if progress:

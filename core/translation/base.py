@@ -49,6 +49,9 @@ class TranslatorConfig:
     ``seed``, ``flip``, ``train_crop`` (random square windows of the slices per step, None =
     whole slices). Networks: ``ngf``, ``n_blocks``, ``ndf``, ``n_layers_d``, ``norm``,
     ``init_type``, ``init_gain``. Inference: ``translate_batch`` slices at a time.
+    Pool: ``grey_tumour`` translates each labelled ceT1 with its VS brought down to the
+    head's soft-tissue level first (:func:`vstk.translation.structures.grey_tumour`), so
+    the view shows it grey as hrT2 does; the trained translator is the same either way.
     """
 
     size: int = 256
@@ -79,6 +82,7 @@ class TranslatorConfig:
     init_type: str = "normal"
     init_gain: float = 0.02
     translate_batch: int = 8
+    grey_tumour: bool = False
 
     #: settings that do not change the trained translator (see vstk.config.result_settings)
     execution_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "sample_every", "translate_batch"})

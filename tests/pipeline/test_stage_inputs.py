@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from vstk.cli_options import ear_settings
 from vstk.config import result_settings
@@ -275,3 +276,39 @@ def test_the_paper_profile_segments_whole_volumes_and_cpu_the_ear_boxes(phantom,
     assert ear_settings((27.0, -6.0, 2.0), None, "found")["ears"] == "found"
     with pytest.raises(ConfigError, match="--segment-on 'all' is not known"):
         RunOptions(out=tmp_path / "x", segment_on="all")
+
+
+def test_a_grey_tumour_view_is_translated_from_the_edited_ceT1(phantom, tmp_path, host):
+    """``grey_tumour``: the pool's view is the translation of the ceT1 with its VS brought
+    down, the label is the ceT1's own, and the setting is in the view's provenance."""
+    from vstk.crossmoda import discover, read_image
+    from vstk.pool import Pool
+    from vstk.translation.structures import grey_tumour
+
+    folder = discover(phantom / "train", require_source=True, require_target=True)
+    sources = [read_image(c.ceT1) for c in folder.source]
+    targets = [read_image(c.hrT2) for c in folder.target]
+    cyclegan = host.get("translator", "cyclegan")
+    tiny = {"steps": "2", "decay_steps": "1", "ngf": "4", "n_blocks": "1", "ndf": "4", "size": "48",
+            "spacing": "1.0,1.0", "sample_every": "0"}
+    translators = {name: cyclegan(cyclegan.profile("cpu", **tiny, grey_tumour=grey), device="cpu")
+                   for name, grey in (("plain", "0"), ("grey", "1"))}
+    checkpoints = {name: stages.train_translator(translator, sources, targets, tmp_path / name)
+                   for name, translator in translators.items()}
+    case = folder.source[0]
+    image, label = load_case(case, "ceT1")
+    assert (label.array == 1).any()
+    views = {}
+    for name, translator in translators.items():
+        pool_path = stages.build_pool(tmp_path / f"{name}.h5", {"cyclegan": translator},
+                                      {"cyclegan": checkpoints[name]}, [case], [], host)
+        with Pool(pool_path) as pool:
+            views[name] = pool.read_image("cyclegan", case.case_id)
+            assert np.array_equal(pool.read_label(case.case_id).array, label.array)
+            assert pool.provenance("cyclegan", case.case_id)["translator_config"]["grey_tumour"] is (name == "grey")
+    plain, grey = views["plain"], views["grey"]
+    expected = translators["grey"].translate_volume(grey_tumour(image, label)).array
+    assert np.allclose(grey.array, expected, atol=1e-3 * np.abs(expected).max())
+    assert np.allclose(plain.array, translators["plain"].translate_volume(image).array,
+                       atol=1e-3 * np.abs(expected).max())
+    assert not np.allclose(grey.array, plain.array, atol=1e-3 * np.abs(expected).max())
