@@ -182,7 +182,7 @@ def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Map
             0 if extend else len(target_cases))
         done = 0
         for case in source_cases:
-            image = label = None
+            image = label = greyed = None
             if not extend and not builder.has_label(case.case_id):
                 image, label = load_case(case, "ceT1")
                 builder.add_label(case.case_id, label)
@@ -193,7 +193,10 @@ def build_pool(pool_path: Path, translators: Mapping[str, Any], checkpoints: Map
                     if image is None:
                         image, label = load_case(case, "ceT1")
                     found = {} if ears is None or case.case_id not in ears else {"ears_found": dict(ears[case.case_id])}
-                    source = grey_tumour(image, label) if getattr(translator.config, "grey_tumour", False) else image
+                    source = image
+                    if getattr(translator.config, "grey_tumour", False):
+                        greyed = grey_tumour(image, label) if greyed is None else greyed  # once per case
+                        source = greyed
                     builder.add_view(name, case.case_id, translator.translate_volume(source),
                                      {**provenance[name], **found})
                 done += 1

@@ -160,23 +160,30 @@ def test_a_phantom_of_other_size_is_refused(tmp_path):
     assert phantom_data(out, cases=2, seed=0, geometry="slab") == out / "phantom"
 
 
-def test_a_final_translator_of_other_settings_is_not_used(phantom, tmp_path, host):
+#: a CycleGAN that trains in a second on the small phantom
+TINY = {"steps": "2", "decay_steps": "1", "ngf": "4", "n_blocks": "1", "ndf": "4", "size": "48",
+        "spacing": "1.0,1.0", "sample_every": "0"}
+
+
+def training_data(phantom: Path):
+    """The phantom's training folder, its ceT1 and its hrT2 volumes."""
     from vstk.crossmoda import discover, read_image
 
     folder = discover(phantom / "train", require_source=True, require_target=True)
-    sources = [read_image(c.ceT1) for c in folder.source]
-    targets = [read_image(c.hrT2) for c in folder.target]
+    return folder, [read_image(c.ceT1) for c in folder.source], [read_image(c.hrT2) for c in folder.target]
+
+
+def test_a_final_translator_of_other_settings_is_not_used(phantom, tmp_path, host):
+    _, sources, targets = training_data(phantom)
     cyclegan = host.get("translator", "cyclegan")
-    tiny = {"steps": "2", "decay_steps": "1", "ngf": "4", "n_blocks": "1", "ndf": "4", "size": "48",
-            "spacing": "1.0,1.0", "sample_every": "0"}
     workdir = tmp_path / "cyclegan"
-    final = stages.train_translator(cyclegan(cyclegan.profile("cpu", **tiny), device="cpu"), sources, targets,
+    final = stages.train_translator(cyclegan(cyclegan.profile("cpu", **TINY), device="cpu"), sources, targets,
                                     workdir)
     assert final == workdir / "translator.pt"
-    reused = cyclegan(cyclegan.profile("cpu", **tiny, checkpoint_every="9", translate_batch="2"), device="cpu")
+    reused = cyclegan(cyclegan.profile("cpu", **TINY, checkpoint_every="9", translate_batch="2"), device="cpu")
     assert stages.train_translator(reused, sources, targets, workdir, same_settings=True) == final
     assert reused.generator is not None
-    other = cyclegan(cyclegan.profile("cpu", **{**tiny, "steps": "3", "lambda_identity": "0"}), device="cpu")
+    other = cyclegan(cyclegan.profile("cpu", **{**TINY, "steps": "3", "lambda_identity": "0"}), device="cpu")
     with pytest.raises(ConfigError, match=r"lambda_identity: 0.5 -> 0.0; steps: 2 -> 3 \(checkpoint -> now\)") as error:
         stages.train_translator(other, sources, targets, workdir, same_settings=True)
     assert str(final) in str(error.value)
@@ -281,17 +288,12 @@ def test_the_paper_profile_segments_whole_volumes_and_cpu_the_ear_boxes(phantom,
 def test_a_grey_tumour_view_is_translated_from_the_edited_ceT1(phantom, tmp_path, host):
     """``grey_tumour``: the pool's view is the translation of the ceT1 with its VS brought
     down, the label is the ceT1's own, and the setting is in the view's provenance."""
-    from vstk.crossmoda import discover, read_image
     from vstk.pool import Pool
     from vstk.translation.structures import grey_tumour
 
-    folder = discover(phantom / "train", require_source=True, require_target=True)
-    sources = [read_image(c.ceT1) for c in folder.source]
-    targets = [read_image(c.hrT2) for c in folder.target]
+    folder, sources, targets = training_data(phantom)
     cyclegan = host.get("translator", "cyclegan")
-    tiny = {"steps": "2", "decay_steps": "1", "ngf": "4", "n_blocks": "1", "ndf": "4", "size": "48",
-            "spacing": "1.0,1.0", "sample_every": "0"}
-    translators = {name: cyclegan(cyclegan.profile("cpu", **tiny, grey_tumour=grey), device="cpu")
+    translators = {name: cyclegan(cyclegan.profile("cpu", **TINY, grey_tumour=grey), device="cpu")
                    for name, grey in (("plain", "0"), ("grey", "1"))}
     checkpoints = {name: stages.train_translator(translator, sources, targets, tmp_path / name)
                    for name, translator in translators.items()}
