@@ -105,6 +105,8 @@ class StructureIntensityTransform(_CaseProbabilityTransform):
         quantiles: patch intensity quantiles that bound the new mean.
         upper_quantiles: a lower upper bound for some labels, e.g. ``{1: 0.75}`` keeps the VS
             below the brightest quarter of the patch (fluid on hrT2), as the tumour is there.
+        lower_quantiles: a higher lower bound for some labels, e.g. ``{2: 0.75}`` draws the
+            cochlea's mean from the brightest quarter of the patch, where its fluid is on hrT2.
         case_probability: another probability for some cases, by identifier; needs ``loaded``.
         loaded: the note that names the case of the patch being transformed.
         invert: chance that the inner contrast factor is negated: a cyst is dark inside an
@@ -119,6 +121,7 @@ class StructureIntensityTransform(_CaseProbabilityTransform):
     def __init__(self, labels: Sequence[int], probability: float, contrast: tuple[float, float] = (0.5, 1.5),
                  quantiles: tuple[float, float] = (0.01, 0.99),
                  upper_quantiles: Mapping[int, float] | None = None,
+                 lower_quantiles: Mapping[int, float] | None = None,
                  case_probability: Mapping[str, float] | None = None, loaded: LoadedCase | None = None,
                  invert: float = 0.0, texture: float = 0.0, texture_cell: tuple[float, float] = (2.0, 6.0)) -> None:
         super().__init__(probability, case_probability, loaded)
@@ -137,8 +140,13 @@ class StructureIntensityTransform(_CaseProbabilityTransform):
             if not self.quantiles[0] < upper <= self.quantiles[1]:
                 raise ValueError(f"upper quantile {upper} of label {label} must be in "
                                  f"({self.quantiles[0]}, {self.quantiles[1]}]")
+        self.lower = {int(k): float(v) for k, v in (lower_quantiles or {}).items()}
+        for label, lower in self.lower.items():
+            if not self.quantiles[0] <= lower < self.upper.get(label, self.quantiles[1]):
+                raise ValueError(f"lower quantile {lower} of label {label} must be in "
+                                 f"[{self.quantiles[0]}, {self.upper.get(label, self.quantiles[1])})")
         # every quantile any label needs, taken in one pass over the patch
-        self._levels = sorted({*self.quantiles, *self.upper.values()})
+        self._levels = sorted({*self.quantiles, *self.upper.values(), *self.lower.values()})
 
     def apply(self, data_dict: dict, **params) -> dict:
         image, segmentation = data_dict.get("image"), data_dict.get("segmentation")
@@ -157,9 +165,9 @@ class StructureIntensityTransform(_CaseProbabilityTransform):
                 levels = [dict(zip(self._levels, _patch_quantiles(image[c], self._levels)))
                           for c in range(image.shape[0])]
             inner, weight = mask[box], _soften(mask[box])
-            upper = self.upper.get(label, self.quantiles[1])
+            lower, upper = self.lower.get(label, self.quantiles[0]), self.upper.get(label, self.quantiles[1])
             for channel, level in enumerate(levels):
-                low, high = level[self.quantiles[0]], level[upper]
+                low, high = level[lower], level[upper]
                 region = image[channel][box]
                 mean, scale = np.random.uniform(low, high), np.random.uniform(*self.contrast)
                 if self.invert > 0.0 and np.random.uniform() < self.invert:
@@ -257,6 +265,7 @@ def _soften(mask: torch.Tensor) -> torch.Tensor:
 
 def with_structure_intensity(transforms, labels: Sequence[int], probability: float,
                              upper_quantiles: Mapping[int, float] | None = None,
+                             lower_quantiles: Mapping[int, float] | None = None,
                              case_probability: Mapping[str, float] | None = None, loaded: LoadedCase | None = None,
                              **options):
     """Insert :class:`StructureIntensityTransform` into nnU-Net's composed training transforms,
@@ -268,7 +277,8 @@ def with_structure_intensity(transforms, labels: Sequence[int], probability: flo
     if _never(probability, case_probability):
         return transforms
     return _insert_after_spatial(transforms, StructureIntensityTransform(
-        labels, probability, upper_quantiles=upper_quantiles, case_probability=case_probability, loaded=loaded,
+        labels, probability, upper_quantiles=upper_quantiles, lower_quantiles=lower_quantiles,
+        case_probability=case_probability, loaded=loaded,
         **options), "structure_intensity", after=("Convert2DTo3DTransform",))
 
 

@@ -87,6 +87,10 @@ class NnUNetConfig:
             augmentation, as a quantile of the patch (the others use 0.99). Below 0.99 it keeps
             the tumour out of the brightest part of the patch, where fluid (CSF, the internal
             auditory canal) lies on hrT2, while the translated views keep ceT1's bright tumour.
+        structure_intensity_cochlea_min: lower bound of the cochlea's new mean intensity in that
+            augmentation, as a quantile of the patch (the others use 0.01). Above 0.01 it draws
+            the cochlea among the brightest voxels of the patch, as its fluid shows on hrT2,
+            where the translated views leave it as faint as on ceT1.
         intensity_remap: probability, per training patch of a translated view, that the whole
             patch goes through a random (possibly non-monotonic) intensity curve, so that the
             segmenter learns shapes and edges rather than the views' tissue intensity order
@@ -143,6 +147,7 @@ class NnUNetConfig:
     structure_intensity_invert: float = 0.0
     structure_intensity_texture: float = 0.0
     structure_intensity_vs_max: float = 0.99
+    structure_intensity_cochlea_min: float = 0.01
     intensity_remap: float = 0.0
     intensity_remap_points: int = 4
     features_base: int | None = None
@@ -222,6 +227,10 @@ class NnUNetConfig:
         if not 0.01 < self.structure_intensity_vs_max <= 0.99:
             raise ConfigError(f"structure_intensity_vs_max={self.structure_intensity_vs_max} must be in (0.01, 0.99]",
                               fix="e.g. structure_intensity_vs_max=0.75, or 0.99 for the full patch range")
+        if not 0.01 <= self.structure_intensity_cochlea_min < 0.99:
+            raise ConfigError(f"structure_intensity_cochlea_min={self.structure_intensity_cochlea_min} must be in "
+                              f"[0.01, 0.99)",
+                              fix="e.g. structure_intensity_cochlea_min=0.75, or 0.01 for the full patch range")
         if not 0.0 < self.tile_step_size <= 1.0:
             raise ConfigError(f"tile_step_size={self.tile_step_size} must be in (0, 1]")
         if self.initial_lr <= 0:

@@ -246,6 +246,7 @@ class NnUNetSegmenter:
                 initial_lr=config.initial_lr, oversample_foreground=config.oversample_foreground,
                 cpu_bf16=trains_in_bf16(config, device), structure_intensity=config.structure_intensity,
                 structure_intensity_vs_max=config.structure_intensity_vs_max,
+                structure_intensity_cochlea_min=config.structure_intensity_cochlea_min,
                 structure_intensity_pseudo=config.structure_intensity_pseudo, pseudo_cases=pseudo_cases,
                 structure_intensity_invert=config.structure_intensity_invert,
                 structure_intensity_texture=config.structure_intensity_texture,

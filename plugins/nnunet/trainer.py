@@ -25,6 +25,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from vstk.errors import CheckpointError
+from vstk.labels import COCHLEA as COCHLEA_LABEL
 from vstk.labels import VS as VS_LABEL
 from vstk.protocols import ProgressFn
 
@@ -99,6 +100,7 @@ class TrainerSettings:
     structure_intensity: float = 0.0
     cpu_bf16: bool = False
     structure_intensity_vs_max: float = 0.99
+    structure_intensity_cochlea_min: float = 0.01
     structure_intensity_pseudo: float | None = None
     pseudo_cases: tuple[str, ...] = ()  # identifiers of the real target (pseudo- or truth-labelled) cases
     structure_intensity_invert: float = 0.0
@@ -152,6 +154,7 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.progress: ProgressFn | None = None
         self.structure_intensity = 0.0
         self.structure_intensity_vs_max = 0.99
+        self.structure_intensity_cochlea_min = 0.01
         self.structure_intensity_by_case: dict[str, float] = {}
         self.structure_intensity_options: dict[str, float] = {}
         self.intensity_remap = 0.0
@@ -183,6 +186,7 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.oversample_foreground_percent = settings.oversample_foreground
         self.structure_intensity = settings.structure_intensity
         self.structure_intensity_vs_max = settings.structure_intensity_vs_max
+        self.structure_intensity_cochlea_min = settings.structure_intensity_cochlea_min
         self.structure_intensity_by_case = settings.case_probability()
         self.intensity_remap, self.intensity_remap_points = settings.intensity_remap, settings.intensity_remap_points
         self.intensity_remap_by_case = settings.remap_case_probability()
@@ -231,19 +235,22 @@ class nnUNetTrainerVstk(nnUNetTrainer):
 
         transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
                                                      mirror_axes, do_dummy_2d_data_aug, **kwargs)
-        vs_max = self.structure_intensity_vs_max
+        vs_max, cochlea_min = self.structure_intensity_vs_max, self.structure_intensity_cochlea_min
         upper = {VS_LABEL: vs_max} if vs_max < 0.99 else None
+        lower = {COCHLEA_LABEL: cochlea_min} if cochlea_min > 0.01 else None
         by_case = self.structure_intensity_by_case
         if self.structure_intensity > 0 or by_case:
-            log.info("structure intensity augmentation on: labels %s, probability %g%s%s%s",
+            log.info("structure intensity augmentation on: labels %s, probability %g%s%s%s%s",
                      [int(v) for v in self.label_manager.foreground_labels], self.structure_intensity,
                      "" if upper is None else f", VS mean below the patch's {vs_max:g} quantile",
+                     "" if lower is None else f", cochlea mean above the patch's {cochlea_min:g} quantile",
                      "".join(f", {k} {v:g}" for k, v in self.structure_intensity_options.items() if v),
                      "" if not by_case else f"; probability {next(iter(by_case.values())):g} on "
                                             f"{len(by_case)} real hrT2 case(s) (pseudo- or truth-labelled)")
         transforms = with_structure_intensity(transforms, self.label_manager.foreground_labels,
-                                              self.structure_intensity, upper, by_case, self._loaded_case,
-                                              **self.structure_intensity_options)
+                                              self.structure_intensity, upper_quantiles=upper,
+                                              lower_quantiles=lower, case_probability=by_case,
+                                              loaded=self._loaded_case, **self.structure_intensity_options)
         if self.intensity_remap > 0:
             log.info("intensity remap augmentation on: probability %g, %d control points%s", self.intensity_remap,
                      self.intensity_remap_points, "" if not self.intensity_remap_by_case else

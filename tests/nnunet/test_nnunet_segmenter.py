@@ -344,14 +344,14 @@ def _trainer_on(workdir: Path, bf16: bool = False, **settings):
 def test_pseudo_labelled_cases_get_their_own_structure_intensity_probability(round0):
     """In nnU-Net's own training loader and transforms: the note names each patch's case, the
     pseudo-labelled cases' structures are never recoloured (probability 0), the others' always
-    (1); the intensity remap (probability 1) alters every patch of the other cases and none of
-    the pseudo-labelled ones."""
+    (1), the cochlea within the bounds set; the intensity remap (probability 1) alters every
+    patch of the other cases and none of the pseudo-labelled ones."""
     from vstk_nnunet.augmentation import IntensityRemapTransform, NotingDataset, StructureIntensityTransform
     from vstk_nnunet.environment import nnunet_environment
 
     pseudo = ("case1", "case4")
     trainer = _trainer_on(round0["workdir"], structure_intensity=1.0, structure_intensity_pseudo=0.0,
-                          pseudo_cases=pseudo, intensity_remap=1.0)
+                          pseudo_cases=pseudo, intensity_remap=1.0, structure_intensity_cochlea_min=0.75)
     assert trainer.structure_intensity_by_case == {"case1": 0.0, "case4": 0.0}
     assert trainer.intensity_remap_by_case == {"case1": 0.0, "case4": 0.0}
     with nnunet_environment(round0["workdir"].parent / "trainer-bf16-False", n_proc=1, n_proc_da=0):
@@ -362,6 +362,7 @@ def test_pseudo_labelled_cases_get_their_own_structure_intensity_probability(rou
     transform = next(t for t in steps if isinstance(t, StructureIntensityTransform))
     remap = next(t for t in steps if isinstance(t, IntensityRemapTransform))
     assert transform.loaded is trainer._loaded_case and remap.loaded is trainer._loaded_case
+    assert transform.lower == {2: 0.75} and transform.upper == {}  # the cochlea drawn bright, the VS anywhere
 
     seen: list[tuple[str, bool, bool]] = []  # (case, structure in the patch, patch recoloured)
     remapped: list[tuple[str, bool]] = []  # (case, patch remapped)

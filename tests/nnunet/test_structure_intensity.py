@@ -292,3 +292,27 @@ def test_the_remap_skips_pseudo_labelled_cases_and_runs_in_nnunets_pipeline_afte
         NnUNetConfig(intensity_remap=1.5)
     with pytest.raises(ConfigError, match="intensity_remap_points=1"):
         NnUNetConfig(intensity_remap_points=1)
+
+
+def test_a_label_with_a_higher_lower_quantile_stays_above_it_and_the_others_keep_the_full_range():
+    sample = _sample((48, 48))
+    original = sample["image"][0].numpy()
+    seg = sample["segmentation"][0].numpy()
+    low, floor, high = np.quantile(original, [0.01, 0.75, 0.99])
+    transform = StructureIntensityTransform((1, 2), 1.0, lower_quantiles={2: 0.75})
+    np.random.seed(1)
+    inner = {label: ndimage.binary_erosion(seg == label, structure=np.ones((3, 3), bool)) for label in (1, 2)}
+    vs_means, cochlea_means = [], []
+    for _ in range(200):
+        image = transform(**{k: v.clone() for k, v in sample.items()})["image"][0].numpy()
+        vs_means.append(image[inner[1]].mean())
+        cochlea_means.append(image[inner[2]].mean())
+    # the cochlea's new means spread over [75th, 99th percentile]; the VS's down to the 1st
+    assert floor - 0.1 <= min(cochlea_means) and max(cochlea_means) <= high + 0.1
+    assert min(cochlea_means) < floor + 0.3 * (high - floor) and min(vs_means) < floor - 0.5 * (floor - low)
+    with pytest.raises(ValueError, match="lower quantile 0.995 of label 2"):
+        StructureIntensityTransform((2,), 1.0, lower_quantiles={2: 0.995})
+    with pytest.raises(ValueError, match="lower quantile 0.6 of label 1"):
+        StructureIntensityTransform((1,), 1.0, upper_quantiles={1: 0.5}, lower_quantiles={1: 0.6})
+    with pytest.raises(ConfigError, match="structure_intensity_cochlea_min=0.995"):
+        NnUNetConfig(structure_intensity_cochlea_min=0.995)
