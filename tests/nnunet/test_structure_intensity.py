@@ -117,20 +117,25 @@ def test_the_result_is_the_soft_blend_of_the_recoloured_structure_computed_on_th
     torch.testing.assert_close(out, expected)
 
 
+def _drawn_means(sample: dict, transform: StructureIntensityTransform, draws: int = 200):
+    """The VS's and the cochlea's means inside their softened edges (weight 1, where a
+    structure's mean is its drawn mean up to noise) over ``draws`` seeded applications."""
+    seg = sample["segmentation"][0].numpy()
+    inner = {label: ndimage.binary_erosion(seg == label, structure=np.ones((3, 3), bool)) for label in (1, 2)}
+    np.random.seed(0)
+    means: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(draws):
+        image = transform(**{k: v.clone() for k, v in sample.items()})["image"][0].numpy()
+        for label in (1, 2):
+            means[label].append(image[inner[label]].mean())
+    return means[1], means[2]
+
+
 def test_a_label_with_a_lower_upper_quantile_stays_below_it_and_the_others_keep_the_full_range():
     sample = _sample((48, 48))
     original = sample["image"][0].numpy()
-    seg = sample["segmentation"][0].numpy()
     low, cap, high = np.quantile(original, [0.01, 0.5, 0.99])
-    transform = StructureIntensityTransform((1, 2), 1.0, upper_quantiles={1: 0.5})
-    np.random.seed(0)
-    # inside the softened edge (weight 1) a structure's mean is its drawn mean, up to noise
-    inner = {label: ndimage.binary_erosion(seg == label, structure=np.ones((3, 3), bool)) for label in (1, 2)}
-    vs_means, cochlea_means = [], []
-    for _ in range(200):
-        image = transform(**{k: v.clone() for k, v in sample.items()})["image"][0].numpy()
-        vs_means.append(image[inner[1]].mean())
-        cochlea_means.append(image[inner[2]].mean())
+    vs_means, cochlea_means = _drawn_means(sample, StructureIntensityTransform((1, 2), 1.0, upper_quantiles={1: 0.5}))
     # the VS's new means spread over [1st percentile, median]; the cochlea's up to the 99th
     assert low - 0.1 <= min(vs_means) and max(vs_means) <= cap + 0.1
     assert max(vs_means) > cap - 0.3 * (cap - low) and max(cochlea_means) > cap + 0.5 * (high - cap)
@@ -297,16 +302,8 @@ def test_the_remap_skips_pseudo_labelled_cases_and_runs_in_nnunets_pipeline_afte
 def test_a_label_with_a_higher_lower_quantile_stays_above_it_and_the_others_keep_the_full_range():
     sample = _sample((48, 48))
     original = sample["image"][0].numpy()
-    seg = sample["segmentation"][0].numpy()
     low, floor, high = np.quantile(original, [0.01, 0.75, 0.99])
-    transform = StructureIntensityTransform((1, 2), 1.0, lower_quantiles={2: 0.75})
-    np.random.seed(1)
-    inner = {label: ndimage.binary_erosion(seg == label, structure=np.ones((3, 3), bool)) for label in (1, 2)}
-    vs_means, cochlea_means = [], []
-    for _ in range(200):
-        image = transform(**{k: v.clone() for k, v in sample.items()})["image"][0].numpy()
-        vs_means.append(image[inner[1]].mean())
-        cochlea_means.append(image[inner[2]].mean())
+    vs_means, cochlea_means = _drawn_means(sample, StructureIntensityTransform((1, 2), 1.0, lower_quantiles={2: 0.75}))
     # the cochlea's new means spread over [75th, 99th percentile]; the VS's down to the 1st
     assert floor - 0.1 <= min(cochlea_means) and max(cochlea_means) <= high + 0.1
     assert min(cochlea_means) < floor + 0.3 * (high - floor) and min(vs_means) < floor - 0.5 * (floor - low)
