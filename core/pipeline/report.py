@@ -254,7 +254,9 @@ def translation_figure(plan, path: Path) -> Path:
     views = pool.views()
     cases = pool.cases(views[0])[:2]
     targets = pool.targets()
-    columns = ["ceT1"] + views + ["real hrT2 (other subject)"]
+    greyed = [bool(pool.provenance(v, cases[0]).get("translator_config", {}).get("grey_tumour")) for v in views]
+    columns = (["ceT1"] + [f"{v} (of ceT1, VS greyed)" if g else v for v, g in zip(views, greyed)]
+               + ["real hrT2 (other subject)"])
     fig, axes = plt.subplots(len(cases), len(columns), figsize=(2.7 * len(columns), 2.8 * len(cases)), squeeze=False)
     source_files = {c.case_id: c for c in plan.train.source}
     from ..crossmoda import read_image
