@@ -76,10 +76,11 @@ PAPER = CUTConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay_ep
                   checkpoint_every=5000, sample_every=5000)
 FASTCUT_CHANGES = dict(lambda_nce=10.0, nce_idt=False, flip_equivariance=True)
 PAPER_FAST = dataclasses.replace(PAPER, epochs=150, decay_epochs=50, **FASTCUT_CHANGES)
-# CPU profiles: the in-tree QS-Attn cpu profile's slices, steps and widths, so runs compare.
+# CPU profiles: the in-tree QS-Attn cpu profile's slices, steps, widths, slice draws and pool views
+# (focus near the ears, VS greyed before translation), so runs compare.
 CPU = CUTConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=560, decay_steps=560, ngf=16,
                 n_blocks=3, ndf=16, nce_layers=(0, 4, 8, 12, 14), num_patches=128, netf_nc=128,
-                checkpoint_every=190, sample_every=380)
+                checkpoint_every=190, sample_every=380, focus_mm=5.0, focus_share=0.75, grey_tumour=True)
 CPU_FAST = dataclasses.replace(CPU, **FASTCUT_CHANGES)
 
 

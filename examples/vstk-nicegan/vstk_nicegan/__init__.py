@@ -78,9 +78,11 @@ PAPER = NiceGANConfig(size=256, spacing=(0.41, 0.41), crop=384, steps=150_000, d
 # CPU: the in-tree cpu profiles' slices (96 x 96 at 0.55 mm around each ear); ch 8, 2 residual blocks,
 # the light style MLP and 300 + 300 steps: a NICE-GAN step runs ~20 network passes, about
 # 0.6 s at this width on one busy core (1.45 s at ch 16 with 4 blocks), so this trains in
-# a few minutes on 2 cores.
+# a few minutes on 2 cores; the in-tree cpu profiles' slice draws and pool views (focus near the ears,
+# VS greyed before translation).
 CPU = NiceGANConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=300, decay_steps=300, ngf=8,
-                    ndf=8, n_blocks=2, light=True, checkpoint_every=100, sample_every=200)
+                    ndf=8, n_blocks=2, light=True, checkpoint_every=100, sample_every=200, focus_mm=5.0,
+                    focus_share=0.75, grey_tumour=True)
 
 
 class NiceGANTranslator(SliceTranslator):

@@ -64,12 +64,13 @@ class TemplateConfig(TranslatorConfig):
 
 # REPLACE: your method's published settings. Both profiles are required: `paper` for GPUs
 # (256 x 256 slices of a 384-pixel crop at 0.41 mm, as the in-tree translators), `cpu` for a
-# few minutes on two cores (the in-tree cpu profiles' slices, steps and widths, so that
-# `vstk bench` compares methods at the same budget).
+# few minutes on two cores (the in-tree cpu profiles' slices, steps, widths, slice draws and pool
+# views, so that `vstk bench` compares methods at the same budget).
 PAPER = TemplateConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay_epochs=200, ngf=64, n_blocks=9,
                        checkpoint_every=5000, sample_every=5000)
 CPU = TemplateConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=660, decay_steps=660, ngf=16,
-                     n_blocks=3, ndf=16, checkpoint_every=220, sample_every=440)
+                     n_blocks=3, ndf=16, checkpoint_every=220, sample_every=440, focus_mm=5.0, focus_share=0.75,
+                     grey_tumour=True)
 
 
 class TemplateTranslator(SliceTranslator):
