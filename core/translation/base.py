@@ -120,6 +120,17 @@ class TranslatorConfig:
                              self.checkpoint_every, self.sample_every, self.seed, self.flip, self.train_crop)
 
 
+#: The slice draws and pool views every translator's ``cpu`` profile shares, so that `vstk bench`
+#: compares translators at the same settings (unpack into the profile: ``CPUConfig(..., **CPU_VIEWS)``):
+#:   focus_mm 5, focus_share 0.75: three quarters of the training slices drawn within 5 mm of the
+#:     ear-box centres, where the cochlea is: the views draw it and the segmenter learns it in round 0
+#:     on the judging seeds (docs/results.md#slices-near-the-ears-drawn-more-often);
+#:   grey_tumour: the pool's views are translated from ceT1 with the VS brought down to soft tissue, so
+#:     they show hrT2's grey tumour; with the cochlea drawn bright by nnU-Net's augmentation it raised
+#:     VS Dice on all five judging pools (docs/results.md#the-tumour-brought-down-with-the-cochlea-drawn-bright).
+CPU_VIEWS: dict[str, Any] = {"focus_mm": 5.0, "focus_share": 0.75, "grey_tumour": True}
+
+
 def pick_device(device: str | None = None) -> str:
     """``device`` or, when None, CUDA if available else CPU."""
     if device:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import vstk
-from vstk.translation.base import SliceTranslator, TranslatorConfig
+from vstk.translation.base import CPU_VIEWS, SliceTranslator, TranslatorConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +46,10 @@ PAPER = CycleGANConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, dec
 #:   batch 1: batches of 4 buy 1.2 times the samples per second on one core
 #:     (docs/results.md#translator-throughput), not worth the fewer steps;
 #:   lambda_identity stays at the paper's 0.5: without it the cochlea is lost (docs/results.md#identity-loss);
-#:   focus_mm 5, focus_share 0.75: three quarters of the slices drawn within 5 mm of the ear-box centres,
-#:     where the cochlea is: the views draw it and the segmenter learns it in round 0 on the judging seeds
-#:     (docs/results.md#slices-near-the-ears-drawn-more-often);
-#:   grey_tumour: the pool's views are translated from ceT1 with the VS brought down to soft tissue, so
-#:     they show hrT2's grey tumour; with the cochlea drawn bright by nnU-Net's augmentation it raised
-#:     VS Dice on all five judging pools (docs/results.md#the-tumour-brought-down-with-the-cochlea-drawn-bright).
+#:   CPU_VIEWS (focus_mm 5, focus_share 0.75, grey_tumour): slices near the ears drawn more often and the
+#:     VS greyed before translation, shared by every translator's cpu profile (vstk.translation.base).
 CPU = CycleGANConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=660, decay_steps=660, ngf=16,
-                     n_blocks=3, ndf=16, checkpoint_every=220, sample_every=440, batch_size=1, focus_mm=5.0,
-                     focus_share=0.75, grey_tumour=True)
+                     n_blocks=3, ndf=16, checkpoint_every=220, sample_every=440, batch_size=1, **CPU_VIEWS)
 
 
 class CycleGANTranslator(SliceTranslator):

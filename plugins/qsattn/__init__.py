@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 import vstk
-from vstk.translation.base import SliceTranslator, TranslatorConfig
+from vstk.translation.base import CPU_VIEWS, SliceTranslator, TranslatorConfig
 
 QS_MODES = ("global", "local", "local_global")
 
@@ -67,12 +67,11 @@ PAPER = QSAttnConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay
 #: ndf 16 (docs/results.md#lighter-translator-networks), the NCE layers at the input, the two down
 #: convolutions and the first and last residual blocks (0, 4, 8, 12, 14: CUT's choice moved to the
 #: shorter generator), 560 + 560 steps (the time of 400 + 400 with 6 blocks);
-#: 128 patches and a 128-wide head: halved with the networks (not measured); the CycleGAN profile's
-#: focus on the slices near the ears (docs/results.md#slices-near-the-ears-drawn-more-often) and its
-#: grey tumour in the pool's views (docs/results.md#the-tumour-brought-down-with-the-cochlea-drawn-bright).
+#: 128 patches and a 128-wide head: halved with the networks (not measured); the shared slice draws
+#: and pool views of every cpu profile (CPU_VIEWS in vstk.translation.base).
 CPU = QSAttnConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=560, decay_steps=560, ngf=16,
                    n_blocks=3, ndf=16, nce_layers=(0, 4, 8, 12, 14), num_patches=128, netf_nc=128,
-                   checkpoint_every=190, sample_every=380, focus_mm=5.0, focus_share=0.75, grey_tumour=True)
+                   checkpoint_every=190, sample_every=380, **CPU_VIEWS)
 
 
 class QSAttnTranslator(SliceTranslator):

@@ -12,7 +12,7 @@ import torch
 from vstk.errors import CheckpointError, ConfigError
 from vstk.geometry import SliceGeometry
 from vstk.plugins import load_plugins
-from vstk.translation.base import official_architecture
+from vstk.translation.base import CPU_VIEWS, official_architecture
 from vstk.translation.checkpoint import load_checkpoint
 from vstk.translation.data import SliceOptions, SliceSet
 from vstk.translation.networks import ResnetGenerator
@@ -227,3 +227,16 @@ def test_training_crops_are_windows_of_the_slices_and_whole_slices_are_translate
         tiny("cyclegan", train_crop=40)
     with pytest.raises(ConfigError, match="train_crop=10 must be a multiple of 4"):
         tiny("cyclegan", train_crop=10)
+
+
+def test_every_installed_translators_cpu_profile_draws_and_pools_as_the_shared_cpu_views():
+    # vstk bench compares translators at the cpu profile: their slice draws and pool views must agree
+    registry = HOST.registry("translator")
+    names = registry.names()
+    assert {"cyclegan", "qsattn"} <= set(names)
+    for name in names:
+        cpu = registry.get(name).profiles["cpu"]
+        drawn = {key: getattr(cpu, key) for key in CPU_VIEWS}
+        assert drawn == CPU_VIEWS, f"{name}'s cpu profile draws {drawn}, not {CPU_VIEWS}"
+        paper = registry.get(name).profiles["paper"]
+        assert paper.focus_mm == 0.0 and not paper.grey_tumour, f"{name}'s paper profile draws as the cpu one"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 import vstk
-from vstk.translation.base import SliceTranslator, TranslatorConfig
+from vstk.translation.base import CPU_VIEWS, SliceTranslator, TranslatorConfig
 
 __version__ = "0.1.0"
 
@@ -80,7 +80,7 @@ PAPER_FAST = dataclasses.replace(PAPER, epochs=150, decay_epochs=50, **FASTCUT_C
 # (focus near the ears, VS greyed before translation), so runs compare.
 CPU = CUTConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=560, decay_steps=560, ngf=16,
                 n_blocks=3, ndf=16, nce_layers=(0, 4, 8, 12, 14), num_patches=128, netf_nc=128,
-                checkpoint_every=190, sample_every=380, focus_mm=5.0, focus_share=0.75, grey_tumour=True)
+                checkpoint_every=190, sample_every=380, **CPU_VIEWS)
 CPU_FAST = dataclasses.replace(CPU, **FASTCUT_CHANGES)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import vstk
-from vstk.translation.base import SliceTranslator, TranslatorConfig
+from vstk.translation.base import CPU_VIEWS, SliceTranslator, TranslatorConfig
 
 __version__ = "0.1.0"
 
@@ -81,8 +81,7 @@ PAPER = NiceGANConfig(size=256, spacing=(0.41, 0.41), crop=384, steps=150_000, d
 # a few minutes on 2 cores; the in-tree cpu profiles' slice draws and pool views (focus near the ears,
 # VS greyed before translation).
 CPU = NiceGANConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=300, decay_steps=300, ngf=8,
-                    ndf=8, n_blocks=2, light=True, checkpoint_every=100, sample_every=200, focus_mm=5.0,
-                    focus_share=0.75, grey_tumour=True)
+                    ndf=8, n_blocks=2, light=True, checkpoint_every=100, sample_every=200, **CPU_VIEWS)
 
 
 class NiceGANTranslator(SliceTranslator):

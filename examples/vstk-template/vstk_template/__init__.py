@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 import vstk
-from vstk.translation.base import SliceTranslator, TranslatorConfig
+from vstk.translation.base import CPU_VIEWS, SliceTranslator, TranslatorConfig
 
 __version__ = "0.1.0"
 
@@ -69,8 +69,7 @@ class TemplateConfig(TranslatorConfig):
 PAPER = TemplateConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay_epochs=200, ngf=64, n_blocks=9,
                        checkpoint_every=5000, sample_every=5000)
 CPU = TemplateConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=660, decay_steps=660, ngf=16,
-                     n_blocks=3, ndf=16, checkpoint_every=220, sample_every=440, focus_mm=5.0, focus_share=0.75,
-                     grey_tumour=True)
+                     n_blocks=3, ndf=16, checkpoint_every=220, sample_every=440, **CPU_VIEWS)
 
 
 class TemplateTranslator(SliceTranslator):
