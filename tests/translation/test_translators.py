@@ -229,14 +229,18 @@ def test_training_crops_are_windows_of_the_slices_and_whole_slices_are_translate
         tiny("cyclegan", train_crop=10)
 
 
-def test_every_installed_translators_cpu_profile_draws_and_pools_as_the_shared_cpu_views():
-    # vstk bench compares translators at the cpu profile: their slice draws and pool views must agree
+#: the translators this repository ships: in-tree, and the example plugins where installed (CI installs them)
+SHIPPED_TRANSLATORS = ("cyclegan", "qsattn", "cut", "fastcut", "nicegan", "template")
+
+
+def test_every_shipped_translators_cpu_profile_draws_and_pools_as_the_shared_cpu_views():
+    # vstk bench compares translators at the cpu profile: their slice draws and pool views must agree;
+    # a third-party plugin installed beside them is free to choose its own
     registry = HOST.registry("translator")
-    names = registry.names()
-    assert {"cyclegan", "qsattn"} <= set(names)
-    for name in names:
+    assert {"cyclegan", "qsattn"} <= set(registry.names())
+    for name in (name for name in SHIPPED_TRANSLATORS if name in registry):
         cpu = registry.get(name).profiles["cpu"]
         drawn = {key: getattr(cpu, key) for key in CPU_VIEWS}
-        assert drawn == CPU_VIEWS, f"{name}'s cpu profile draws {drawn}, not {CPU_VIEWS}"
+        assert drawn == CPU_VIEWS, f"{name}'s cpu profile draws {drawn}, not {dict(CPU_VIEWS)}"
         paper = registry.get(name).profiles["paper"]
         assert paper.focus_mm == 0.0 and not paper.grey_tumour, f"{name}'s paper profile draws as the cpu one"
