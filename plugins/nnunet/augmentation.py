@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from scipy import ndimage
 from torch.nn import functional as F
 
 _QUANTILE_SAMPLE = 4096  # voxels the patch quantiles are taken from (a 96 x 112 patch has 10752)
@@ -225,6 +226,80 @@ class IntensityRemapTransform(_CaseProbabilityTransform):
         return data_dict
 
 
+class FluidRimTransform(_CaseProbabilityTransform):
+    """Draw a rim of bright fluid around a structure, as hrT2 shows the tumour.
+
+    On hrT2 a vestibular schwannoma is a grey mass outlined by bright cerebrospinal fluid: a
+    plug inside the fluid of the internal auditory canal, a ball in the cistern of the
+    cerebellopontine angle. A translator at a small budget leaves that fluid as dark as ceT1
+    shows it (docs/results.md, issue #20: the views' canal stays dark), so a segmenter trained
+    on the views has never seen a tumour against bright fluid and, on real hrT2, misses the
+    small intrameatal ones or takes the bright canal for tumour. The ceT1 labels say where
+    the tumour is but not where its fluid is; this transform paints a plausible one: with
+    probability ``probability`` per patch holding the structure, the unlabelled voxels within
+    a random distance (``width``, voxels) of the structure, on a random share of its outline
+    (``coverage``, a smooth random field chooses where, as tumours touch brainstem and bone on
+    part of their surface), get a random mean among the patch's brightest voxels
+    (``quantiles``) above the structure's own mean by at least ``margin`` of the patch's
+    range, with their texture damped (fluid is homogeneous). The structure and the other
+    labels keep their voxels; the rim's outer edge is soft, its inner edge the label's own.
+
+    Never meant for the real target images (their fluid is real): give them probability 0
+    through ``case_probability`` and the ``loaded`` note (see :class:`StructureIntensityTransform`).
+    """
+
+    def __init__(self, label: int, probability: float, width: tuple[float, float] = (1.0, 4.0),
+                 coverage: tuple[float, float] = (0.3, 1.0), quantiles: tuple[float, float] = (0.85, 0.99),
+                 margin: float = 0.2, case_probability: Mapping[str, float] | None = None,
+                 loaded: LoadedCase | None = None) -> None:
+        super().__init__(probability, case_probability, loaded)
+        if not 0.5 <= width[0] <= width[1]:
+            raise ValueError(f"width must be an increasing range of at least 0.5 voxel, got {width}")
+        if not 0.0 < coverage[0] <= coverage[1] <= 1.0:
+            raise ValueError(f"coverage must be an increasing range in (0, 1], got {coverage}")
+        if not 0.0 <= quantiles[0] < quantiles[1] <= 1.0:
+            raise ValueError(f"quantiles must be an increasing range in [0, 1], got {quantiles}")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin must be in [0, 1), got {margin}")
+        self.label, self.margin = int(label), float(margin)
+        self.width = (float(width[0]), float(width[1]))
+        self.coverage = (float(coverage[0]), float(coverage[1]))
+        self.quantiles = (float(quantiles[0]), float(quantiles[1]))
+
+    def apply(self, data_dict: dict, **params) -> dict:
+        image, segmentation = data_dict.get("image"), data_dict.get("segmentation")
+        probability = self._patch_probability()
+        if image is None or segmentation is None or probability == 0.0 or np.random.uniform() >= probability:
+            return data_dict
+        mask = segmentation[0] == self.label
+        width = np.random.uniform(*self.width)
+        box = _bounding_box(mask, margin=int(np.ceil(width)) + 2)
+        if box is None:
+            return data_dict
+        inner = mask[box]
+        unlabelled = (segmentation[0][box] == 0).numpy()
+        rim = (ndimage.distance_transform_edt(~inner.numpy()) <= width) & unlabelled
+        coverage = np.random.uniform(*self.coverage)
+        if rim.any() and coverage < 1.0:
+            field = _smooth_noise(rim.shape, (2.0, 6.0)).numpy()
+            rim &= field >= np.quantile(field[rim], 1.0 - coverage)
+        if not rim.any():
+            return data_dict
+        rim_mask = torch.from_numpy(rim)
+        # full weight on the rim, soft only outwards (the soft edge spills into no label)
+        weight = (torch.maximum(_soften(rim_mask), rim_mask.float()) * torch.from_numpy(unlabelled)).to(image.dtype)
+        for channel in range(image.shape[0]):
+            q_low, q_high, low, high = _patch_quantiles(image[channel], (*self.quantiles, 0.01, 0.99))
+            region = image[channel][box]
+            floor = max(q_low, float(region[inner].mean()) + self.margin * (high - low))
+            if floor >= q_high:  # the structure is as bright as the fluid: no rim would show
+                continue
+            mean, damping = np.random.uniform(floor, q_high), np.random.uniform(0.2, 0.6)
+            recoloured = mean + damping * (region - region[rim_mask].mean())
+            image[channel][box] = region + weight * (recoloured - region)
+        return data_dict
+
+
 def _patch_quantiles(values: torch.Tensor, levels: Sequence[float]) -> list[float]:
     """The patch's intensity quantiles at ``levels`` (fractions), from a strided sample of at
     most about ``_QUANTILE_SAMPLE`` voxels: bounds of random draws need no exact quantiles."""
@@ -234,15 +309,15 @@ def _patch_quantiles(values: torch.Tensor, levels: Sequence[float]) -> list[floa
     return torch.quantile(sample, torch.tensor(list(levels), dtype=sample.dtype)).tolist()
 
 
-def _bounding_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
-    """The mask's bounding box grown by two voxels, clipped to the patch (None for an empty
-    mask): the softened edge reaches one voxel out, and a second one keeps the averaging at
-    that edge as on the whole patch."""
+def _bounding_box(mask: torch.Tensor, margin: int = 2) -> tuple[slice, ...] | None:
+    """The mask's bounding box grown by ``margin`` voxels, clipped to the patch (None for an
+    empty mask): by default two, as the softened edge reaches one voxel out, and a second one
+    keeps the averaging at that edge as on the whole patch."""
     where = torch.nonzero(mask)
     if len(where) == 0:
         return None
     low, high = where.min(dim=0).values.tolist(), where.max(dim=0).values.tolist()
-    return tuple(slice(max(a - 2, 0), min(b + 3, n)) for a, b, n in zip(low, high, mask.shape))
+    return tuple(slice(max(a - margin, 0), min(b + margin + 1, n)) for a, b, n in zip(low, high, mask.shape))
 
 
 def _smooth_noise(shape: Sequence[int], cell: tuple[float, float]) -> torch.Tensor:
@@ -291,7 +366,22 @@ def with_intensity_remap(transforms, probability: float, points: int = 4,
         return transforms
     return _insert_after_spatial(
         transforms, IntensityRemapTransform(probability, points, case_probability=case_probability, loaded=loaded),
-        "intensity_remap", after=("Convert2DTo3DTransform", "StructureIntensityTransform"))
+        "intensity_remap", after=("Convert2DTo3DTransform", "StructureIntensityTransform", "FluidRimTransform"))
+
+
+def with_fluid_rim(transforms, label: int, probability: float,
+                   case_probability: Mapping[str, float] | None = None, loaded: LoadedCase | None = None,
+                   **options):
+    """Insert :class:`FluidRimTransform` for ``label`` into nnU-Net's composed training transforms
+    after the spatial transform and the structure intensity augmentation (the rim is drawn
+    above the structure's new mean) and before the intensity remap and nnU-Net's intensity
+    transforms. Nothing is inserted when every probability is 0. ``options`` go to the
+    transform (``width``, ``coverage``, ``quantiles``, ``margin``)."""
+    if _never(probability, case_probability):
+        return transforms
+    return _insert_after_spatial(
+        transforms, FluidRimTransform(label, probability, case_probability=case_probability, loaded=loaded, **options),
+        "fluid_rim", after=("Convert2DTo3DTransform", "StructureIntensityTransform"))
 
 
 def _never(probability: float, case_probability: Mapping[str, float] | None) -> bool:

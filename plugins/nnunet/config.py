@@ -91,6 +91,10 @@ class NnUNetConfig:
             augmentation, as a quantile of the patch (the others use 0.01). Above 0.01 it draws
             the cochlea among the brightest voxels of the patch, as its fluid shows on hrT2,
             where the translated views leave it nearly as faint as on ceT1 (``cpu``: 0.75).
+        fluid_rim: probability, per training patch of a translated view holding a VS, that a
+            rim of bright fluid is drawn around the tumour (hrT2 outlines it with cerebrospinal
+            fluid, where the views keep ceT1's dark fluid; see
+            ``vstk_nnunet.augmentation.FluidRimTransform``); never on the real target images; 0: off.
         intensity_remap: probability, per training patch of a translated view, that the whole
             patch goes through a random (possibly non-monotonic) intensity curve, so that the
             segmenter learns shapes and edges rather than the views' tissue intensity order
@@ -148,6 +152,7 @@ class NnUNetConfig:
     structure_intensity_texture: float = 0.0
     structure_intensity_vs_max: float = 0.99
     structure_intensity_cochlea_min: float = 0.01
+    fluid_rim: float = 0.0
     intensity_remap: float = 0.0
     intensity_remap_points: int = 4
     features_base: int | None = None
@@ -218,6 +223,9 @@ class NnUNetConfig:
         if not 0.0 <= self.structure_intensity_texture <= 1.0:
             raise ConfigError(f"structure_intensity_texture={self.structure_intensity_texture} must be in [0, 1]",
                               fix="e.g. structure_intensity_texture=0.3 (of the patch's intensity range), or 0")
+        if not 0.0 <= self.fluid_rim <= 1.0:
+            raise ConfigError(f"fluid_rim={self.fluid_rim} must be in [0, 1]",
+                              fix="e.g. fluid_rim=0.5, or 0 for no fluid drawn around the tumour")
         if not 0.0 <= self.intensity_remap <= 1.0:
             raise ConfigError(f"intensity_remap={self.intensity_remap} must be in [0, 1]",
                               fix="e.g. intensity_remap=0.5, or 0 for no intensity remapping")

@@ -107,12 +107,18 @@ class TrainerSettings:
     structure_intensity_texture: float = 0.0
     intensity_remap: float = 0.0
     intensity_remap_points: int = 4
+    fluid_rim: float = 0.0
     validation_mirroring: bool = True  # test-time mirroring in nnU-Net's final validation
 
     def remap_case_probability(self) -> dict[str, float]:
         """The intensity remap probability per case where it is not ``intensity_remap``: 0 on
         the pseudo-labelled real target images, which already have the test images' contrast."""
         return dict.fromkeys(self.pseudo_cases, 0.0) if self.intensity_remap > 0 else {}
+
+    def rim_case_probability(self) -> dict[str, float]:
+        """The fluid rim probability per case where it is not ``fluid_rim``: 0 on the real
+        target images, whose fluid is real."""
+        return dict.fromkeys(self.pseudo_cases, 0.0) if self.fluid_rim > 0 else {}
 
     def case_probability(self) -> dict[str, float]:
         """The structure intensity probability of the cases that do not use ``structure_intensity``."""
@@ -160,6 +166,8 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.intensity_remap = 0.0
         self.intensity_remap_points = 4
         self.intensity_remap_by_case: dict[str, float] = {}
+        self.fluid_rim = 0.0
+        self.fluid_rim_by_case: dict[str, float] = {}
         # vstk_nnunet.augmentation.LoadedCase, shared by the training dataset and the transform,
         # while the probability differs per case (set by apply_settings)
         self._loaded_case = None
@@ -190,7 +198,8 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.structure_intensity_by_case = settings.case_probability()
         self.intensity_remap, self.intensity_remap_points = settings.intensity_remap, settings.intensity_remap_points
         self.intensity_remap_by_case = settings.remap_case_probability()
-        if self.structure_intensity_by_case or self.intensity_remap_by_case:
+        self.fluid_rim, self.fluid_rim_by_case = settings.fluid_rim, settings.rim_case_probability()
+        if self.structure_intensity_by_case or self.intensity_remap_by_case or self.fluid_rim_by_case:
             from .augmentation import LoadedCase
 
             self._loaded_case = LoadedCase()
@@ -229,9 +238,10 @@ class nnUNetTrainerVstk(nnUNetTrainer):
     def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, **kwargs):
         """nnU-Net's training transforms, plus the label-guided structure intensity
-        augmentation when ``structure_intensity`` > 0 and the intensity remap when
-        ``intensity_remap`` > 0 (see :mod:`vstk_nnunet.augmentation`)."""
-        from .augmentation import with_intensity_remap, with_structure_intensity
+        augmentation when ``structure_intensity`` > 0, the fluid rim around the VS when
+        ``fluid_rim`` > 0 and the intensity remap when ``intensity_remap`` > 0 (see
+        :mod:`vstk_nnunet.augmentation`)."""
+        from .augmentation import with_fluid_rim, with_intensity_remap, with_structure_intensity
 
         transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
                                                      mirror_axes, do_dummy_2d_data_aug, **kwargs)
@@ -251,6 +261,11 @@ class nnUNetTrainerVstk(nnUNetTrainer):
                                               self.structure_intensity, upper_quantiles=upper,
                                               lower_quantiles=lower, case_probability=by_case,
                                               loaded=self._loaded_case, **self.structure_intensity_options)
+        if self.fluid_rim > 0:
+            log.info("fluid rim augmentation on: probability %g per VS patch of the translated views%s",
+                     self.fluid_rim, "" if not self.fluid_rim_by_case else
+                     f"; none on {len(self.fluid_rim_by_case)} real hrT2 case(s) (pseudo- or truth-labelled)")
+        transforms = with_fluid_rim(transforms, VS_LABEL, self.fluid_rim, self.fluid_rim_by_case, self._loaded_case)
         if self.intensity_remap > 0:
             log.info("intensity remap augmentation on: probability %g, %d control points%s", self.intensity_remap,
                      self.intensity_remap_points, "" if not self.intensity_remap_by_case else

@@ -313,3 +313,92 @@ def test_a_label_with_a_higher_lower_quantile_stays_above_it_and_the_others_keep
         StructureIntensityTransform((1,), 1.0, upper_quantiles={1: 0.5}, lower_quantiles={1: 0.6})
     with pytest.raises(ConfigError, match="structure_intensity_cochlea_min=0.995"):
         NnUNetConfig(structure_intensity_cochlea_min=0.995)
+
+
+def _tumour_in_dark_fluid(shape=(48, 48)):
+    """A grey disc (label 1) in dark surroundings with a bright patch corner (the fluid level)
+    and a cochlea (label 2) touching the disc."""
+    rng = np.random.default_rng(5)
+    image = rng.normal(0.0, 0.05, shape).astype(np.float32)
+    seg = np.zeros(shape, np.int16)
+    yy, xx = np.indices(shape)
+    disc = (yy - 24) ** 2 + (xx - 24) ** 2 <= 25
+    seg[disc] = 1
+    image[disc] = 0.5
+    seg[23:26, 30:33] = 2  # touches the disc's outline
+    image[40:, 40:] = 2.0  # the brightest corner: fluid elsewhere in the patch
+    seg[0, :] = -1
+    return {"image": torch.from_numpy(image)[None], "segmentation": torch.from_numpy(seg)[None]}, disc
+
+
+def test_the_fluid_rim_is_drawn_bright_around_the_tumour_and_touches_no_label():
+    from vstk_nnunet.augmentation import FluidRimTransform
+
+    sample, disc = _tumour_in_dark_fluid()
+    original = sample["image"][0].numpy().copy()
+    seg = sample["segmentation"][0].numpy()
+    np.random.seed(2)
+    out = FluidRimTransform(1, 1.0, width=(2.0, 2.0), coverage=(1.0, 1.0))(**{k: v.clone() for k, v in sample.items()})
+    image = out["image"][0].numpy()
+    np.testing.assert_array_equal(image[seg != 0], original[seg != 0])  # tumour, cochlea, padding kept
+    distance = ndimage.distance_transform_edt(~disc)
+    rim = (distance > 0) & (distance <= 2.0) & (seg == 0)
+    low, high = np.quantile(original, [0.01, 0.99])
+    # brighter than the tumour by the margin, within the patch's bright range
+    assert image[rim].mean() >= 0.5 + 0.2 * (high - low) - 0.05 and image[rim].mean() <= high + 0.05
+    assert image[rim].mean() > original[rim].mean() + 0.5
+    far = distance > 4.0  # beyond the rim and its one-voxel soft edge
+    np.testing.assert_array_equal(image[far], original[far])
+    torch.testing.assert_close(out["segmentation"], sample["segmentation"])
+
+
+def test_the_fluid_rim_covers_a_share_of_the_outline_and_skips_what_it_must():
+    from vstk_nnunet.augmentation import FluidRimTransform
+
+    sample, disc = _tumour_in_dark_fluid()
+    seg = sample["segmentation"][0].numpy()
+    rim = (ndimage.distance_transform_edt(~disc) <= 2.0) & (seg == 0)
+    brightened = []
+    for seed in range(20):
+        np.random.seed(seed)
+        out = FluidRimTransform(1, 1.0, width=(2.0, 2.0), coverage=(0.3, 0.3))(**{k: v.clone() for k, v in sample.items()})
+        brightened.append((out["image"][0].numpy() - sample["image"][0].numpy())[rim] > 0.3)
+    shares = [b.mean() for b in brightened]
+    assert all(0.2 <= s <= 0.6 for s in shares), shares  # about 30% of the rim, plus its soft edge
+    assert len({b.tobytes() for b in brightened}) > 10  # a different part of the outline each time
+
+    # a tumour already as bright as the fluid gets no rim; no tumour in the patch, no change
+    bright = {k: v.clone() for k, v in sample.items()}
+    bright["image"][0][torch.from_numpy(disc)] = 2.0
+    np.random.seed(0)
+    torch.testing.assert_close(FluidRimTransform(1, 1.0)(**{k: v.clone() for k, v in bright.items()})["image"],
+                               bright["image"])
+    empty = {"image": sample["image"].clone(), "segmentation": torch.zeros_like(sample["segmentation"])}
+    torch.testing.assert_close(FluidRimTransform(1, 1.0)(**empty)["image"], sample["image"])
+    # the real target images (their fluid is real) are never touched
+    note = LoadedCase()
+    note.identifier = "pseudo_r1__case"
+    transform = FluidRimTransform(1, 1.0, case_probability={"pseudo_r1__case": 0.0}, loaded=note)
+    torch.testing.assert_close(transform(**{k: v.clone() for k, v in sample.items()})["image"], sample["image"])
+    for bad in ({"width": (0.1, 1.0)}, {"coverage": (0.0, 1.0)}, {"quantiles": (0.9, 0.5)}, {"margin": 1.0}):
+        with pytest.raises(ValueError):
+            FluidRimTransform(1, 1.0, **bad)
+    with pytest.raises(ConfigError, match="fluid_rim=1.5"):
+        NnUNetConfig(fluid_rim=1.5)
+
+
+def test_the_fluid_rim_runs_in_nnunets_pipeline_between_the_structure_step_and_the_remap():
+    from vstk_nnunet.augmentation import with_fluid_rim
+
+    stock = nnUNetTrainer.get_training_transforms((40, 40), (0.0, 0.0), None, (0, 1), False,
+                                                  foreground_labels=(1, 2))
+    composed = with_intensity_remap(with_fluid_rim(with_structure_intensity(stock, (1, 2), 1.0), 1, 1.0), 1.0, 4)
+    names = [type(t).__name__ for t in composed.transforms]
+    at = names.index("SpatialTransform")
+    assert names[at + 1:at + 4] == ["StructureIntensityTransform", "FluidRimTransform", "IntensityRemapTransform"]
+    np.random.seed(0)
+    out = composed(**_tumour_in_dark_fluid()[0])
+    assert out["image"].shape == (1, 40, 40) and torch.isfinite(out["image"]).all()
+    plain = nnUNetTrainer.get_training_transforms((40, 40), (0.0, 0.0), None, (0, 1), False,
+                                                  foreground_labels=(1, 2))
+    assert with_fluid_rim(plain, 1, 0.0) is plain
