@@ -346,14 +346,18 @@ def test_pseudo_labelled_cases_get_their_own_structure_intensity_probability(rou
     """In nnU-Net's own training loader and transforms: the note names each patch's case, the
     pseudo-labelled cases' structures are never recoloured (probability 0), the others' always
     (1), the cochlea within the bounds set; the intensity remap (probability 1) alters every
-    patch of the other cases and none of the pseudo-labelled ones."""
-    from vstk_nnunet.augmentation import IntensityRemapTransform, NotingDataset, StructureIntensityTransform
+    patch of the other cases and none of the pseudo-labelled ones; the fluid rim (probability
+    1) draws around the VS of the other cases and never on the pseudo-labelled ones."""
+    from vstk_nnunet.augmentation import (FluidRimTransform, IntensityRemapTransform, NotingDataset,
+                                          StructureIntensityTransform)
     from vstk_nnunet.environment import nnunet_environment
 
     pseudo = ("case1", "case4")
     trainer = _trainer_on(round0["workdir"], structure_intensity=1.0, structure_intensity_pseudo=0.0,
-                          pseudo_cases=pseudo, intensity_remap=1.0, structure_intensity_cochlea_min=0.75)
+                          pseudo_cases=pseudo, intensity_remap=1.0, structure_intensity_cochlea_min=0.75,
+                          fluid_rim=1.0)
     assert trainer.structure_intensity_by_case == {"case1": 0.0, "case4": 0.0}
+    assert trainer.fluid_rim_by_case == {"case1": 0.0, "case4": 0.0}
     assert trainer.intensity_remap_by_case == {"case1": 0.0, "case4": 0.0}
     with nnunet_environment(round0["workdir"].parent / "trainer-bf16-False", n_proc=1, n_proc_da=0):
         train, _ = trainer.get_dataloaders()
@@ -362,11 +366,14 @@ def test_pseudo_labelled_cases_get_their_own_structure_intensity_probability(rou
     steps = loader.transforms.transforms
     transform = next(t for t in steps if isinstance(t, StructureIntensityTransform))
     remap = next(t for t in steps if isinstance(t, IntensityRemapTransform))
+    rim = next(t for t in steps if isinstance(t, FluidRimTransform))
     assert transform.loaded is trainer._loaded_case and remap.loaded is trainer._loaded_case
+    assert rim.loaded is trainer._loaded_case and rim.label == 1
     assert transform.lower == {2: 0.75} and transform.upper == {}  # the cochlea drawn bright, the VS anywhere
 
     seen: list[tuple[str, bool, bool]] = []  # (case, structure in the patch, patch recoloured)
     remapped: list[tuple[str, bool]] = []  # (case, patch remapped)
+    rimmed: list[tuple[str, bool, bool]] = []  # (case, VS in the patch, fluid drawn)
 
     def watch(step, record):
         apply = step.apply
@@ -382,6 +389,8 @@ def test_pseudo_labelled_cases_get_their_own_structure_intensity_probability(rou
     watch(transform, lambda d, changed: seen.append(
         (transform.loaded.identifier, bool(((d["segmentation"] == 1) | (d["segmentation"] == 2)).any()), changed)))
     watch(remap, lambda d, changed: remapped.append((remap.loaded.identifier, changed)))
+    watch(rim, lambda d, changed: rimmed.append((rim.loaded.identifier, bool((d["segmentation"] == 1).any()),
+                                                 changed)))
     keys = []
     for _ in range(6):
         keys += list(loader.generate_train_batch()["keys"])
@@ -392,6 +401,9 @@ def test_pseudo_labelled_cases_get_their_own_structure_intensity_probability(rou
     assert all(changed for case, present, changed in seen if case not in pseudo and present)
     assert any(present for case, present, _ in seen if case in pseudo)  # they had structures to recolour
     assert all(changed == (case not in pseudo) for case, changed in remapped)
+    assert [case for case, _, _ in rimmed] == keys
+    assert not any(changed for case, present, changed in rimmed if case in pseudo or not present)
+    assert any(changed for case, present, changed in rimmed if case not in pseudo and present)
 
 
 @pytest.mark.slow
