@@ -244,13 +244,18 @@ class FluidRimTransform(_CaseProbabilityTransform):
     range, with their texture damped (fluid is homogeneous). The structure and the other
     labels keep their voxels; the rim's outer edge is soft, its inner edge the label's own.
 
+    With chance ``erase`` (given a rim is drawn) the structure itself is filled with the
+    fluid too and its label set to background: a canal or cistern with no tumour in it, as
+    the other ear and most of the canal show on hrT2. Without it the views never show bright
+    fluid where a tumour could be, and the segmenter takes the bright canal for tumour.
+
     Never meant for the real target images (their fluid is real): give them probability 0
     through ``case_probability`` and the ``loaded`` note (see :class:`StructureIntensityTransform`).
     """
 
     def __init__(self, label: int, probability: float, width: tuple[float, float] = (1.0, 4.0),
                  coverage: tuple[float, float] = (0.3, 1.0), quantiles: tuple[float, float] = (0.85, 0.99),
-                 margin: float = 0.2, case_probability: Mapping[str, float] | None = None,
+                 margin: float = 0.2, erase: float = 0.0, case_probability: Mapping[str, float] | None = None,
                  loaded: LoadedCase | None = None) -> None:
         super().__init__(probability, case_probability, loaded)
         if not 0.5 <= width[0] <= width[1]:
@@ -261,6 +266,9 @@ class FluidRimTransform(_CaseProbabilityTransform):
             raise ValueError(f"quantiles must be an increasing range in [0, 1], got {quantiles}")
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"margin must be in [0, 1), got {margin}")
+        if not 0.0 <= erase <= 1.0:
+            raise ValueError(f"erase must be in [0, 1], got {erase}")
+        self.erase = float(erase)
         self.label, self.margin = int(label), float(margin)
         self.width = (float(width[0]), float(width[1]))
         self.coverage = (float(coverage[0]), float(coverage[1]))
@@ -285,18 +293,22 @@ class FluidRimTransform(_CaseProbabilityTransform):
             rim &= field >= np.quantile(field[rim], 1.0 - coverage)
         if not rim.any():
             return data_dict
-        rim_mask = torch.from_numpy(rim)
-        # full weight on the rim, soft only outwards (the soft edge spills into no label)
-        weight = (torch.maximum(_soften(rim_mask), rim_mask.float()) * torch.from_numpy(unlabelled)).to(image.dtype)
+        erased = self.erase > 0.0 and np.random.uniform() < self.erase
+        fluid = torch.from_numpy(rim) | inner if erased else torch.from_numpy(rim)
+        paintable = torch.from_numpy(unlabelled) | inner if erased else torch.from_numpy(unlabelled)
+        # full weight on the fluid, soft only outwards (the soft edge spills into no label)
+        weight = (torch.maximum(_soften(fluid), fluid.float()) * paintable).to(image.dtype)
         for channel in range(image.shape[0]):
             q_low, q_high, low, high = _patch_quantiles(image[channel], (*self.quantiles, 0.01, 0.99))
             region = image[channel][box]
-            floor = max(q_low, float(region[inner].mean()) + self.margin * (high - low))
+            floor = q_low if erased else max(q_low, float(region[inner].mean()) + self.margin * (high - low))
             if floor >= q_high:  # the structure is as bright as the fluid: no rim would show
                 continue
             mean, damping = np.random.uniform(floor, q_high), np.random.uniform(0.2, 0.6)
-            recoloured = mean + damping * (region - region[rim_mask].mean())
+            recoloured = mean + damping * (region - region[fluid].mean())
             image[channel][box] = region + weight * (recoloured - region)
+        if erased:
+            segmentation[0][box][inner] = 0
         return data_dict
 
 

@@ -95,6 +95,8 @@ class NnUNetConfig:
             rim of bright fluid is drawn around the tumour (hrT2 outlines it with cerebrospinal
             fluid, where the views keep ceT1's dark fluid; see
             ``vstk_nnunet.augmentation.FluidRimTransform``); never on the real target images; 0: off.
+        fluid_rim_erase: chance, given a rim is drawn, that the tumour is filled with the fluid
+            too and labelled background (a canal or cistern without tumour); 0: never.
         intensity_remap: probability, per training patch of a translated view, that the whole
             patch goes through a random (possibly non-monotonic) intensity curve, so that the
             segmenter learns shapes and edges rather than the views' tissue intensity order
@@ -153,6 +155,7 @@ class NnUNetConfig:
     structure_intensity_vs_max: float = 0.99
     structure_intensity_cochlea_min: float = 0.01
     fluid_rim: float = 0.0
+    fluid_rim_erase: float = 0.0
     intensity_remap: float = 0.0
     intensity_remap_points: int = 4
     features_base: int | None = None
@@ -226,6 +229,9 @@ class NnUNetConfig:
         if not 0.0 <= self.fluid_rim <= 1.0:
             raise ConfigError(f"fluid_rim={self.fluid_rim} must be in [0, 1]",
                               fix="e.g. fluid_rim=0.5, or 0 for no fluid drawn around the tumour")
+        if not 0.0 <= self.fluid_rim_erase <= 1.0:
+            raise ConfigError(f"fluid_rim_erase={self.fluid_rim_erase} must be in [0, 1]",
+                              fix="e.g. fluid_rim_erase=0.25, or 0 to keep every tumour")
         if not 0.0 <= self.intensity_remap <= 1.0:
             raise ConfigError(f"intensity_remap={self.intensity_remap} must be in [0, 1]",
                               fix="e.g. intensity_remap=0.5, or 0 for no intensity remapping")

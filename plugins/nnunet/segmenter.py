@@ -251,7 +251,7 @@ class NnUNetSegmenter:
                 structure_intensity_invert=config.structure_intensity_invert,
                 structure_intensity_texture=config.structure_intensity_texture,
                 intensity_remap=config.intensity_remap, intensity_remap_points=config.intensity_remap_points,
-                fluid_rim=config.fluid_rim, validation_mirroring=config.mirroring),
+                fluid_rim=config.fluid_rim, fluid_rim_erase=config.fluid_rim_erase, validation_mirroring=config.mirroring),
             seed=config.seed + 1000 * layout.round_index,
             resume_from=None if resume is None else str(resume),
             warm_start_from=None if resume is not None or final.is_file() or warm_start is None else str(warm_start))

@@ -108,6 +108,7 @@ class TrainerSettings:
     intensity_remap: float = 0.0
     intensity_remap_points: int = 4
     fluid_rim: float = 0.0
+    fluid_rim_erase: float = 0.0
     validation_mirroring: bool = True  # test-time mirroring in nnU-Net's final validation
 
     def remap_case_probability(self) -> dict[str, float]:
@@ -168,6 +169,7 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.intensity_remap_by_case: dict[str, float] = {}
         self.fluid_rim = 0.0
         self.fluid_rim_by_case: dict[str, float] = {}
+        self.fluid_rim_options: dict[str, float] = {}
         # vstk_nnunet.augmentation.LoadedCase, shared by the training dataset and the transform,
         # while the probability differs per case (set by apply_settings)
         self._loaded_case = None
@@ -199,6 +201,7 @@ class nnUNetTrainerVstk(nnUNetTrainer):
         self.intensity_remap, self.intensity_remap_points = settings.intensity_remap, settings.intensity_remap_points
         self.intensity_remap_by_case = settings.remap_case_probability()
         self.fluid_rim, self.fluid_rim_by_case = settings.fluid_rim, settings.rim_case_probability()
+        self.fluid_rim_options = {"erase": settings.fluid_rim_erase}
         if self.structure_intensity_by_case or self.intensity_remap_by_case or self.fluid_rim_by_case:
             from .augmentation import LoadedCase
 
@@ -262,10 +265,12 @@ class nnUNetTrainerVstk(nnUNetTrainer):
                                               lower_quantiles=lower, case_probability=by_case,
                                               loaded=self._loaded_case, **self.structure_intensity_options)
         if self.fluid_rim > 0:
-            log.info("fluid rim augmentation on: probability %g per VS patch of the translated views%s",
-                     self.fluid_rim, "" if not self.fluid_rim_by_case else
+            log.info("fluid rim augmentation on: probability %g per VS patch of the translated views%s%s",
+                     self.fluid_rim, "".join(f", {k} {v:g}" for k, v in self.fluid_rim_options.items() if v),
+                     "" if not self.fluid_rim_by_case else
                      f"; none on {len(self.fluid_rim_by_case)} real hrT2 case(s) (pseudo- or truth-labelled)")
-        transforms = with_fluid_rim(transforms, VS_LABEL, self.fluid_rim, self.fluid_rim_by_case, self._loaded_case)
+        transforms = with_fluid_rim(transforms, VS_LABEL, self.fluid_rim, self.fluid_rim_by_case, self._loaded_case,
+                                    **self.fluid_rim_options)
         if self.intensity_remap > 0:
             log.info("intensity remap augmentation on: probability %g, %d control points%s", self.intensity_remap,
                      self.intensity_remap_points, "" if not self.intensity_remap_by_case else

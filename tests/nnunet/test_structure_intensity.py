@@ -402,3 +402,25 @@ def test_the_fluid_rim_runs_in_nnunets_pipeline_between_the_structure_step_and_t
     plain = nnUNetTrainer.get_training_transforms((40, 40), (0.0, 0.0), None, (0, 1), False,
                                                   foreground_labels=(1, 2))
     assert with_fluid_rim(plain, 1, 0.0) is plain
+
+
+def test_an_erased_tumour_becomes_background_fluid_and_the_other_labels_stay():
+    from vstk_nnunet.augmentation import FluidRimTransform
+
+    sample, disc = _tumour_in_dark_fluid()
+    original = sample["image"][0].numpy().copy()
+    seg = sample["segmentation"][0].numpy().copy()
+    np.random.seed(4)
+    out = FluidRimTransform(1, 1.0, width=(2.0, 2.0), coverage=(1.0, 1.0), erase=1.0)(
+        **{k: v.clone() for k, v in sample.items()})
+    labels, image = out["segmentation"][0].numpy(), out["image"][0].numpy()
+    assert not (labels == 1).any()  # the tumour is gone from the label ...
+    np.testing.assert_array_equal(labels[~disc], seg[~disc])  # ... and nothing else changed there
+    assert image[disc].mean() > original[disc].mean() + 0.5  # ... and it is bright fluid now
+    low, high = np.quantile(original, [0.85, 0.99])
+    assert low - 0.05 <= image[disc].mean() <= high + 0.05
+    np.testing.assert_array_equal(image[seg == 2], original[seg == 2])  # the cochlea untouched
+    with pytest.raises(ValueError, match="erase"):
+        FluidRimTransform(1, 1.0, erase=1.5)
+    with pytest.raises(ConfigError, match="fluid_rim_erase=-0.1"):
+        NnUNetConfig(fluid_rim_erase=-0.1)
