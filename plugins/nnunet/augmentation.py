@@ -245,7 +245,7 @@ class FluidRimTransform(_CaseProbabilityTransform):
     labels keep their voxels; the rim's outer edge is soft, its inner edge the label's own.
 
     With chance ``erase`` (given a rim is drawn) the structure itself is filled with the
-    fluid too and its label set to background: a canal or cistern with no tumour in it, as
+    fluid too (its mean at least the patch's 95th percentile) and its label set to background: a canal or cistern with no tumour in it, as
     the other ear and most of the canal show on hrT2. Without it the views never show bright
     fluid where a tumour could be, and the segmenter takes the bright canal for tumour.
 
@@ -299,11 +299,15 @@ class FluidRimTransform(_CaseProbabilityTransform):
         # full weight on the fluid, soft only outwards (the soft edge spills into no label)
         weight = (torch.maximum(_soften(fluid), fluid.float()) * paintable).to(image.dtype)
         for channel in range(image.shape[0]):
-            q_low, q_high, low, high = _patch_quantiles(image[channel], (*self.quantiles, 0.01, 0.99))
+            q_low, q_high, low, high, q_erase = _patch_quantiles(image[channel], (*self.quantiles, 0.01, 0.99, 0.95))
             region = image[channel][box]
-            floor = q_low if erased else max(q_low, float(region[inner].mean()) + self.margin * (high - low))
-            if floor >= q_high:  # the structure is as bright as the fluid: no rim would show
+            # an erased tumour's place is filled from the patch's brightest twentieth at least:
+            # there is no tumour to stand out from, and a grey fill would teach grey = background
+            floor = (max(q_low, min(q_erase, q_high)) if erased
+                     else max(q_low, float(region[inner].mean()) + self.margin * (high - low)))
+            if floor >= q_high and not erased:  # the structure is as bright as the fluid: no rim would show
                 continue
+            floor = min(floor, q_high)
             mean, damping = np.random.uniform(floor, q_high), np.random.uniform(0.2, 0.6)
             recoloured = mean + damping * (region - region[fluid].mean())
             image[channel][box] = region + weight * (recoloured - region)
