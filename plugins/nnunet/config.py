@@ -395,10 +395,6 @@ PAPER = NnUNetConfig(configuration=PLANNED, folds=tuple(range(NUM_FOLDS)))
 #:   structure_intensity_cochlea_min 0.75: the cochlea drawn as bright as hrT2 shows its fluid;
 #:     round 0 learnt it on all five pools of the judging phantoms, cochlea Dice +0.04..+0.15
 #:     (docs/results.md#the-cochlea-drawn-bright-in-the-augmentation);
-#:   fluid_rim 0.5, fluid_rim_erase 0.3: hrT2's bright fluid drawn around the tumour (and, in
-#:     some patches, in its place, labelled background); chosen on the development phantom over
-#:     two translator seeds, round-1 mean Dice +0.005 / +0.032, VS +0.035 / +0.076
-#:     (docs/results.md#bright-fluid-drawn-around-the-tumour);
 #:   num_threads None (all cores), n_proc_da 0: the fastest on 2 idle cores
 #:     (docs/results.md#nnu-net-budget-on-2-cpu-cores); set num_threads=1 on a shared machine;
 #:   cpu_precision auto: bfloat16 where the CPU has AMX, 1.67 times faster
@@ -420,8 +416,6 @@ CPU = NnUNetConfig(
     structure_intensity=1.0,
     structure_intensity_pseudo=0.0,
     structure_intensity_cochlea_min=0.75,
-    fluid_rim=0.5,
-    fluid_rim_erase=0.3,
     mirroring=False,
     device="cpu",
     num_threads=None,
