@@ -245,9 +245,10 @@ class FluidRimTransform(_CaseProbabilityTransform):
     labels keep their voxels; the rim's outer edge is soft, its inner edge the label's own.
 
     With chance ``erase`` (given a rim is drawn) the structure itself is filled with the
-    fluid too (its mean at least the patch's 95th percentile) and its label set to background: a canal or cistern with no tumour in it, as
-    the other ear and most of the canal show on hrT2. Without it the views never show bright
-    fluid where a tumour could be, and the segmenter takes the bright canal for tumour.
+    fluid too (its mean at least the patch's 95th percentile) and its label set to
+    background: a canal or cistern with no tumour in it, as the other ear and most of the
+    canal show on hrT2. Without it the views never show bright fluid where a tumour could
+    be, and the segmenter takes the bright canal for tumour.
 
     Never meant for the real target images (their fluid is real): give them probability 0
     through ``case_probability`` and the ``loaded`` note (see :class:`StructureIntensityTransform`).
@@ -294,8 +295,9 @@ class FluidRimTransform(_CaseProbabilityTransform):
         if not rim.any():
             return data_dict
         erased = self.erase > 0.0 and np.random.uniform() < self.erase
-        fluid = torch.from_numpy(rim) | inner if erased else torch.from_numpy(rim)
-        paintable = torch.from_numpy(unlabelled) | inner if erased else torch.from_numpy(unlabelled)
+        fluid, paintable = torch.from_numpy(rim), torch.from_numpy(unlabelled)
+        if erased:
+            fluid, paintable = fluid | inner, paintable | inner
         # full weight on the fluid, soft only outwards (the soft edge spills into no label)
         weight = (torch.maximum(_soften(fluid), fluid.float()) * paintable).to(image.dtype)
         for channel in range(image.shape[0]):
@@ -307,7 +309,6 @@ class FluidRimTransform(_CaseProbabilityTransform):
                      else max(q_low, float(region[inner].mean()) + self.margin * (high - low)))
             if floor >= q_high and not erased:  # the structure is as bright as the fluid: no rim would show
                 continue
-            floor = min(floor, q_high)
             mean, damping = np.random.uniform(floor, q_high), np.random.uniform(0.2, 0.6)
             recoloured = mean + damping * (region - region[fluid].mean())
             image[channel][box] = region + weight * (recoloured - region)
@@ -392,7 +393,7 @@ def with_fluid_rim(transforms, label: int, probability: float,
     after the spatial transform and the structure intensity augmentation (the rim is drawn
     above the structure's new mean) and before the intensity remap and nnU-Net's intensity
     transforms. Nothing is inserted when every probability is 0. ``options`` go to the
-    transform (``width``, ``coverage``, ``quantiles``, ``margin``)."""
+    transform (``width``, ``coverage``, ``quantiles``, ``margin``, ``erase``)."""
     if _never(probability, case_probability):
         return transforms
     return _insert_after_spatial(

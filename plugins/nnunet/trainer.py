@@ -114,12 +114,16 @@ class TrainerSettings:
     def remap_case_probability(self) -> dict[str, float]:
         """The intensity remap probability per case where it is not ``intensity_remap``: 0 on
         the pseudo-labelled real target images, which already have the test images' contrast."""
-        return dict.fromkeys(self.pseudo_cases, 0.0) if self.intensity_remap > 0 else {}
+        return self._none_on_real_targets(self.intensity_remap)
 
     def rim_case_probability(self) -> dict[str, float]:
         """The fluid rim probability per case where it is not ``fluid_rim``: 0 on the real
         target images, whose fluid is real."""
-        return dict.fromkeys(self.pseudo_cases, 0.0) if self.fluid_rim > 0 else {}
+        return self._none_on_real_targets(self.fluid_rim)
+
+    def _none_on_real_targets(self, probability: float) -> dict[str, float]:
+        """Probability 0 for every real target case when a views-only augmentation is on."""
+        return dict.fromkeys(self.pseudo_cases, 0.0) if probability > 0 else {}
 
     def case_probability(self) -> dict[str, float]:
         """The structure intensity probability of the cases that do not use ``structure_intensity``."""
