@@ -1,14 +1,16 @@
 """Training throughput of vstk's translators in samples per second, against the machine's peak.
 
     python benchmarks/translator_throughput.py [--translators cyclegan,qsattn] [--profile cpu]
-        [--batches 1,2,4,8] [--threads 1] [--variants plain,channels_last] [--seconds 20]
+        [--batches 1,2,4,8] [--threads 1] [--variants plain,channels_last,bf16] [--seconds 20]
         [--rounds 2] [--set key=value ...] [--json out.json]
 
 A translator learns per image it sees, not per step, so the unit here is a sample (one
 ceT1 slice and one hrT2 slice) per second. Every (translator, batch, variant) runs in its own
 process with ``--threads`` torch threads, takes 2 warm-up steps and then as many steps as fit
 in ``--seconds``; the rounds alternate over all configurations (A B C A B C ...) so drift of a
-shared machine hits them alike, and the table shows the median of the rounds.
+shared machine hits them alike, and the table shows the median of the rounds. Variant
+``channels_last`` stores networks and batches channels-last; ``bf16`` runs each step under
+CPU bfloat16 autocast, as ``cpu_precision=bf16`` trains (fast only on a CPU with AMX).
 
 FLOPs of one training step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (the
 convolutions and matrix products of forward and backward passes), and the machine's peak is
@@ -19,6 +21,7 @@ worker process: ``% of peak`` = step FLOPs x steps per second / peak.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -70,14 +73,17 @@ def worker(translator: str, profile: str, batch: int, variant: str, threads: int
             net.to(memory_format=torch.channels_last)
         a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
     model.setup(a, b, config.schedule(1))
-    model.train_step(a, b)
-    with FlopCounterMode(display=False) as counter:
+    # bf16: the whole step (forward and backward) under CPU autocast to bfloat16, as AMX runs it
+    precision = (torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" else contextlib.nullcontext())
+    with precision:
         model.train_step(a, b)
-    flops = counter.get_total_flops()
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or steps < 3:
-        model.train_step(a, b)
-        steps += 1
+        with FlopCounterMode(display=False) as counter:
+            model.train_step(a, b)
+        flops = counter.get_total_flops()
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or steps < 3:
+            model.train_step(a, b)
+            steps += 1
     s_per_step = (time.perf_counter() - start) / steps
     peak = matmul_peak_gflops()
     return {"s_per_step": s_per_step, "samples_per_s": batch / s_per_step, "step_gflop": flops / 1e9,

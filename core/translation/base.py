@@ -21,6 +21,7 @@ from ..config import apply_overrides, select_profile, to_json_dict
 from ..errors import CheckpointError, ConfigError, InputError
 from ..geometry import SliceGeometry, from_slices
 from ..protocols import ProgressFn
+from ..resources import CPU_PRECISIONS, cpu_trains_in_bf16
 from ..roi import DEFAULT_OFFSET_MM, EarRule
 from ..volume import Volume
 from .data import SliceOptions, SliceSet, normalised_slices, robust_normalisation, sub_volume
@@ -48,7 +49,10 @@ class TranslatorConfig:
     ``decay_epochs`` over the larger slice set, as the official code counts them),
     ``batch_size``, Adam ``lr``/``beta1``/``beta2``, ``checkpoint_every``, ``sample_every``,
     ``seed``, ``flip``, ``train_crop`` (random square windows of the slices per step, None =
-    whole slices). Networks: ``ngf``, ``n_blocks``, ``ndf``, ``n_layers_d``, ``norm``,
+    whole slices), ``cpu_precision`` (``fp32``; ``bf16``: training steps on a CPU under
+    bfloat16 autocast; ``auto``: bfloat16 where the CPU has AMX), ``bf16_step_scale`` (the
+    factor on ``steps`` and ``decay_steps`` when training does run in bfloat16: the faster
+    steps buy more of them in the same time). Networks: ``ngf``, ``n_blocks``, ``ndf``, ``n_layers_d``, ``norm``,
     ``init_type``, ``init_gain``. Inference: ``translate_batch`` slices at a time.
     Pool: ``grey_tumour`` translates each labelled ceT1 with its VS brought down to the
     head's soft-tissue level first (:func:`vstk.translation.structures.grey_tumour`), so
@@ -84,6 +88,8 @@ class TranslatorConfig:
     init_gain: float = 0.02
     translate_batch: int = 8
     grey_tumour: bool = False
+    cpu_precision: str = "fp32"
+    bf16_step_scale: float = 1.0
 
     #: settings that do not change the trained translator (see vstk.config.result_settings)
     execution_fields: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "sample_every", "translate_batch"})
@@ -100,6 +106,12 @@ class TranslatorConfig:
                               fix="e.g. focus_mm=6 focus_share=0.5, or focus_mm=0 for no focus")
         if self.translate_batch < 1:
             raise ConfigError("translate_batch must be at least 1")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ConfigError(f"cpu_precision={self.cpu_precision!r} is not supported",
+                              fix=f"use one of {', '.join(CPU_PRECISIONS)}")
+        if not 0.0 < self.bf16_step_scale <= 100.0:
+            raise ConfigError(f"bf16_step_scale={self.bf16_step_scale} must be in (0, 100]",
+                              fix="e.g. bf16_step_scale=1 for the same steps in bfloat16")
         if self.train_crop is not None and (self.train_crop < 8 or self.train_crop % 4):
             raise ConfigError(f"train_crop={self.train_crop} must be a multiple of 4 and at least 8",
                               fix="e.g. train_crop=64, or none for whole slices")
@@ -111,14 +123,24 @@ class TranslatorConfig:
         return SliceOptions(SliceGeometry(self.size, self.spacing, self.crop), self.centre,
                             EarRule(offset_mm=self.ear_offset_mm), focus_mm=self.focus_mm)
 
-    def schedule(self, num_slices: int = 0) -> TrainSchedule:
+    def schedule(self, num_slices: int = 0, *, bf16: bool = False) -> TrainSchedule:
+        """The training schedule; ``bf16``: the steps run under bfloat16 autocast, so
+        ``steps`` and ``decay_steps`` (or the epochs' steps) are scaled by ``bf16_step_scale``."""
         steps, decay = self.steps, self.decay_steps
         if self.epochs is not None:
             steps = self.epochs * num_slices
         if self.decay_epochs is not None:
             decay = self.decay_epochs * num_slices
+        if bf16:
+            steps, decay = round(steps * self.bf16_step_scale), round(decay * self.bf16_step_scale)
         return TrainSchedule(steps, decay, self.batch_size, self.lr, self.beta1, self.beta2,
-                             self.checkpoint_every, self.sample_every, self.seed, self.flip, self.train_crop)
+                             self.checkpoint_every, self.sample_every, self.seed, self.flip, self.train_crop, bf16)
+
+    def trains_in_bf16(self, device: str) -> bool:
+        """Whether training on ``device`` runs under bfloat16 autocast (``cpu_precision``)."""
+        import torch
+
+        return torch.device(device).type == "cpu" and cpu_trains_in_bf16(self.cpu_precision)
 
 
 #: The slice draws and pool views every translator's ``cpu`` profile shares, so that `vstk bench`
@@ -212,7 +234,7 @@ class SliceTranslator:
             target = SliceSet.from_volumes(target, options, focus_share=self.config.focus_share)
         if source.size != self.config.size or target.size != self.config.size:
             raise InputError(f"slice sets are {source.size}/{target.size} px, config size is {self.config.size}")
-        schedule = self.config.schedule(max(len(source), len(target)))
+        schedule = self.config.schedule(max(len(source), len(target)), bf16=self.config.trains_in_bf16(self.device))
         seed_everything(schedule.seed)  # initial weights depend on the seed only
         model = self.build_model()
         path = train(model, source, target, workdir, schedule, device=self.device, meta=self.metadata(),

@@ -24,6 +24,8 @@ class TrainSchedule:
             as the official CycleGAN trains on 256-pixel crops of 286-pixel images; the
             networks are fully convolutional and translate whole slices. Checked where it is
             set, :class:`vstk.translation.base.TranslatorConfig` (which knows the slice size).
+        bf16: run each training step (forward and backward) under CPU bfloat16 autocast,
+            as on a CPU with AMX; the weights and the optimiser stay float32.
     """
 
     steps: int = 1000
@@ -37,6 +39,7 @@ class TrainSchedule:
     seed: int = 0
     flip: bool = True
     crop: int | None = None
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.decay_steps < 0 or self.steps + self.decay_steps < 1:

@@ -10,6 +10,7 @@ of several ranks (torchrun) the same loop trains data-parallel; see
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -310,11 +311,15 @@ def _train(model: TrainableModel, source: SliceSet, target: SliceSet, workdir: P
             D.barrier()  # no rank goes on (or reads the file) before it is on disk
 
     started = time.perf_counter()
+    # bfloat16 on the CPU's matrix units; weights, optimiser states and checkpoints stay float32
+    precision = (torch.autocast("cpu", dtype=torch.bfloat16) if schedule.bf16 and device.type == "cpu"
+                 else contextlib.nullcontext())
     try:
         while step < end:
             real_a = _to_tensor(share_a.sample(rng, schedule.batch_size, flip=schedule.flip, crop=schedule.crop), device)
             real_b = _to_tensor(share_b.sample(rng, schedule.batch_size, flip=schedule.flip, crop=schedule.crop), device)
-            losses = model.train_step(real_a, real_b)
+            with precision:
+                losses = model.train_step(real_a, real_b)
             for sched in schedulers.values():
                 sched.step()
             lr = next(iter(model.optimizers().values())).param_groups[0]["lr"]

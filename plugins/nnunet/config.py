@@ -10,6 +10,7 @@ import re
 from typing import ClassVar, Sequence
 
 from vstk.errors import ConfigError
+from vstk.resources import CPU_PRECISIONS
 
 #: nnU-Net's stock configurations, in the order its planner writes them and vstk trains them
 #: (a cascade's low-resolution stage before the cascade)
@@ -20,7 +21,6 @@ PLANNED = "planned"
 NUM_FOLDS = 5
 ALL_FOLDS = "all"
 DEVICES = ("cpu", "cuda", "mps")
-CPU_PRECISIONS = ("fp32", "bf16", "auto")
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 
 

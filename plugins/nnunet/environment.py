@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from vstk.errors import ConfigError, VstkError
+from vstk.resources import cpu_has_bf16_matrix_units, cpu_trains_in_bf16  # noqa: F401 (re-exported)
 
 from .config import NnUNetConfig
 
@@ -116,25 +117,9 @@ def resolve_device(config: NnUNetConfig, *, for_training: bool = True):  # -> to
     return torch.device(name)
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """True when this CPU multiplies bfloat16 matrices natively (Intel AMX tiles).
-
-    Without them torch emulates bfloat16 convolutions, slower than float32.
-    """
-    import torch
-
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x
-    try:
-        return bool(check()) if check is not None else False
-    except RuntimeError:
-        return False
-
-
 def trains_in_bf16(config: NnUNetConfig, device) -> bool:
     """Whether training on ``device`` uses bfloat16 autocast (``config.cpu_precision``)."""
-    if device.type != "cpu" or config.cpu_precision == "fp32":
-        return False
-    return config.cpu_precision == "bf16" or cpu_has_bf16_matrix_units()
+    return device.type == "cpu" and cpu_trains_in_bf16(config.cpu_precision)
 
 
 @contextlib.contextmanager

@@ -244,3 +244,48 @@ def test_every_shipped_translators_cpu_profile_draws_and_pools_as_the_shared_cpu
         assert drawn == CPU_VIEWS, f"{name}'s cpu profile draws {drawn}, not {dict(CPU_VIEWS)}"
         paper = registry.get(name).profiles["paper"]
         assert paper.focus_mm == 0.0 and not paper.grey_tumour, f"{name}'s paper profile draws as the cpu one"
+
+
+@pytest.mark.parametrize("name", TRANSLATORS)
+def test_bf16_training_runs_the_networks_in_bfloat16_and_keeps_float32_weights(name, volumes, tmp_path):
+    source, target = volumes
+    translator = tiny(name, cpu_precision="bf16", bf16_step_scale=2)
+    seen = set()
+    build = translator.build_model
+
+    def build_and_watch():
+        model = build()
+        conv = next(m for m in model.networks()["G_A" if name == "cyclegan" else "G"].modules()
+                    if isinstance(m, torch.nn.Conv2d))
+        # training forwards only: the sample PNGs are translated without gradients, in float32
+        conv.register_forward_hook(lambda module, args, out: seen.add(out.dtype) if torch.is_grad_enabled() else None)
+        return model
+
+    translator.build_model = build_and_watch
+    path = translator.train(source, target, tmp_path)
+    assert seen == {torch.bfloat16}  # every training forward of the generator
+    with open(tmp_path / "losses.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12  # 3 + 3 steps, twice as many in bfloat16
+    assert all(np.isfinite(float(v)) for row in rows for k, v in row.items() if k not in ("step", "lr"))
+    weights = generator_weights(path)
+    assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+    out = translator.translate_volume(source[0]).array  # inference stays float32
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_cpu_precision_decides_bf16_steps_only_on_the_cpu():
+    from vstk.resources import cpu_has_bf16_matrix_units
+
+    config = tiny("cyclegan", cpu_precision="auto", bf16_step_scale=2.5).config
+    assert config.trains_in_bf16("cpu") == cpu_has_bf16_matrix_units()
+    assert not config.trains_in_bf16("cuda")  # autocast to bfloat16 is a CPU setting only
+    assert (config.schedule(bf16=True).steps, config.schedule(bf16=True).decay_steps) == (8, 8)  # round(3 * 2.5)
+    assert (config.schedule().steps, config.schedule().bf16) == (3, False)
+    assert not tiny("cyclegan", cpu_precision="fp32").config.trains_in_bf16("cpu")
+    assert tiny("cyclegan", cpu_precision="bf16").config.trains_in_bf16("cpu")
+    with pytest.raises(ConfigError, match="cpu_precision='bf32' is not supported") as bad:
+        tiny("cyclegan", cpu_precision="bf32")
+    assert "fp32, bf16, auto" in str(bad.value)
+    with pytest.raises(ConfigError, match=r"bf16_step_scale=0.0 must be in \(0, 100\]"):
+        tiny("qsattn", bf16_step_scale=0)
