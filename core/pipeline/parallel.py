@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from ..errors import VstkError
 from ..protocols import ProgressFn
 from ..resources import usable_cores
+from ..translation.base import TranslatorConfig, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ class TranslatorJob:
     def total_steps(self) -> int:
         config = self.config
         steps, decay_steps = getattr(config, "steps", None), getattr(config, "decay_steps", None)
-        if getattr(config, "epochs", None) is None and getattr(config, "decay_epochs", None) is None \
-                and steps is not None and decay_steps is not None:
+        counted_in_steps = getattr(config, "epochs", None) is None and getattr(config, "decay_epochs", None) is None
+        if counted_in_steps and isinstance(config, TranslatorConfig):  # bfloat16 may scale the steps
+            return config.schedule(bf16=config.trains_in_bf16(pick_device(self.device))).total_steps
+        if counted_in_steps and steps is not None and decay_steps is not None:
             return int(steps) + int(decay_steps)
         # counted in epochs over the slice set (unknown until the slices are cut), or a plugin's
         # config that schedules its training otherwise: the progress bar shows no total

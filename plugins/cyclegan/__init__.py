@@ -46,8 +46,9 @@ PAPER = CycleGANConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, dec
 #:   batch 1: batches of 4 buy 1.2 times the samples per second on one core
 #:     (docs/results.md#translator-throughput), not worth the fewer steps;
 #:   lambda_identity stays at the paper's 0.5: without it the cochlea is lost (docs/results.md#identity-loss);
-#:   CPU_VIEWS (focus_mm 5, focus_share 0.75, grey_tumour): slices near the ears drawn more often and the
-#:     VS greyed before translation, shared by every translator's cpu profile (vstk.translation.base).
+#:   CPU_VIEWS (focus_mm 5, focus_share 0.75, grey_tumour, cpu_precision auto, bf16_step_scale 2): slices near
+#:     the ears drawn more often, the VS greyed before translation, and twice the steps in bfloat16 where the
+#:     CPU has AMX, shared by every translator's cpu profile (vstk.translation.base).
 CPU = CycleGANConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=660, decay_steps=660, ngf=16,
                      n_blocks=3, ndf=16, checkpoint_every=220, sample_every=440, batch_size=1, **CPU_VIEWS)
 

@@ -67,8 +67,9 @@ PAPER = QSAttnConfig(size=256, spacing=(0.41, 0.41), crop=384, epochs=200, decay
 #: ndf 16 (docs/results.md#lighter-translator-networks), the NCE layers at the input, the two down
 #: convolutions and the first and last residual blocks (0, 4, 8, 12, 14: CUT's choice moved to the
 #: shorter generator), 560 + 560 steps (the time of 400 + 400 with 6 blocks);
-#: 128 patches and a 128-wide head: halved with the networks (not measured); the shared slice draws
-#: and pool views of every cpu profile (CPU_VIEWS in vstk.translation.base).
+#: 128 patches and a 128-wide head: halved with the networks (not measured); the shared slice draws,
+#: pool views and CPU arithmetic of every cpu profile (CPU_VIEWS in vstk.translation.base: twice the
+#: steps in bfloat16 where the CPU has AMX).
 CPU = QSAttnConfig(size=96, spacing=(0.55, 0.55), crop=None, centre="ears", steps=560, decay_steps=560, ngf=16,
                    n_blocks=3, ndf=16, nce_layers=(0, 4, 8, 12, 14), num_patches=128, netf_nc=128,
                    checkpoint_every=190, sample_every=380, **CPU_VIEWS)

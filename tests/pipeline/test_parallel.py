@@ -25,7 +25,7 @@ HOST = load_plugins()
 
 def tiny_config(name: str, **overrides):
     settings = dict(size=32, spacing="0.8,0.8", centre="head", steps=3, decay_steps=2, ngf=4, n_blocks=1, ndf=4,
-                    checkpoint_every=2, sample_every=0)
+                    checkpoint_every=2, sample_every=0, cpu_precision="fp32")  # float32 whatever the CPU
     if name == "qsattn":
         settings.update(num_patches=16, netf_nc=8)
     settings.update(overrides)
@@ -115,3 +115,12 @@ def test_workers_stop_when_the_run_is_killed(files, tmp_path):
     sizes = [p.stat().st_size for p in logs]
     time.sleep(3)
     assert [p.stat().st_size for p in logs] == sizes, "a worker went on training after its run was killed"
+
+
+def test_the_progress_total_counts_the_steps_bfloat16_adds(files, tmp_path):
+    scaled = job("cyclegan", files, tmp_path / "bf16", cpu_precision="bf16", bf16_step_scale=2)
+    assert scaled.total_steps() == 10  # (3 + 2) x 2
+    assert job("cyclegan", files, tmp_path / "fp32").total_steps() == 5
+    calls = []
+    train_in_parallel([scaled], workers=1, progress=lambda done, total, message: calls.append((done, total)))
+    assert calls[-1] == (10, 10)

@@ -27,7 +27,7 @@ from vstk.translation.distributed import DistContext, GradientAverager  # noqa: 
 from vstk.translation.trainer import seed_everything, train  # noqa: E402
 
 TINY = dict(size=32, crop=None, spacing="0.8,0.8", centre="head", steps=2, decay_steps=2, ngf=4, n_blocks=1,
-            ndf=4, checkpoint_every=1, sample_every=0)
+            ndf=4, checkpoint_every=1, sample_every=0, cpu_precision="fp32")
 
 
 def flat_parameters(model) -> torch.Tensor:

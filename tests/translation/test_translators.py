@@ -25,8 +25,9 @@ TRANSLATORS = ("cyclegan", "qsattn")
 
 def tiny(name: str, **overrides):
     cls = HOST.get("translator", name)
+    # float32 whatever the CPU (the cpu profile trains in bfloat16 with more steps where it has AMX)
     settings = dict(size=32, crop=None, spacing="0.8,0.8", centre="head", steps=3, decay_steps=3, ngf=4, n_blocks=1, ndf=4,
-                    checkpoint_every=2, sample_every=0)
+                    checkpoint_every=2, sample_every=0, cpu_precision="fp32")
     if name == "qsattn":
         settings.update(num_patches=16, netf_nc=8)
     settings.update(overrides)
@@ -244,6 +245,7 @@ def test_every_shipped_translators_cpu_profile_draws_and_pools_as_the_shared_cpu
         assert drawn == CPU_VIEWS, f"{name}'s cpu profile draws {drawn}, not {dict(CPU_VIEWS)}"
         paper = registry.get(name).profiles["paper"]
         assert paper.focus_mm == 0.0 and not paper.grey_tumour, f"{name}'s paper profile draws as the cpu one"
+        assert paper.cpu_precision == "fp32" and paper.bf16_step_scale == 1.0, f"{name}'s paper profile trains in bf16"
 
 
 @pytest.mark.parametrize("name", TRANSLATORS)
