@@ -70,7 +70,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_plugins().get("segmenter", "nnunet").profile("cpu", **dict(s.split("=", 1) for s in args.settings))
-    from vstk_nnunet.environment import cpu_has_bf16_matrix_units
+    from vstk.resources import cpu_has_bf16_matrix_units
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, bfloat16 matrix units (AMX): {cpu_has_bf16_matrix_units()}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from vstk.errors import ConfigError, VstkError
-from vstk.resources import cpu_has_bf16_matrix_units, cpu_trains_in_bf16  # noqa: F401 (re-exported)
+from vstk.resources import cpu_trains_in_bf16
 
 from .config import NnUNetConfig
 

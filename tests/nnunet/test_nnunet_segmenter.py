@@ -303,7 +303,8 @@ def test_self_training_round_1_warm_starts_in_its_own_folders(round0, held_out, 
 
 # -- bfloat16 training on a CPU ---------------------------------------------------------------
 def test_cpu_precision_is_validated_and_resolved_per_device():
-    from vstk_nnunet.environment import cpu_has_bf16_matrix_units, trains_in_bf16
+    from vstk.resources import cpu_has_bf16_matrix_units
+    from vstk_nnunet.environment import trains_in_bf16
 
     with pytest.raises(ConfigError, match="cpu_precision='fp16'") as info:
         NnUNetConfig(cpu_precision="fp16")
