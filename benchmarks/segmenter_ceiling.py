@@ -89,8 +89,14 @@ def main() -> None:
     segmenter = segmenter_class(config, args.out)
 
     stamps: list[float] = []
+    totals: list[int] = []  # the epochs the trainer runs (bf16_epoch_scale may lengthen num_epochs)
+
+    def progress(done: int, total: int, message: str) -> None:
+        stamps.append(time.perf_counter())
+        totals.append(total)
+
     start = time.perf_counter()
-    segmenter.train(cases, progress=lambda done, total, message: stamps.append(time.perf_counter()))
+    segmenter.train(cases, progress=progress)
     train_s = time.perf_counter() - start
     epochs = np.diff([start, *stamps])
     per_iteration = statistics.median(epochs[1:] if len(epochs) > 1 else epochs) / config.iterations_per_epoch
@@ -109,7 +115,7 @@ def main() -> None:
     result = {
         "profile": args.profile, "overrides": overrides, "run": None if args.run is None else str(args.run),
         "configuration": config.configuration,
-        "training_crops": len(cases), "iterations": config.num_epochs * config.iterations_per_epoch,
+        "training_crops": len(cases), "iterations": totals[-1] * config.iterations_per_epoch,
         "train_s": round(train_s, 1), "s_per_iteration": round(per_iteration, 4), "predict_s": round(predict_s, 1),
         "vs_dice": float(np.mean([s["vs"] for s in scores.values()])),
         "cochlea_dice": float(np.mean([s["cochlea"] for s in scores.values()])),

@@ -196,8 +196,8 @@ def p_table(matrix: dict[str, Any]) -> list[str]:
 def markdown(plan: BenchPlan, data: dict[str, Any], figures: dict[str, Path]) -> str:
     options, counts = plan.options, data["data"]
     config = data["segmenter"]["config"]
-    budget = ", ".join(f"{k} {config[k]}" for k in ("configuration", "num_epochs", "iterations_per_epoch", "seed")
-                       if k in config)
+    shown = ("configuration", "num_epochs", "bf16_epoch_scale", "iterations_per_epoch", "seed")
+    budget = ", ".join(f"{k} {config[k]}" for k in shown if k in config)
     combos = ", ".join("+".join(c) for c in options.combos) or "none"
     seeds = ", ".join(str(seed) for seed in options.seeds)
     seeding = f"once with each of the seeds {seeds}" if options.seeds else "with the same seed"

@@ -67,6 +67,10 @@ class NnUNetConfig:
         num_epochs / iterations_per_epoch / val_iterations_per_epoch: nnU-Net's loop lengths.
         self_training_epochs: epochs of each self-training round (round >= 1); None: num_epochs.
             A warm-started round continues from trained weights and needs fewer.
+        bf16_epoch_scale: factor on ``num_epochs`` when training runs in bfloat16 on a CPU
+            (``cpu_precision``): bfloat16 trains an epoch in about half the time, so the same
+            wall time buys more epochs there; 1: the same epochs in either arithmetic.
+            ``self_training_epochs`` is not scaled.
         save_every: epochs between ``checkpoint_latest.pth`` writes (what a killed run resumes from).
         initial_lr: SGD learning rate at epoch 0 (poly decay to 0 over ``num_epochs``).
         oversample_foreground: fraction of each batch centred on a foreground voxel, in [0, 1].
@@ -143,6 +147,7 @@ class NnUNetConfig:
     dataset_name: str = "VSTK"
     num_epochs: int = 1000
     self_training_epochs: int | None = None
+    bf16_epoch_scale: float = 1.0
     iterations_per_epoch: int = 250
     val_iterations_per_epoch: int = 50
     save_every: int = 50
@@ -249,6 +254,9 @@ class NnUNetConfig:
             raise ConfigError(f"tile_step_size={self.tile_step_size} must be in (0, 1]")
         if self.initial_lr <= 0:
             raise ConfigError(f"initial_lr={self.initial_lr} must be positive")
+        if not 0.0 < self.bf16_epoch_scale <= 100.0:
+            raise ConfigError(f"bf16_epoch_scale={self.bf16_epoch_scale} must be in (0, 100]",
+                              fix="e.g. bf16_epoch_scale=1 for the same epochs in bfloat16")
         if self.device == "cuda:0":
             object.__setattr__(self, "device", "cuda")
         if self.device is not None and self.device.startswith("cuda:"):
@@ -282,11 +290,12 @@ class NnUNetConfig:
             chosen = tuple(name for name in chosen if name != "3d_cascade_fullres")
         return chosen
 
-    def epochs(self, round_index: int) -> int:
-        """Training epochs of self-training round ``round_index`` (0: the first segmenter)."""
+    def epochs(self, round_index: int, bf16: bool = False) -> int:
+        """Training epochs of self-training round ``round_index`` (0: the first segmenter);
+        ``bf16``: training runs in bfloat16 on a CPU (``num_epochs`` times ``bf16_epoch_scale``)."""
         if round_index > 0 and self.self_training_epochs is not None:
             return self.self_training_epochs
-        return self.num_epochs
+        return max(1, round(self.num_epochs * self.bf16_epoch_scale)) if bf16 else self.num_epochs
 
     @property
     def customises_network(self) -> bool:
@@ -387,6 +396,8 @@ PAPER = NnUNetConfig(configuration=PLANNED, folds=tuple(range(NUM_FOLDS)))
 #:   initial_lr 0.03: 0.01 learns nothing in a few hundred iterations (the same anchor);
 #:   40 + 16 epochs x 25 iterations, warm start: the cochlea needs about 800 iterations, and
 #:     bfloat16 made 1000 + 400 fit the budget (the same anchor, docs/results.md#cpu-flags-amx-or-not);
+#:   bf16_epoch_scale 1.5: with AMX, round 0 trains 60 epochs in the time float32 trains 40; round 0
+#:     then learnt the cochlea on every pool tried (docs/results.md#round-0-epochs-with-amx);
 #:   oversample_foreground 0.66: the tiny cochleae are learnt sooner (the same anchor);
 #:   structure_intensity 1: the views carry the structures at wrong intensities
 #:     (docs/results.md#structure_intensity);
@@ -404,6 +415,7 @@ PAPER = NnUNetConfig(configuration=PLANNED, folds=tuple(range(NUM_FOLDS)))
 CPU = NnUNetConfig(
     configuration="2d",
     num_epochs=40,
+    bf16_epoch_scale=1.5,
     self_training_epochs=16,
     iterations_per_epoch=25,
     val_iterations_per_epoch=2,

@@ -176,7 +176,11 @@ class NnUNetSegmenter:
 
     def _total_epochs(self, layout: RoundLayout) -> int:
         names = network_configurations(read_json(layout.plans_file), self.config)
-        return self.config.epochs(layout.round_index) * len(names) * len(self.config.folds)
+        return self._epochs(layout) * len(names) * len(self.config.folds)
+
+    def _epochs(self, layout: RoundLayout) -> int:
+        """Epochs of each configuration and fold of this round, on the device it trains on."""
+        return self.config.epochs(layout.round_index, bf16=trains_in_bf16(self.config, resolve_device(self.config)))
 
     def _forget_changed_round(self, layout: RoundLayout, manifest: Mapping[str, str],
                               digests: Mapping[str, str]) -> None:
@@ -227,7 +231,7 @@ class NnUNetSegmenter:
         from .training import TrainJob, choose_resume_checkpoint, train_round
 
         config = self.config
-        epochs = config.epochs(layout.round_index)
+        epochs = self._epochs(layout)
         folder = layout.fold_dir(name, fold)
         if self._fold_finished(layout, name, fold):
             if progress is not None:

@@ -32,8 +32,10 @@ HERE = Path(__file__).resolve().parent
 TRAIN_SEEDS = range(6)
 HELD_OUT_SEEDS = (101, 102, 103)
 # 120 iterations of 0.2-0.3 s: well under a minute of training on 2 cores. One torch thread:
-# on cores shared with other jobs two spinning OpenMP threads run many times slower.
-TINY = dict(num_epochs=8, iterations_per_epoch=15, val_iterations_per_epoch=1, save_every=4, num_threads=1)
+# on cores shared with other jobs two spinning OpenMP threads run many times slower. The same
+# epochs in float32 and bfloat16 (the cpu profile lengthens round 0 where AMX trains bfloat16).
+TINY = dict(num_epochs=8, iterations_per_epoch=15, val_iterations_per_epoch=1, save_every=4, num_threads=1,
+            bf16_epoch_scale=1)
 
 
 def tiny_segmenter(workdir: Path, **overrides) -> NnUNetSegmenter:
@@ -318,6 +320,34 @@ def test_cpu_precision_is_validated_and_resolved_per_device():
     assert NnUNetSegmenter.profile("paper").cpu_precision == "fp32"
 
 
+def test_bf16_epoch_scale_lengthens_the_first_round_only_where_bfloat16_trains():
+    cpu = NnUNetSegmenter.profile("cpu")
+    assert (cpu.epochs(0), cpu.epochs(0, bf16=True)) == (40, 60)
+    assert cpu.epochs(1) == cpu.epochs(1, bf16=True) == cpu.self_training_epochs  # rounds >= 1 keep their own
+    unset = NnUNetConfig(num_epochs=10, bf16_epoch_scale=1.5)  # rounds >= 1 train num_epochs: scaled with it
+    assert (unset.epochs(2), unset.epochs(2, bf16=True)) == (10, 15)
+    assert NnUNetConfig(num_epochs=3, bf16_epoch_scale=0.1).epochs(0, bf16=True) == 1  # never 0 epochs
+    assert NnUNetSegmenter.profile("paper").epochs(0, bf16=True) == 1000
+    for bad in ("0", "-1", "101", "nan"):
+        with pytest.raises(ConfigError, match=f"bf16_epoch_scale={bad}") as info:
+            NnUNetSegmenter.profile("cpu", bf16_epoch_scale=bad)
+        assert "bf16_epoch_scale=1" in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision, epochs", [("bf16", 4), ("fp32", 2)])
+def test_a_bfloat16_training_runs_the_scaled_epochs_and_a_float32_one_does_not(tmp_path, precision, epochs):
+    segmenter = tiny_segmenter(tmp_path / "job", num_epochs=2, iterations_per_epoch=2, save_every=2,
+                               bf16_epoch_scale=2, cpu_precision=precision)
+    reports: list[tuple[int, int, str]] = []
+    segmenter.train(training_cases(range(3)), progress=lambda *report: reports.append(report))
+    assert reports[-1][:2] == (epochs, epochs)
+    from vstk_nnunet.trainer import load_checkpoint_file
+
+    final = load_checkpoint_file(segmenter.final_checkpoint(0))
+    assert final["current_epoch"] == epochs and len(final["logging"]["train_losses"]) == epochs
+
+
 def _trainer_on(workdir: Path, bf16: bool = False, **settings):
     """vstk's trainer on round 0's preprocessed data (as training builds it), initialised;
     ``settings`` replace fields of its TrainerSettings."""
@@ -451,7 +481,7 @@ def test_a_killed_training_resumes_from_its_latest_checkpoint_and_holds_the_lock
     workdir = tmp_path / "job"
     # two preprocessing workers: nnU-Net-style "spawn" pools started from a guarded script
     settings = dict(num_epochs=8, iterations_per_epoch=4, val_iterations_per_epoch=1, save_every=2,
-                    n_proc_preprocessing=2, num_threads=1)
+                    n_proc_preprocessing=2, num_threads=1, bf16_epoch_scale=1)
     log_path = tmp_path / "driver.log"
     with open(log_path, "w") as log:
         driver = subprocess.Popen([sys.executable, str(HERE / "nnunet_train_driver.py"), str(workdir),

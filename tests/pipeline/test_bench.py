@@ -18,7 +18,8 @@ from vstk.volume import read_nifti, write_nifti
 
 TINY = ["--set", "steps=3", "--set", "decay_steps=1", "--set", "ngf=4", "--set", "n_blocks=1", "--set", "ndf=4",
         "--set", "size=48", "--set", "spacing=1.0,1.0", "--set", "sample_every=0",
-        "--set", "num_epochs=2", "--set", "iterations_per_epoch=2", "--set", "val_iterations_per_epoch=1",
+        "--set", "num_epochs=2", "--set", "bf16_epoch_scale=1", "--set", "iterations_per_epoch=2",
+        "--set", "val_iterations_per_epoch=1",
         "--set", "save_every=1"]
 TINY_QSATTN = ["--set", "qsattn.num_patches=16", "--set", "qsattn.netf_nc=8"]
 RULE = ["--ears", "rule"]  # the slab phantom's fixed boxes: these tests are about the benchmark, not the ears
