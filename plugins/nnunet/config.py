@@ -396,8 +396,9 @@ PAPER = NnUNetConfig(configuration=PLANNED, folds=tuple(range(NUM_FOLDS)))
 #:   initial_lr 0.03: 0.01 learns nothing in a few hundred iterations (the same anchor);
 #:   40 + 16 epochs x 25 iterations, warm start: the cochlea needs about 800 iterations, and
 #:     bfloat16 made 1000 + 400 fit the budget (the same anchor, docs/results.md#cpu-flags-amx-or-not);
-#:   bf16_epoch_scale 1.5: with AMX, round 0 trains 60 epochs in the time float32 trains 40; round 0
-#:     then learnt the cochlea on every pool tried (docs/results.md#round-0-epochs-with-amx);
+#:   bf16_epoch_scale 1.25: with AMX, round 0 trains 50 epochs in less time than float32 trains 40;
+#:     round 0 then learnt the cochlea on every pool tried; 1.5 scored no higher and left too little
+#:     of the 15 minutes on a slow day (docs/results.md#round-0-epochs-with-amx);
 #:   oversample_foreground 0.66: the tiny cochleae are learnt sooner (the same anchor);
 #:   structure_intensity 1: the views carry the structures at wrong intensities
 #:     (docs/results.md#structure_intensity);
@@ -415,7 +416,7 @@ PAPER = NnUNetConfig(configuration=PLANNED, folds=tuple(range(NUM_FOLDS)))
 CPU = NnUNetConfig(
     configuration="2d",
     num_epochs=40,
-    bf16_epoch_scale=1.5,
+    bf16_epoch_scale=1.25,
     self_training_epochs=16,
     iterations_per_epoch=25,
     val_iterations_per_epoch=2,

@@ -322,7 +322,7 @@ def test_cpu_precision_is_validated_and_resolved_per_device():
 
 def test_bf16_epoch_scale_lengthens_the_first_round_only_where_bfloat16_trains():
     cpu = NnUNetSegmenter.profile("cpu")
-    assert (cpu.epochs(0), cpu.epochs(0, bf16=True)) == (40, 60)
+    assert (cpu.epochs(0), cpu.epochs(0, bf16=True)) == (40, 50)
     assert cpu.epochs(1) == cpu.epochs(1, bf16=True) == cpu.self_training_epochs  # rounds >= 1 keep their own
     unset = NnUNetConfig(num_epochs=10, bf16_epoch_scale=1.5)  # rounds >= 1 train num_epochs: scaled with it
     assert (unset.epochs(2), unset.epochs(2, bf16=True)) == (10, 15)
